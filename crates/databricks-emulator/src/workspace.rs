@@ -1,0 +1,461 @@
+//! The workspace's state: Unity Catalog objects, principals, tokens, grants
+//! and warehouses. Everything the HTTP layer and the SQL engine decide about
+//! *who may see what* is answered here, in one place, so the REST APIs and SQL
+//! can never disagree.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+
+use crate::error::SqlError;
+
+/// A table's rows: Arrow batches behind a lock, so appends and column
+/// changes made through the admin API are seen by the next query (and by
+/// every view over the table) without re-registering anything.
+#[derive(Debug)]
+pub struct EmuTable {
+    data: RwLock<TableData>,
+}
+
+#[derive(Debug, Clone)]
+struct TableData {
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+}
+
+impl EmuTable {
+    pub fn new(schema: SchemaRef, batches: Vec<RecordBatch>) -> Self {
+        EmuTable { data: RwLock::new(TableData { schema, batches }) }
+    }
+    pub fn snapshot(&self) -> (SchemaRef, Vec<RecordBatch>) {
+        let d = self.data.read().unwrap_or_else(|e| e.into_inner());
+        (d.schema.clone(), d.batches.clone())
+    }
+    pub fn append(&self, batch: RecordBatch) {
+        let mut d = self.data.write().unwrap_or_else(|e| e.into_inner());
+        d.batches.push(batch);
+    }
+    pub fn replace(&self, schema: SchemaRef, batches: Vec<RecordBatch>) {
+        let mut d = self.data.write().unwrap_or_else(|e| e.into_inner());
+        *d = TableData { schema, batches };
+    }
+    pub fn row_count(&self) -> usize {
+        let d = self.data.read().unwrap_or_else(|e| e.into_inner());
+        d.batches.iter().map(|b| b.num_rows()).sum()
+    }
+}
+
+#[async_trait]
+impl TableProvider for EmuTable {
+    fn schema(&self) -> SchemaRef {
+        self.data.read().unwrap_or_else(|e| e.into_inner()).schema.clone()
+    }
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let (schema, batches) = self.snapshot();
+        // Two partitions: this machine class has two cores.
+        let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(), Vec::new()];
+        for (i, b) in batches.into_iter().enumerate() {
+            parts[i % 2].push(b);
+        }
+        Ok(MemorySourceConfig::try_new_exec(&parts, schema, projection.cloned())?)
+    }
+}
+
+/// What a Unity Catalog table entry holds.
+#[derive(Clone)]
+pub enum Relation {
+    Table(Arc<EmuTable>),
+    /// A view: its SQL, and the planned provider (or why it no longer plans,
+    /// e.g. after a column it reads was renamed).
+    View { sql: String, planned: Result<Arc<dyn TableProvider>, SqlError>, schema: SchemaRef },
+}
+
+impl fmt::Debug for Relation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Relation::Table(_) => f.write_str("Table"),
+            Relation::View { sql, .. } => write!(f, "View({sql})"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TableEntry {
+    pub relation: Relation,
+    pub table_id: String,
+    pub owner: String,
+    pub comment: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl TableEntry {
+    pub fn schema(&self) -> SchemaRef {
+        match &self.relation {
+            Relation::Table(t) => t.schema(),
+            Relation::View { schema, .. } => schema.clone(),
+        }
+    }
+    pub fn is_view(&self) -> bool {
+        matches!(self.relation, Relation::View { .. })
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SchemaEntry {
+    pub owner: String,
+    pub comment: String,
+    pub schema_id: String,
+    pub created_at: DateTime<Utc>,
+    pub tables: BTreeMap<String, TableEntry>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CatalogEntry {
+    pub owner: String,
+    pub comment: String,
+    pub created_at: DateTime<Utc>,
+    pub schemas: BTreeMap<String, SchemaEntry>,
+}
+
+/// Users log in with an email; service principals with an application id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrincipalKind {
+    User,
+    ServicePrincipal,
+}
+
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// SCIM id (a number, as text).
+    pub id: String,
+    pub kind: PrincipalKind,
+    /// `userName`: an email for users, the application id for service principals.
+    pub user_name: String,
+    pub display_name: String,
+    /// Metastore and workspace admin: sees and may do everything.
+    pub admin: bool,
+    /// OAuth M2M secret, for service principals.
+    pub oauth_secret: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Token {
+    pub principal: String,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Issued by the OAuth token endpoint rather than created as a PAT.
+    pub oauth: bool,
+}
+
+/// A securable in Unity Catalog.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Securable {
+    Catalog(String),
+    Schema(String, String),
+    Table(String, String, String),
+}
+
+impl Securable {
+    pub fn parse(kind: &str, full_name: &str) -> Option<Securable> {
+        let parts: Vec<&str> = full_name.split('.').collect();
+        match (kind.to_ascii_lowercase().as_str(), parts.as_slice()) {
+            ("catalog", [c]) => Some(Securable::Catalog(c.to_string())),
+            ("schema", [c, s]) => Some(Securable::Schema(c.to_string(), s.to_string())),
+            ("table" | "view", [c, s, t]) => Some(Securable::Table(c.to_string(), s.to_string(), t.to_string())),
+            _ => None,
+        }
+    }
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Securable::Catalog(_) => "CATALOG",
+            Securable::Schema(..) => "SCHEMA",
+            Securable::Table(..) => "TABLE",
+        }
+    }
+    /// The word Databricks uses in permission messages (`Catalog`, `Schema`, `Table`).
+    pub fn noun(&self) -> &'static str {
+        match self {
+            Securable::Catalog(_) => "Catalog",
+            Securable::Schema(..) => "Schema",
+            Securable::Table(..) => "Table",
+        }
+    }
+    pub fn full_name(&self) -> String {
+        match self {
+            Securable::Catalog(c) => c.clone(),
+            Securable::Schema(c, s) => format!("{c}.{s}"),
+            Securable::Table(c, s, t) => format!("{c}.{s}.{t}"),
+        }
+    }
+    /// This securable and the ones it inherits privileges from, outermost first.
+    fn lineage(&self) -> Vec<Securable> {
+        match self {
+            Securable::Catalog(_) => vec![self.clone()],
+            Securable::Schema(c, _) => vec![Securable::Catalog(c.clone()), self.clone()],
+            Securable::Table(c, s, _) => {
+                vec![Securable::Catalog(c.clone()), Securable::Schema(c.clone(), s.clone()), self.clone()]
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// A principal's `userName`, or `account users` for everyone.
+    pub principal: String,
+    /// REST spelling, `USE_CATALOG`.
+    pub privilege: String,
+    pub securable: Securable,
+}
+
+/// Warehouse lifecycle states, as the Warehouses API names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum WarehouseState {
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Deleting,
+    Deleted,
+}
+
+impl WarehouseState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            WarehouseState::Starting => "STARTING",
+            WarehouseState::Running => "RUNNING",
+            WarehouseState::Stopping => "STOPPING",
+            WarehouseState::Stopped => "STOPPED",
+            WarehouseState::Deleting => "DELETING",
+            WarehouseState::Deleted => "DELETED",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Warehouse {
+    pub id: String,
+    pub name: String,
+    pub cluster_size: String,
+    pub state: WarehouseState,
+    pub auto_resume: bool,
+    pub auto_stop_mins: u32,
+    /// Idle time before auto-stop, in seconds; defaults to `auto_stop_mins * 60`
+    /// (tests shorten it).
+    pub auto_stop_secs: u64,
+    pub start_delay_ms: u64,
+    pub stop_delay_ms: u64,
+    pub serverless: bool,
+    pub creator: String,
+    /// `principal userName -> permission level` (`CAN_USE`, `CAN_MANAGE`, `IS_OWNER`, ...).
+    pub acl: BTreeMap<String, String>,
+    /// Bumped on every state change so that delayed transitions from an
+    /// earlier start/stop do not clobber a newer one.
+    pub generation: u64,
+    pub counters: WarehouseCounters,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct WarehouseCounters {
+    /// Seconds spent in STARTING or RUNNING (billed time), completed intervals.
+    pub uptime_ms: u64,
+    /// When the current billed interval began.
+    #[serde(skip)]
+    pub up_since: Option<DateTime<Utc>>,
+    /// STOPPED → STARTING transitions.
+    pub starts: u64,
+    /// Starts caused by a statement (auto-resume) rather than the start API.
+    pub wakeups: u64,
+    pub statements: u64,
+    pub active_statements: u64,
+    #[serde(skip)]
+    pub last_activity: Option<DateTime<Utc>>,
+}
+
+impl Warehouse {
+    pub fn can_use(&self, principal: &Principal) -> bool {
+        principal.admin
+            || self.acl.get(&principal.user_name).is_some_and(|l| {
+                matches!(l.as_str(), "CAN_USE" | "CAN_MANAGE" | "IS_OWNER" | "CAN_MONITOR")
+            })
+            || self.acl.get("users").is_some_and(|l| l == "CAN_USE")
+    }
+    pub fn can_manage(&self, principal: &Principal) -> bool {
+        principal.admin || self.acl.get(&principal.user_name).is_some_and(|l| matches!(l.as_str(), "CAN_MANAGE" | "IS_OWNER"))
+    }
+    /// Moves to `state`, keeping the billing counters right.
+    pub fn set_state(&mut self, state: WarehouseState, now: DateTime<Utc>) {
+        let billed = |s: WarehouseState| matches!(s, WarehouseState::Starting | WarehouseState::Running | WarehouseState::Stopping);
+        if billed(self.state) && !billed(state) {
+            if let Some(since) = self.counters.up_since.take() {
+                self.counters.uptime_ms += (now - since).num_milliseconds().max(0) as u64;
+            }
+        }
+        if !billed(self.state) && billed(state) {
+            self.counters.up_since = Some(now);
+            self.counters.starts += 1;
+        }
+        if state == WarehouseState::Running {
+            self.counters.last_activity = Some(now);
+        }
+        self.state = state;
+        self.generation += 1;
+    }
+    pub fn uptime_ms(&self, now: DateTime<Utc>) -> u64 {
+        self.counters.uptime_ms + self.counters.up_since.map(|s| (now - s).num_milliseconds().max(0) as u64).unwrap_or(0)
+    }
+}
+
+/// The whole workspace. Guarded by one lock in [`crate::Emulator`]; no method
+/// here does I/O or waits.
+#[derive(Debug, Clone, Default)]
+pub struct Workspace {
+    pub org_id: String,
+    /// The catalog a statement runs in when it names none (the workspace's
+    /// default catalog, `main` unless the fixture says otherwise).
+    pub default_catalog: String,
+    pub catalogs: BTreeMap<String, CatalogEntry>,
+    pub principals: Vec<Principal>,
+    pub tokens: BTreeMap<String, Token>,
+    pub grants: Vec<Grant>,
+    pub warehouses: BTreeMap<String, Warehouse>,
+}
+
+/// What the caller may do with a securable, from the most to the least.
+pub const ALL_PRIVILEGES: &str = "ALL_PRIVILEGES";
+
+impl Workspace {
+    pub fn principal(&self, user_name: &str) -> Option<&Principal> {
+        self.principals.iter().find(|p| p.user_name == user_name)
+    }
+    /// Finds a principal by `userName` or display name (fixtures use either).
+    pub fn principal_by_any_name(&self, name: &str) -> Option<&Principal> {
+        self.principals.iter().find(|p| p.user_name == name || p.display_name == name)
+    }
+
+    pub fn table(&self, c: &str, s: &str, t: &str) -> Option<&TableEntry> {
+        self.catalogs.get(c)?.schemas.get(s)?.tables.get(t)
+    }
+
+    fn owns(&self, p: &Principal, sec: &Securable) -> bool {
+        sec.lineage().iter().any(|s| match s {
+            Securable::Catalog(c) => self.catalogs.get(c).is_some_and(|e| e.owner == p.user_name),
+            Securable::Schema(c, sc) => {
+                self.catalogs.get(c).and_then(|e| e.schemas.get(sc)).is_some_and(|e| e.owner == p.user_name)
+            }
+            Securable::Table(c, sc, t) => self.table(c, sc, t).is_some_and(|e| e.owner == p.user_name),
+        })
+    }
+
+    /// Whether `p` holds `privilege` on `sec`, directly, through a parent,
+    /// through `ALL_PRIVILEGES`, ownership, or being an admin.
+    pub fn has(&self, p: &Principal, privilege: &str, sec: &Securable) -> bool {
+        if p.admin || self.owns(p, sec) {
+            return true;
+        }
+        let lineage = sec.lineage();
+        self.grants.iter().any(|g| {
+            (g.principal == p.user_name || g.principal == "account users")
+                && (g.privilege == privilege || g.privilege == ALL_PRIVILEGES)
+                && lineage.contains(&g.securable)
+        })
+    }
+
+    /// Any privilege at all on `sec` or below it (what makes an object
+    /// visible in listings and `information_schema`).
+    pub fn has_any_on_or_below(&self, p: &Principal, sec: &Securable) -> bool {
+        if p.admin || self.owns(p, sec) {
+            return true;
+        }
+        let lineage = sec.lineage();
+        self.grants.iter().any(|g| {
+            (g.principal == p.user_name || g.principal == "account users")
+                && (lineage.contains(&g.securable) || g.securable.lineage().contains(sec))
+        })
+    }
+
+    /// Catalogs a principal sees: owned, or with USE CATALOG (or BROWSE when asked).
+    pub fn visible_catalogs(&self, p: &Principal, include_browse: bool) -> Vec<(&String, &CatalogEntry, bool)> {
+        self.catalogs
+            .iter()
+            .filter_map(|(name, c)| {
+                let sec = Securable::Catalog(name.clone());
+                if name == "system" || self.has(p, "USE_CATALOG", &sec) {
+                    Some((name, c, false))
+                } else if include_browse && self.has(p, "BROWSE", &sec) {
+                    Some((name, c, true))
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// The privilege a SELECT on a table lacks, checked as Unity Catalog does:
+    /// USE CATALOG, then USE SCHEMA, then SELECT.
+    pub fn select_denied(&self, p: &Principal, c: &str, s: &str, t: &str) -> Option<SqlError> {
+        let cat = Securable::Catalog(c.into());
+        if !self.has(p, "USE_CATALOG", &cat) {
+            return Some(SqlError::insufficient("USE CATALOG", "Catalog", c));
+        }
+        let sch = Securable::Schema(c.into(), s.into());
+        if !self.has(p, "USE_SCHEMA", &sch) {
+            return Some(SqlError::insufficient("USE SCHEMA", "Schema", &format!("{c}.{s}")));
+        }
+        let tab = Securable::Table(c.into(), s.into(), t.into());
+        if !self.has(p, "SELECT", &tab) {
+            return Some(SqlError::insufficient("SELECT", "Table", &format!("{c}.{s}.{t}")));
+        }
+        None
+    }
+
+    /// Tables whose metadata a principal may read (USE CATALOG, USE SCHEMA and
+    /// any privilege on the table).
+    pub fn can_see_table(&self, p: &Principal, c: &str, s: &str, t: &str) -> bool {
+        self.has(p, "USE_CATALOG", &Securable::Catalog(c.into()))
+            && self.has(p, "USE_SCHEMA", &Securable::Schema(c.into(), s.into()))
+            && self.has_any_on_or_below(p, &Securable::Table(c.into(), s.into(), t.into()))
+    }
+
+    pub fn can_see_schema(&self, p: &Principal, c: &str, s: &str) -> bool {
+        self.has(p, "USE_CATALOG", &Securable::Catalog(c.into()))
+            && (s == "information_schema" || self.has_any_on_or_below(p, &Securable::Schema(c.into(), s.into())))
+    }
+
+    /// Effective privileges of `p` on `sec`, with where each is inherited from.
+    pub fn effective_privileges(&self, p: &Principal, sec: &Securable) -> Vec<(String, Option<Securable>)> {
+        let lineage = sec.lineage();
+        let mut out: Vec<(String, Option<Securable>)> = Vec::new();
+        for g in &self.grants {
+            if (g.principal == p.user_name || g.principal == "account users") && lineage.contains(&g.securable) {
+                let from = if &g.securable == sec { None } else { Some(g.securable.clone()) };
+                if !out.iter().any(|(priv_, f)| priv_ == &g.privilege && f == &from) {
+                    out.push((g.privilege.clone(), from));
+                }
+            }
+        }
+        out
+    }
+}
