@@ -115,6 +115,10 @@ impl Engine {
         for f in functions::spark_functions() {
             let _ = state.register_udf(Arc::new(f));
         }
+        // Spark spells DataFusion's `make_array` as `array`.
+        if let Some(make_array) = state.scalar_functions().get("make_array").cloned() {
+            let _ = state.register_udf(Arc::new(make_array.as_ref().clone().with_aliases(["array"])));
+        }
         Engine { base: state }
     }
 
@@ -126,6 +130,8 @@ impl Engine {
         if let Some(p) = principal {
             let _ = state.register_udf(Arc::new(functions::current_user(&p.user_name)));
         }
+        // Fixes `now()` / `current_timestamp()` / `current_date()` for this statement.
+        state.mark_start_execution();
         state
     }
 

@@ -45,8 +45,8 @@ fn default_state() -> String {
     "XX000".into()
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One rule. Serialized flat: `{"kind": "status", "status": 429, "times": 1, ...}`.
+#[derive(Debug, Clone, Serialize)]
 pub struct FaultRule {
     #[serde(flatten)]
     pub kind: FaultKind,
@@ -59,6 +59,32 @@ pub struct FaultRule {
     /// How many times the rule fires; forever when absent.
     #[serde(default)]
     pub times: Option<u32>,
+}
+
+impl FaultRule {
+    /// Parses a rule, refusing unknown members (serde cannot combine
+    /// `flatten` with `deny_unknown_fields`, so the common members are taken
+    /// off first and the rest must be exactly one kind).
+    pub fn from_json(value: serde_json::Value) -> Result<FaultRule, String> {
+        let serde_json::Value::Object(mut m) = value else {
+            return Err("a fault rule is a JSON object".into());
+        };
+        let text = |m: &mut serde_json::Map<String, serde_json::Value>, k: &str| -> Result<Option<String>, String> {
+            match m.remove(k) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(serde_json::Value::String(s)) => Ok(Some(s)),
+                Some(_) => Err(format!("`{k}` must be a string")),
+            }
+        };
+        let path_prefix = text(&mut m, "path_prefix")?;
+        let method = text(&mut m, "method")?;
+        let times = match m.remove("times") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => Some(v.as_u64().and_then(|n| u32::try_from(n).ok()).filter(|n| *n > 0).ok_or("`times` must be a positive integer")?),
+        };
+        let kind: FaultKind = serde_json::from_value(serde_json::Value::Object(m)).map_err(|e| e.to_string())?;
+        Ok(FaultRule { kind, path_prefix, method, times })
+    }
 }
 
 #[derive(Debug, Default)]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use datafusion::arrow::array::{
-    ArrayRef, Date32Array, Decimal128Array, MapBuilder, StringArray, StringBuilder, TimestampMicrosecondArray,
+    ArrayRef, Date32Array, Decimal128Array, MapBuilder, MapFieldNames, StringArray, StringBuilder, TimestampMicrosecondArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -216,7 +216,11 @@ pub fn events(spec: DatasetSpec, batch_rows: usize) -> impl Iterator<Item = Reco
         let mut emails = StringBuilder::new();
         let mut plans = StringBuilder::new();
         let mut platforms = StringBuilder::new();
-        let mut props = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
+        let mut props = MapBuilder::new(
+            Some(MapFieldNames { entry: "entries".into(), key: "key".into(), value: "value".into() }),
+            StringBuilder::new(),
+            StringBuilder::new(),
+        );
         let mut ingested: Vec<Option<i64>> = Vec::with_capacity(n as usize);
         let mut local: Vec<Option<i64>> = Vec::with_capacity(n as usize);
         let mut envs = StringBuilder::new();

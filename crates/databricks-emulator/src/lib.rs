@@ -10,9 +10,9 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), databricks_emulator::Error> {
-//! let ws = databricks_emulator::demo::workspace(&databricks_emulator::demo::DemoOptions::default())?;
-//! let running = databricks_emulator::start(ws, Default::default(), "127.0.0.1:0").await?;
-//! println!("{}", running.base_url());
+//! let loaded = databricks_emulator::demo::workspace(&Default::default()).await?;
+//! let running = databricks_emulator::start(loaded.workspace, Default::default(), "127.0.0.1:0").await?;
+//! assert!(running.base_url().starts_with("http://127.0.0.1:"));
 //! # Ok(()) }
 //! ```
 //!

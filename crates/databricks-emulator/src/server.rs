@@ -1435,7 +1435,8 @@ async fn admin_faults(State(emu): State<Emulator>, _a: Admin) -> Response {
 }
 
 async fn admin_add_fault(State(emu): State<Emulator>, _a: Admin, body: Bytes) -> Result<Response, ApiError> {
-    let rule: FaultRule = serde_json::from_slice(&body).map_err(|e| {
+    let value: Value = serde_json::from_slice(&body).map_err(|_| ApiError::malformed_json())?;
+    let rule = FaultRule::from_json(value).map_err(|e| {
         admin_error(format!(
             "{e}. Send {{\"kind\": \"status\"|\"latency\"|\"reset_body\"|\"expire_links\"|\"fail_statement\", ...,  \"path_prefix\"?, \"method\"?, \"times\"?}}."
         ))

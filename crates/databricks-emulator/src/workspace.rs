@@ -391,8 +391,12 @@ impl Workspace {
         }
         let lineage = sec.lineage();
         self.grants.iter().any(|g| {
-            (g.principal == p.user_name || g.principal == "account users")
-                && (lineage.contains(&g.securable) || g.securable.lineage().contains(sec))
+            let mine = g.principal == p.user_name || g.principal == "account users";
+            let on_or_below = g.securable == *sec || g.securable.lineage().contains(sec);
+            // Inherited privileges count only if they act on the object itself:
+            // USE CATALOG / USE SCHEMA on a parent reveal nothing below it.
+            let inherited = lineage.contains(&g.securable) && !matches!(g.privilege.as_str(), "USE_CATALOG" | "USE_SCHEMA");
+            mine && (on_or_below || inherited)
         })
     }
 
