@@ -16,7 +16,7 @@ use crate::error::SqlError;
 use crate::faults::Faults;
 use crate::results::{self, ChunkPolicy};
 use crate::statements::{Disposition, Request, State, Statement};
-use crate::workspace::{Principal, Relation, Workspace, WarehouseState};
+use crate::workspace::{Principal, Relation, WarehouseState, Workspace};
 
 /// Timings and sizes. Tests shorten the delays; the defaults are Databricks'.
 #[derive(Debug, Clone)]
@@ -439,7 +439,8 @@ impl Emulator {
         let table = self.base_table(full_name)?;
         let (schema, batches) = table.snapshot();
         let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-        let find = |fields: &[Field], n: &str| fields.iter().position(|f| f.name() == n).ok_or_else(|| format!("{full_name} has no column `{n}`"));
+        let find =
+            |fields: &[Field], n: &str| fields.iter().position(|f| f.name() == n).ok_or_else(|| format!("{full_name} has no column `{n}`"));
         let new_batches: Vec<RecordBatch>;
         match change {
             ColumnChange::Add { name, type_ } => {

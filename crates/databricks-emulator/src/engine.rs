@@ -14,12 +14,15 @@ use std::sync::Arc;
 use datafusion::arrow::array::{ArrayRef, BooleanArray, Int64Array, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::catalog::{CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList, MemorySchemaProvider, SchemaProvider, TableProvider};
+use datafusion::catalog::{
+    CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList, MemorySchemaProvider, SchemaProvider,
+    TableProvider,
+};
 use datafusion::common::{ParamValues, ScalarValue, SchemaError, TableReference};
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
-use datafusion::execution::{FunctionRegistry, SessionStateBuilder};
 use datafusion::execution::context::SessionState;
+use datafusion::execution::{FunctionRegistry, SessionStateBuilder};
 use datafusion::logical_expr::planner::TypePlanner;
 use datafusion::prelude::SessionConfig;
 use datafusion::sql::parser::Statement as DfStatement;
@@ -74,9 +77,7 @@ impl TypePlanner for DatabricksTypes {
     fn plan_type(&self, sql_type: &ast::DataType) -> datafusion::error::Result<Option<DataType>> {
         Ok(match sql_type {
             ast::DataType::TimestampNtz(_) => Some(DataType::Timestamp(TimeUnit::Microsecond, None)),
-            ast::DataType::Timestamp(_, ast::TimezoneInfo::None | ast::TimezoneInfo::WithTimeZone) => {
-                Some(types::timestamp_type())
-            }
+            ast::DataType::Timestamp(_, ast::TimezoneInfo::None | ast::TimezoneInfo::WithTimeZone) => Some(types::timestamp_type()),
             ast::DataType::String(_) => Some(DataType::Utf8),
             _ => None,
         })
@@ -107,11 +108,8 @@ impl Engine {
         config.options_mut().sql_parser.dialect = datafusion::config::Dialect::Databricks;
         config.options_mut().sql_parser.enable_ident_normalization = false;
         config.options_mut().execution.time_zone = Some("UTC".into());
-        let mut state = SessionStateBuilder::new()
-            .with_config(config)
-            .with_default_features()
-            .with_type_planner(Arc::new(DatabricksTypes))
-            .build();
+        let mut state =
+            SessionStateBuilder::new().with_config(config).with_default_features().with_type_planner(Arc::new(DatabricksTypes)).build();
         for f in functions::spark_functions() {
             let _ = state.register_udf(Arc::new(f));
         }
@@ -215,7 +213,9 @@ impl Engine {
             if !values.contains_key(bare) {
                 return Err(SqlError::class(
                     "UNBOUND_SQL_PARAMETER",
-                    format!("Found the unbound parameter: {bare}. Please, fix `args` and provide a mapping of the parameter to either a SQL literal or collection constructor functions such as `map()`, `array()`, `struct()`."),
+                    format!(
+                        "Found the unbound parameter: {bare}. Please, fix `args` and provide a mapping of the parameter to either a SQL literal or collection constructor functions such as `map()`, `array()`, `struct()`."
+                    ),
                     "42P02",
                 ));
             }
@@ -259,7 +259,9 @@ fn default_catalog(ws: &Workspace) -> String {
         ws.default_catalog.clone()
     } else if ws.catalogs.contains_key("main") {
         "main".into()
-    } else { ws.catalogs.keys().next().cloned().unwrap_or_else(|| "main".into()) }
+    } else {
+        ws.catalogs.keys().next().cloned().unwrap_or_else(|| "main".into())
+    }
 }
 
 fn empty_output() -> Output {
@@ -290,7 +292,12 @@ fn parse_error(sql: &str, msg: &str) -> SqlError {
     let near = msg.split("found: ").nth(1).and_then(|r| r.split(" at Line:").next()).unwrap_or("end of input");
     let near = if near == "EOF" { "end of input" } else { near };
     let line = msg.split("Line: ").nth(1).and_then(|r| r.split(',').next()).and_then(|n| n.trim().parse().ok()).unwrap_or(1usize);
-    let col = msg.split("Column: ").nth(1).and_then(|r| r.trim().split(|c: char| !c.is_ascii_digit()).next()).and_then(|n| n.parse().ok()).unwrap_or(1usize);
+    let col = msg
+        .split("Column: ")
+        .nth(1)
+        .and_then(|r| r.trim().split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1usize);
     SqlError::parse_syntax(sql, near, line, col.saturating_sub(1))
 }
 
@@ -369,11 +376,8 @@ fn output(cols: Vec<(Field, ArrayRef)>) -> Output {
     let (fields, arrays): (Vec<Field>, Vec<ArrayRef>) = cols.into_iter().unzip();
     let schema = Arc::new(Schema::new(fields));
     let n = arrays.first().map(|a| a.len()).unwrap_or(0);
-    let batches = if n == 0 {
-        Vec::new()
-    } else {
-        vec![RecordBatch::try_new(schema.clone(), arrays).expect("columns built with matching lengths")]
-    };
+    let batches =
+        if n == 0 { Vec::new() } else { vec![RecordBatch::try_new(schema.clone(), arrays).expect("columns built with matching lengths")] };
     Output { schema, batches, truncated: false }
 }
 
@@ -389,9 +393,15 @@ fn show_catalogs(ws: &Workspace, p: &Principal) -> Output {
 
 fn show_schemas(ws: &Workspace, p: &Principal, catalog: &str) -> Result<Output, SqlError> {
     let Some(cat) = ws.catalogs.get(catalog) else {
-        return Err(SqlError::class("NO_SUCH_CATALOG_EXCEPTION", format!("Catalog '{catalog}' was not found. Please verify the catalog name and then retry the query or command again."), "42704"));
+        return Err(SqlError::class(
+            "NO_SUCH_CATALOG_EXCEPTION",
+            format!("Catalog '{catalog}' was not found. Please verify the catalog name and then retry the query or command again."),
+            "42704",
+        ));
     };
-    if !ws.has(p, "USE_CATALOG", &crate::workspace::Securable::Catalog(catalog.into())) && !ws.has(p, "BROWSE", &crate::workspace::Securable::Catalog(catalog.into())) {
+    if !ws.has(p, "USE_CATALOG", &crate::workspace::Securable::Catalog(catalog.into()))
+        && !ws.has(p, "BROWSE", &crate::workspace::Securable::Catalog(catalog.into()))
+    {
         return Err(SqlError::raw(format!("PERMISSION_DENIED: User does not have USE CATALOG on Catalog '{catalog}'."), "42501"));
     }
     let mut names: Vec<String> = cat.schemas.keys().filter(|s| ws.can_see_schema(p, catalog, s)).cloned().collect();
@@ -404,7 +414,11 @@ fn show_schemas(ws: &Workspace, p: &Principal, catalog: &str) -> Result<Output, 
 
 fn show_tables(ws: &Workspace, p: &Principal, catalog: &str, schema: &str) -> Result<Output, SqlError> {
     let Some(sch) = ws.catalogs.get(catalog).and_then(|c| c.schemas.get(schema)) else {
-        return Err(SqlError::class("SCHEMA_NOT_FOUND", format!("The schema `{catalog}`.`{schema}` cannot be found. Verify the spelling and correctness of the schema and catalog."), "42704"));
+        return Err(SqlError::class(
+            "SCHEMA_NOT_FOUND",
+            format!("The schema `{catalog}`.`{schema}` cannot be found. Verify the spelling and correctness of the schema and catalog."),
+            "42704",
+        ));
     };
     if !ws.has(p, "USE_CATALOG", &crate::workspace::Securable::Catalog(catalog.into())) {
         return Err(SqlError::raw(format!("PERMISSION_DENIED: User does not have BROWSE on Catalog '{catalog}'."), "42501"));
@@ -445,12 +459,19 @@ fn describe(ws: &Workspace, p: &Principal, c: &str, s: &str, t: &str, written: &
 fn param_value(p: &Param) -> Result<ScalarValue, SqlError> {
     let type_text = p.type_.clone().unwrap_or_else(|| "STRING".into());
     let dt = types::parse_type(&type_text).map_err(|e| {
-        SqlError::class("INVALID_PARAMETER_MARKER_VALUE.INVALID_DATA_TYPE", format!("The parameter type `{type_text}` is not supported: {e}."), "22023")
+        SqlError::class(
+            "INVALID_PARAMETER_MARKER_VALUE.INVALID_DATA_TYPE",
+            format!("The parameter type `{type_text}` is not supported: {e}."),
+            "22023",
+        )
     })?;
     if matches!(dt, DataType::List(_) | DataType::Map(..) | DataType::Struct(_) | DataType::Binary) {
         return Err(SqlError::class(
             "INVALID_PARAMETER_MARKER_VALUE.INVALID_DATA_TYPE",
-            format!("The parameter `{}` has type {type_text}, which cannot be bound; bind ARRAY, MAP, STRUCT and BINARY values with SQL constructors.", p.name.clone().unwrap_or_default()),
+            format!(
+                "The parameter `{}` has type {type_text}, which cannot be bound; bind ARRAY, MAP, STRUCT and BINARY values with SQL constructors.",
+                p.name.clone().unwrap_or_default()
+            ),
             "22023",
         ));
     }
@@ -521,7 +542,11 @@ pub fn map_df_error(e: &DataFusionError, sql: &str) -> SqlError {
         DataFusionError::ArrowError(a, _) => {
             let msg = a.to_string();
             if msg.contains("Divide by zero") {
-                SqlError::class("DIVIDE_BY_ZERO", "Division by zero. Use `try_divide` to tolerate divisor being 0 and return NULL instead.", "22012")
+                SqlError::class(
+                    "DIVIDE_BY_ZERO",
+                    "Division by zero. Use `try_divide` to tolerate divisor being 0 and return NULL instead.",
+                    "22012",
+                )
             } else if msg.contains("Cast error") || msg.contains("Parser error") {
                 SqlError::class("CAST_INVALID_INPUT", msg, "22018")
             } else if msg.contains("overflow") {
@@ -543,9 +568,11 @@ pub fn map_df_error(e: &DataFusionError, sql: &str) -> SqlError {
             let name = msg.split('\'').nth(1).unwrap_or("");
             table_not_found(name, "", "")
         }
-        DataFusionError::Execution(msg) if msg.contains("Divide by zero") => {
-            SqlError::class("DIVIDE_BY_ZERO", "Division by zero. Use `try_divide` to tolerate divisor being 0 and return NULL instead.", "22012")
-        }
+        DataFusionError::Execution(msg) if msg.contains("Divide by zero") => SqlError::class(
+            "DIVIDE_BY_ZERO",
+            "Division by zero. Use `try_divide` to tolerate divisor being 0 and return NULL instead.",
+            "22012",
+        ),
         DataFusionError::NotImplemented(msg) => SqlError::class("NOT_SUPPORTED_WITH_DB_SQL", msg, "0A000"),
         other => {
             let msg = other.message().to_string();
@@ -661,10 +688,11 @@ fn info_schema_for(ws: &Workspace, p: &Principal, only: Option<&String>) -> Arc<
             }
         }
     }
-    let col = |i: usize, rows: &Vec<[String; 3]>| -> ArrayRef { Arc::new(StringArray::from(rows.iter().map(|r| r[i].clone()).collect::<Vec<_>>())) };
-    let catalogs = mem_table(
-        vec![("catalog_name", col(0, &cat_rows)), ("catalog_owner", col(1, &cat_rows)), ("comment", col(2, &cat_rows))],
-    );
+    let col = |i: usize, rows: &Vec<[String; 3]>| -> ArrayRef {
+        Arc::new(StringArray::from(rows.iter().map(|r| r[i].clone()).collect::<Vec<_>>()))
+    };
+    let catalogs =
+        mem_table(vec![("catalog_name", col(0, &cat_rows)), ("catalog_owner", col(1, &cat_rows)), ("comment", col(2, &cat_rows))]);
     let s = |i: usize| -> ArrayRef { Arc::new(StringArray::from(schema_rows.iter().map(|r| r[i].clone()).collect::<Vec<_>>())) };
     let schemata = mem_table(vec![("catalog_name", s(0)), ("schema_name", s(1)), ("schema_owner", s(2)), ("comment", s(3))]);
     let t = |i: usize| -> ArrayRef { Arc::new(StringArray::from(table_rows.iter().map(|r| r[i].clone()).collect::<Vec<_>>())) };
@@ -713,7 +741,11 @@ mod tests {
     #[test]
     fn parse_errors_name_the_token() {
         let e = parse_one("SELEC 1").unwrap_err();
-        assert!(e.message.starts_with("\n[PARSE_SYNTAX_ERROR] Syntax error at or near 'SELEC'. SQLSTATE: 42601 (line 1, pos 0)"), "{}", e.message);
+        assert!(
+            e.message.starts_with("\n[PARSE_SYNTAX_ERROR] Syntax error at or near 'SELEC'. SQLSTATE: 42601 (line 1, pos 0)"),
+            "{}",
+            e.message
+        );
         assert_eq!(e.sql_state.as_deref(), Some("42601"));
     }
 

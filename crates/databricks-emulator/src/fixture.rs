@@ -408,7 +408,11 @@ impl Fixture {
             for (who, level) in &w.permissions {
                 known(&ws, who, &format!("warehouse {} permissions", w.id))?;
                 if !WAREHOUSE_LEVELS.contains(&level.as_str()) {
-                    return Err(bad(format!("warehouse {} permission `{level}` for `{who}` must be one of {}", w.id, WAREHOUSE_LEVELS.join(", "))));
+                    return Err(bad(format!(
+                        "warehouse {} permission `{level}` for `{who}` must be one of {}",
+                        w.id,
+                        WAREHOUSE_LEVELS.join(", ")
+                    )));
                 }
             }
             let mut wh = Warehouse {
@@ -562,8 +566,7 @@ fn declared_schema(t: &TableDef, full: &str) -> Result<Option<SchemaRef>, Error>
     let Some(cols) = &t.columns else { return Ok(None) };
     let mut fields = Vec::new();
     for c in cols {
-        let dt = types::parse_type(&c.type_)
-            .map_err(|e| Error::Fixture(format!("table {full}, column `{}`: {e}", c.name)))?;
+        let dt = types::parse_type(&c.type_).map_err(|e| Error::Fixture(format!("table {full}, column `{}`: {e}", c.name)))?;
         fields.push(Field::new(&c.name, dt, c.nullable));
     }
     Ok(Some(Arc::new(Schema::new(fields))))
@@ -611,7 +614,10 @@ fn load_table(t: &TableDef, full: &str, base: &Path, spec: Option<&DatasetSpec>)
         let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| load_err(&path, e.to_string()))?;
         let schema = match declared {
             Some(s) if s.fields().len() != file_schema.fields().len() => {
-                return Err(load_err(&path, format!("the file has {} columns, `columns` declares {}", file_schema.fields().len(), s.fields().len())));
+                return Err(load_err(
+                    &path,
+                    format!("the file has {} columns, `columns` declares {}", file_schema.fields().len(), s.fields().len()),
+                ));
             }
             Some(s) => s,
             None => file_schema,

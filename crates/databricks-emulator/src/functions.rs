@@ -8,9 +8,7 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray, Date32Array, StringArra
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err};
-use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
-};
+use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
 use sha2::Digest;
 
 use crate::types::typed_json;
@@ -55,11 +53,7 @@ impl ScalarUDFImpl for SparkFn {
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let scalar = args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
-        let arrays = if args.args.is_empty() {
-            Vec::new()
-        } else {
-            ColumnarValue::values_to_arrays(&args.args)?
-        };
+        let arrays = if args.args.is_empty() { Vec::new() } else { ColumnarValue::values_to_arrays(&args.args)? };
         let out = (self.body)(&arrays, &self.context)?;
         if args.args.is_empty() {
             return Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?));
@@ -144,9 +138,7 @@ fn to_json_body(args: &[ArrayRef], _: &str) -> Result<ArrayRef> {
 
 fn shift_days(args: &[ArrayRef], sign: i32) -> Result<ArrayRef> {
     let dates = match args[0].data_type() {
-        DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 => {
-            cast(&cast(&args[0], &DataType::Utf8)?, &DataType::Date32)?
-        }
+        DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 => cast(&cast(&args[0], &DataType::Utf8)?, &DataType::Date32)?,
         DataType::Timestamp(..) | DataType::Date32 | DataType::Date64 => cast(&args[0], &DataType::Date32)?,
         other => return exec_err!("date_add/date_sub expects a DATE, got {other}"),
     };
@@ -159,11 +151,7 @@ fn shift_days(args: &[ArrayRef], sign: i32) -> Result<ArrayRef> {
         .map(|i| {
             let d = if dates.len() == 1 { 0 } else { i };
             let k = if days.len() == 1 { 0 } else { i };
-            if dates.is_null(d) || days.is_null(k) {
-                None
-            } else {
-                Some(dates.value(d) + sign * days.value(k))
-            }
+            if dates.is_null(d) || days.is_null(k) { None } else { Some(dates.value(d) + sign * days.value(k)) }
         })
         .collect();
     Ok(Arc::new(out))

@@ -72,8 +72,22 @@ const EVENTS: &[&str] = &[
     "billing_viewed",
 ];
 const FIRST: &[&str] = &["Ada", "Grace", "Alan", "Linus", "Barbara", "Ken", "Radia", "Edsger", "Frances", "Tim", "Margaret", "Dennis"];
-const LAST: &[&str] = &["Lovelace", "Hopper", "Turing", "Torvalds", "Liskov", "Thompson", "Perlman", "Dijkstra", "Allen", "Berners-Lee", "Hamilton", "Ritchie"];
-const WORDS: &[&str] = &["acme", "globex", "initech", "umbrella", "hooli", "stark", "wayne", "tyrell", "cyberdyne", "soylent", "wonka", "massive"];
+const LAST: &[&str] = &[
+    "Lovelace",
+    "Hopper",
+    "Turing",
+    "Torvalds",
+    "Liskov",
+    "Thompson",
+    "Perlman",
+    "Dijkstra",
+    "Allen",
+    "Berners-Lee",
+    "Hamilton",
+    "Ritchie",
+];
+const WORDS: &[&str] =
+    &["acme", "globex", "initech", "umbrella", "hooli", "stark", "wayne", "tyrell", "cyberdyne", "soylent", "wonka", "massive"];
 
 fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
@@ -171,7 +185,8 @@ pub fn people(spec: &DatasetSpec) -> RecordBatch {
     let n = spec.people();
     let (mut ids, mut emails, mut names, mut orgs, mut roles, mut signup, mut updated) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-    let epoch_days = spec.anchor.date_naive().signed_duration_since(chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid")).num_days() as i32;
+    let epoch_days =
+        spec.anchor.date_naive().signed_duration_since(chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid")).num_days() as i32;
     for i in 0..n {
         ids.push(user_id(i));
         // Some people have no email (pseudonymised pipelines), some no organisation.
@@ -238,11 +253,27 @@ pub fn events(spec: DatasetSpec, batch_rows: usize) -> impl Iterator<Item = Reco
             let ingest = if late { t + (2 + rng.below(10)) as i64 * 3_600_000_000 } else { t + rng.below(5_000_000) as i64 };
             let person = if rng.chance(10) { people + rng.below(1000) } else { rng.below(people) };
             let null_kind = if rng.chance(5) { rng.below(4) } else { 9 };
-            if null_kind == 0 { ids.append_null() } else { ids.append_value(format!("evt_{id_num:010}")) }
-            if null_kind == 1 { names.append_null() } else { names.append_value(EVENTS[(id_num % EVENTS.len() as u64) as usize]) }
+            if null_kind == 0 {
+                ids.append_null()
+            } else {
+                ids.append_value(format!("evt_{id_num:010}"))
+            }
+            if null_kind == 1 {
+                names.append_null()
+            } else {
+                names.append_value(EVENTS[(id_num % EVENTS.len() as u64) as usize])
+            }
             ts.push(if null_kind == 2 { None } else { Some(t) });
-            if null_kind == 3 { users.append_null() } else { users.append_value(user_id(person)) }
-            if person < people && person % 40 != 39 { emails.append_value(person_email(&spec, person)) } else { emails.append_null() }
+            if null_kind == 3 {
+                users.append_null()
+            } else {
+                users.append_value(user_id(person))
+            }
+            if person < people && person % 40 != 39 {
+                emails.append_value(person_email(&spec, person))
+            } else {
+                emails.append_null()
+            }
             plans.append_value(PLANS[(person % 4) as usize]);
             platforms.append_value(PLATFORMS[(id_num % 4) as usize]);
             props.keys().append_value("page");

@@ -77,9 +77,7 @@ impl RunningEmulator {
 
 /// Starts serving `workspace` on `addr` (`127.0.0.1:0` picks a free port).
 pub async fn start(workspace: Workspace, config: EmulatorConfig, addr: &str) -> Result<RunningEmulator, Error> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { addr: addr.to_string(), source })?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr: addr.to_string(), source })?;
     let local = listener.local_addr().map_err(|source| Error::Bind { addr: addr.to_string(), source })?;
     let emulator = Emulator::new(config, workspace);
     let _ = emulator.inner.base_url.set(format!("http://{local}"));
@@ -141,9 +139,7 @@ fn router(emu: Emulator) -> Router {
         .route("/emulator/v1/faults", get(admin_faults).post(admin_add_fault).delete(admin_clear_faults))
         .fallback(fallback)
         .method_not_allowed_fallback(fallback);
-    api.layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(middleware::from_fn_with_state(emu.clone(), common))
-        .with_state(emu)
+    api.layer(DefaultBodyLimit::max(BODY_LIMIT)).layer(middleware::from_fn_with_state(emu.clone(), common)).with_state(emu)
 }
 
 // ---------------------------------------------------------------------------
@@ -245,9 +241,7 @@ fn bearer(headers: &HeaderMap) -> Result<Option<String>, ()> {
     let Some(v) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
     let v = v.to_str().map_err(|_| ())?;
     match v.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
-            Ok(Some(token.trim().to_string()))
-        }
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => Ok(Some(token.trim().to_string())),
         _ => Err(()),
     }
 }
@@ -331,9 +325,8 @@ fn is_warehouse_id(id: &str) -> bool {
 }
 
 fn warehouse_denied(id: &str, request_id: &str) -> ApiError {
-    ApiError::permission_denied("You do not have permission to use the SQL Warehouse. Please contact your administrator.").with_details(
-        resource_details("warehouse", id, "user is not authorized to use this warehouse", request_id),
-    )
+    ApiError::permission_denied("You do not have permission to use the SQL Warehouse. Please contact your administrator.")
+        .with_details(resource_details("warehouse", id, "user is not authorized to use this warehouse", request_id))
 }
 
 // ---------------------------------------------------------------------------
@@ -341,7 +334,8 @@ fn warehouse_denied(id: &str, request_id: &str) -> ApiError {
 
 async fn submit_statement(State(emu): State<Emulator>, caller: Caller, body: Bytes) -> Result<Response, ApiError> {
     let m = parse_json(&body)?;
-    let warehouse_id = opt_str(&m, "warehouse_id")?.ok_or_else(|| ApiError::bad_request("Required field is not specified: warehouse_id."))?;
+    let warehouse_id =
+        opt_str(&m, "warehouse_id")?.ok_or_else(|| ApiError::bad_request("Required field is not specified: warehouse_id."))?;
     let statement = opt_str(&m, "statement")?.ok_or_else(|| ApiError::bad_request("Required field is not specified: statement."))?;
     if statement.len() > 16 << 20 {
         return Err(ApiError::invalid_parameter("The statement field is longer than 16 MiB."));
@@ -357,7 +351,9 @@ async fn submit_statement(State(emu): State<Emulator>, caller: Caller, body: Byt
                 return Err(ApiError::invalid_parameter(
                     "The wait_timeout field must be 0 seconds (disables wait), or between 5 seconds and 50 seconds.",
                 )
-                .with_details(json!([{"@type": "type.googleapis.com/google.rpc.RequestInfo", "request_id": caller.request_id, "serving_data": ""}])));
+                .with_details(
+                    json!([{"@type": "type.googleapis.com/google.rpc.RequestInfo", "request_id": caller.request_id, "serving_data": ""}]),
+                ));
             }
             secs
         }
@@ -443,14 +439,16 @@ async fn submit_statement(State(emu): State<Emulator>, caller: Caller, body: Byt
 
 /// Parses a statement id from the path (Databricks insists on a UUID).
 fn statement_id(id: &str) -> Result<String, ApiError> {
-    uuid::Uuid::parse_str(id)
-        .map(|u| u.to_string())
-        .map_err(|_| ApiError::invalid_parameter("Error while parsing type: statement_id."))
+    uuid::Uuid::parse_str(id).map(|u| u.to_string()).map_err(|_| ApiError::invalid_parameter("Error while parsing type: statement_id."))
 }
 
 fn statement_not_found(id: &str, request_id: &str) -> ApiError {
-    ApiError::not_found("NOT_FOUND", format!("The statement {id} was not found."))
-        .with_details(resource_details("statement", id, "does not exist", request_id))
+    ApiError::not_found("NOT_FOUND", format!("The statement {id} was not found.")).with_details(resource_details(
+        "statement",
+        id,
+        "does not exist",
+        request_id,
+    ))
 }
 
 /// The caller's own statement (others' statements do not exist for them).
@@ -486,11 +484,7 @@ async fn close_statement(State(emu): State<Emulator>, caller: Caller, Path(id): 
     Ok(ok(json!({})))
 }
 
-async fn get_chunk(
-    State(emu): State<Emulator>,
-    caller: Caller,
-    Path((id, index)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
+async fn get_chunk(State(emu): State<Emulator>, caller: Caller, Path((id, index)): Path<(String, String)>) -> Result<Response, ApiError> {
     let stmt = own_statement(&emu, &caller, &id)?;
     emu.inner.counters.chunk_requests.fetch_add(1, Ordering::Relaxed);
     let index: usize = index.parse().map_err(|_| ApiError::invalid_parameter("Error while parsing type: chunk_index."))?;
@@ -545,9 +539,8 @@ fn result_data(emu: &Emulator, stmt: &Statement, rs: &ResultSet, index: usize) -
     d.insert("chunk_index".into(), json!(index));
     d.insert("row_offset".into(), json!(chunk.row_offset));
     d.insert("row_count".into(), json!(chunk.row_count));
-    let next = (index + 1 < rs.chunks.len()).then(|| {
-        (index + 1, format!("/api/2.0/sql/statements/{}/result/chunks/{}", stmt.id, index + 1))
-    });
+    let next =
+        (index + 1 < rs.chunks.len()).then(|| (index + 1, format!("/api/2.0/sql/statements/{}/result/chunks/{}", stmt.id, index + 1)));
     if stmt.request.disposition == Disposition::Inline {
         let rows: Value = serde_json::from_slice(&chunk.body).unwrap_or(Value::Array(Vec::new()));
         d.insert("data_array".into(), rows);
@@ -589,10 +582,7 @@ fn sign_link(emu: &Emulator, id: &str, index: usize) -> (String, String) {
         "{}/emulator/files/{id}/{index}?X-Databricks-Issued={issued}&X-Databricks-TTL={ttl}&X-Databricks-Signature={sig}",
         emu.base_url()
     );
-    let expiration = chrono::DateTime::from_timestamp_millis(issued + ttl)
-        .unwrap_or_default()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string();
+    let expiration = chrono::DateTime::from_timestamp_millis(issued + ttl).unwrap_or_default().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
     (url, expiration)
 }
 
@@ -624,7 +614,11 @@ async fn download_chunk(
         q.get("X-Databricks-Signature"),
         index.parse::<usize>(),
     ) else {
-        return storage_error(StatusCode::FORBIDDEN, "AccessDenied", "Query-string authentication requires the Signature, Issued and TTL parameters");
+        return storage_error(
+            StatusCode::FORBIDDEN,
+            "AccessDenied",
+            "Query-string authentication requires the Signature, Issued and TTL parameters",
+        );
     };
     if link_signature(&emu.inner.link_secret, &id, index, issued, ttl) != *sig {
         return storage_error(
@@ -662,7 +656,8 @@ async fn download_chunk(
 fn warehouse_json(emu: &Emulator, ws: &Workspace, id: &str) -> Value {
     let w = &ws.warehouses[id];
     let host = emu.base_url().trim_start_matches("http://").to_string();
-    let (hostname, port) = host.rsplit_once(':').map(|(h, p)| (h.to_string(), p.parse::<u16>().unwrap_or(80))).unwrap_or((host.clone(), 80));
+    let (hostname, port) =
+        host.rsplit_once(':').map(|(h, p)| (h.to_string(), p.parse::<u16>().unwrap_or(80))).unwrap_or((host.clone(), 80));
     let creator_id = ws.principal(&w.creator).map(|p| p.id.parse::<u64>().unwrap_or(0)).unwrap_or(0);
     let path = format!("/sql/1.0/warehouses/{id}");
     let size = match w.cluster_size.as_str() {
@@ -713,12 +708,8 @@ fn warehouse_for(emu: &Emulator, caller: &Caller, id: &str) -> Result<(), ApiErr
 
 async fn list_warehouses(State(emu): State<Emulator>, caller: Caller) -> Response {
     let ws = emu.ws();
-    let list: Vec<Value> = ws
-        .warehouses
-        .values()
-        .filter(|w| w.can_use(&caller.principal))
-        .map(|w| warehouse_json(&emu, &ws, &w.id))
-        .collect();
+    let list: Vec<Value> =
+        ws.warehouses.values().filter(|w| w.can_use(&caller.principal)).map(|w| warehouse_json(&emu, &ws, &w.id)).collect();
     ok(json!({"warehouses": list}))
 }
 
@@ -866,7 +857,11 @@ fn visible_catalog_list(ws: &Workspace, p: &Principal, include_browse: bool) -> 
     out.into_iter().map(|(_, v)| v).collect()
 }
 
-async fn list_catalogs(State(emu): State<Emulator>, caller: Caller, Query(q): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+async fn list_catalogs(
+    State(emu): State<Emulator>,
+    caller: Caller,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let all = visible_catalog_list(&emu.ws(), &caller.principal, flag(&q, "include_browse"));
     let (items, next) = page(all, &q, 1)?;
     Ok(listing("catalogs", items, next))
@@ -904,7 +899,10 @@ fn check_schema_access(ws: &Workspace, p: &Principal, c: &str, s: Option<&str>) 
 }
 
 fn required<'a>(q: &'a HashMap<String, String>, name: &str) -> Result<&'a str, ApiError> {
-    q.get(name).map(String::as_str).filter(|v| !v.is_empty()).ok_or_else(|| ApiError::invalid_parameter(format!("Missing required field: {name}")))
+    q.get(name)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| ApiError::invalid_parameter(format!("Missing required field: {name}")))
 }
 
 async fn list_schemas(State(emu): State<Emulator>, caller: Caller, Query(q): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
@@ -1003,9 +1001,7 @@ fn split_table(full: &str) -> Result<(String, String, String), ApiError> {
     let parts: Vec<&str> = full.split('.').collect();
     match parts.as_slice() {
         [c, s, t] if !c.is_empty() && !s.is_empty() && !t.is_empty() => Ok((c.to_string(), s.to_string(), t.to_string())),
-        _ => Err(ApiError::invalid_parameter(format!(
-            "Invalid table full name '{full}': a table is named catalog.schema.table."
-        ))),
+        _ => Err(ApiError::invalid_parameter(format!("Invalid table full name '{full}': a table is named catalog.schema.table."))),
     }
 }
 
@@ -1339,7 +1335,8 @@ struct NewToken {
 }
 
 async fn admin_create_token(State(emu): State<Emulator>, _a: Admin, body: Bytes) -> Result<Response, ApiError> {
-    let t: NewToken = serde_json::from_slice(&body).map_err(|e| admin_error(format!("{e}. Send {{\"principal\", \"expires_in_secs\"?}}.")))?;
+    let t: NewToken =
+        serde_json::from_slice(&body).map_err(|e| admin_error(format!("{e}. Send {{\"principal\", \"expires_in_secs\"?}}.")))?;
     let mut ws = emu.ws_mut();
     if ws.principal(&t.principal).is_none() {
         return Err(admin_error(format!("principal '{}' does not exist", t.principal)));
@@ -1389,7 +1386,10 @@ async fn admin_set_warehouse(State(emu): State<Emulator>, _a: Admin, Path(id): P
     })?;
     let stopping = {
         let mut ws = emu.ws_mut();
-        let w = ws.warehouses.get_mut(&id).ok_or_else(|| ApiError::not_found("RESOURCE_DOES_NOT_EXIST", format!("Warehouse {id} does not exist.")))?;
+        let w = ws
+            .warehouses
+            .get_mut(&id)
+            .ok_or_else(|| ApiError::not_found("RESOURCE_DOES_NOT_EXIST", format!("Warehouse {id} does not exist.")))?;
         if let Some(v) = c.auto_resume {
             w.auto_resume = v;
         }

@@ -11,9 +11,8 @@ use std::sync::Arc;
 use base64::Engine as _;
 use chrono::{DateTime, NaiveDate};
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Date32Array, Decimal128Array, Float32Array,
-    Float64Array, Int8Array, Int16Array, Int32Array, Int64Array, StringArray,
-    TimestampMicrosecondArray,
+    Array, ArrayRef, AsArray, BooleanArray, Date32Array, Decimal128Array, Float32Array, Float64Array, Int8Array, Int16Array, Int32Array,
+    Int64Array, StringArray, TimestampMicrosecondArray,
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, SchemaRef, TimeUnit};
@@ -236,16 +235,13 @@ pub fn catalog_type_text(dt: &DataType) -> String {
             format!("array<{}>", catalog_type_text(f.data_type()))
         }
         DataType::Map(entries, _) => match entries.data_type() {
-            DataType::Struct(kv) if kv.len() == 2 => format!(
-                "map<{},{}>",
-                catalog_type_text(kv[0].data_type()),
-                catalog_type_text(kv[1].data_type())
-            ),
+            DataType::Struct(kv) if kv.len() == 2 => {
+                format!("map<{},{}>", catalog_type_text(kv[0].data_type()), catalog_type_text(kv[1].data_type()))
+            }
             _ => "map<string,string>".into(),
         },
         DataType::Struct(fields) => {
-            let parts: Vec<String> =
-                fields.iter().map(|f| format!("{}:{}", f.name(), catalog_type_text(f.data_type()))).collect();
+            let parts: Vec<String> = fields.iter().map(|f| format!("{}:{}", f.name(), catalog_type_text(f.data_type()))).collect();
             format!("struct<{}>", parts.join(","))
         }
         DataType::Int32 => "int".into(),
@@ -337,10 +333,7 @@ pub fn normalize_type(dt: &DataType) -> DataType {
             DataType::List(Arc::new(Field::new("element", normalize_type(f.data_type()), true)))
         }
         DataType::Struct(fields) => DataType::Struct(Fields::from(
-            fields
-                .iter()
-                .map(|f| Field::new(f.name(), normalize_type(f.data_type()), f.is_nullable()))
-                .collect::<Vec<_>>(),
+            fields.iter().map(|f| Field::new(f.name(), normalize_type(f.data_type()), f.is_nullable())).collect::<Vec<_>>(),
         )),
         DataType::Map(entries, sorted) => match entries.data_type() {
             DataType::Struct(kv) if kv.len() == 2 => {
@@ -356,11 +349,7 @@ pub fn normalize_type(dt: &DataType) -> DataType {
 /// The normalised schema of a query's output.
 pub fn normalize_schema(schema: &Schema) -> SchemaRef {
     Arc::new(Schema::new(
-        schema
-            .fields()
-            .iter()
-            .map(|f| Field::new(f.name(), normalize_type(f.data_type()), f.is_nullable()))
-            .collect::<Vec<_>>(),
+        schema.fields().iter().map(|f| Field::new(f.name(), normalize_type(f.data_type()), f.is_nullable())).collect::<Vec<_>>(),
     ))
 }
 
@@ -370,13 +359,7 @@ pub fn normalize_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<Record
         .columns()
         .iter()
         .zip(schema.fields())
-        .map(|(col, field)| {
-            if col.data_type() == field.data_type() {
-                Ok(col.clone())
-            } else {
-                relabel_or_cast(col, field)
-            }
-        })
+        .map(|(col, field)| if col.data_type() == field.data_type() { Ok(col.clone()) } else { relabel_or_cast(col, field) })
         .collect();
     RecordBatch::try_new(schema.clone(), columns?).map_err(|e| e.to_string())
 }
@@ -434,9 +417,7 @@ fn scalar_text(col: &dyn Array, row: usize) -> String {
         }
         _ => None,
     }
-    .unwrap_or_else(|| {
-        datafusion::arrow::util::display::array_value_to_string(col, row).unwrap_or_default()
-    })
+    .unwrap_or_else(|| datafusion::arrow::util::display::array_value_to_string(col, row).unwrap_or_default())
 }
 
 /// `2024-01-02T03:04:05.123Z` (instants) or `2024-01-02T03:04:05.123` (NTZ):

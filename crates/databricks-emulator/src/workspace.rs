@@ -87,7 +87,11 @@ pub enum Relation {
     Table(Arc<EmuTable>),
     /// A view: its SQL, and the planned provider (or why it no longer plans,
     /// e.g. after a column it reads was renamed).
-    View { sql: String, planned: Result<Arc<dyn TableProvider>, SqlError>, schema: SchemaRef },
+    View {
+        sql: String,
+        planned: Result<Arc<dyn TableProvider>, SqlError>,
+        schema: SchemaRef,
+    },
 }
 
 impl fmt::Debug for Relation {
@@ -297,9 +301,10 @@ pub struct WarehouseCounters {
 impl Warehouse {
     pub fn can_use(&self, principal: &Principal) -> bool {
         principal.admin
-            || self.acl.get(&principal.user_name).is_some_and(|l| {
-                matches!(l.as_str(), "CAN_USE" | "CAN_MANAGE" | "IS_OWNER" | "CAN_MONITOR")
-            })
+            || self
+                .acl
+                .get(&principal.user_name)
+                .is_some_and(|l| matches!(l.as_str(), "CAN_USE" | "CAN_MANAGE" | "IS_OWNER" | "CAN_MONITOR"))
             || self.acl.get("users").is_some_and(|l| l == "CAN_USE")
     }
     pub fn can_manage(&self, principal: &Principal) -> bool {
@@ -362,9 +367,7 @@ impl Workspace {
     fn owns(&self, p: &Principal, sec: &Securable) -> bool {
         sec.lineage().iter().any(|s| match s {
             Securable::Catalog(c) => self.catalogs.get(c).is_some_and(|e| e.owner == p.user_name),
-            Securable::Schema(c, sc) => {
-                self.catalogs.get(c).and_then(|e| e.schemas.get(sc)).is_some_and(|e| e.owner == p.user_name)
-            }
+            Securable::Schema(c, sc) => self.catalogs.get(c).and_then(|e| e.schemas.get(sc)).is_some_and(|e| e.owner == p.user_name),
             Securable::Table(c, sc, t) => self.table(c, sc, t).is_some_and(|e| e.owner == p.user_name),
         })
     }

@@ -239,11 +239,25 @@ async fn oauth_machine_to_machine_issues_short_lived_tokens() {
     let body = format!("grant_type=client_credentials&client_id={}&client_secret={}", demo::SERVICE_PRINCIPAL, emu.oauth_secret);
     let resp = emu.http.post(&token_url).header("content-type", "application/x-www-form-urlencoded").body(body).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    let resp = emu.http.post(&token_url).basic_auth(demo::SERVICE_PRINCIPAL, Some("wrong")).body("grant_type=client_credentials").send().await.unwrap();
+    let resp = emu
+        .http
+        .post(&token_url)
+        .basic_auth(demo::SERVICE_PRINCIPAL, Some("wrong"))
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     let err: Value = resp.json().await.unwrap();
     assert_eq!(err["error"], "invalid_client");
-    let resp = emu.http.post(&token_url).basic_auth(demo::SERVICE_PRINCIPAL, Some(&emu.oauth_secret)).body("grant_type=password").send().await.unwrap();
+    let resp = emu
+        .http
+        .post(&token_url)
+        .basic_auth(demo::SERVICE_PRINCIPAL, Some(&emu.oauth_secret))
+        .body("grant_type=password")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 
     // The token expires.
@@ -274,19 +288,55 @@ async fn bad_requests_get_databricks_errors() {
     let emu = Emu::start().await;
     let p = "/api/2.0/sql/statements";
     let cases: Vec<(Value, &str, &str)> = vec![
-        (json!({"statement": "SELECT 1", "warehouse_id": WH, "wait_timeout": "51s"}), "INVALID_PARAMETER_VALUE", "The wait_timeout field must be 0 seconds (disables wait), or between 5 seconds and 50 seconds."),
-        (json!({"statement": "SELECT 1", "warehouse_id": WH, "wait_timeout": "3s"}), "INVALID_PARAMETER_VALUE", "The wait_timeout field must be 0 seconds (disables wait), or between 5 seconds and 50 seconds."),
-        (json!({"statement": "SELECT 1", "warehouse_id": WH, "wait_timeout": "soon"}), "INVALID_PARAMETER_VALUE", "Error while parsing type: duration."),
+        (
+            json!({"statement": "SELECT 1", "warehouse_id": WH, "wait_timeout": "51s"}),
+            "INVALID_PARAMETER_VALUE",
+            "The wait_timeout field must be 0 seconds (disables wait), or between 5 seconds and 50 seconds.",
+        ),
+        (
+            json!({"statement": "SELECT 1", "warehouse_id": WH, "wait_timeout": "3s"}),
+            "INVALID_PARAMETER_VALUE",
+            "The wait_timeout field must be 0 seconds (disables wait), or between 5 seconds and 50 seconds.",
+        ),
+        (
+            json!({"statement": "SELECT 1", "warehouse_id": WH, "wait_timeout": "soon"}),
+            "INVALID_PARAMETER_VALUE",
+            "Error while parsing type: duration.",
+        ),
         (json!({"statement": "SELECT 1"}), "BAD_REQUEST", "Required field is not specified: warehouse_id."),
         (json!({}), "BAD_REQUEST", "Required field is not specified: warehouse_id."),
         (json!({"warehouse_id": WH}), "BAD_REQUEST", "Required field is not specified: statement."),
         (json!({"statement": "SELECT 1", "warehouse_id": "nosuch"}), "INVALID_PARAMETER_VALUE", "nosuch is not a valid endpoint id."),
-        (json!({"statement": "SELECT 1", "warehouse_id": WH, "disposition": "INLINE", "format": "ARROW_STREAM"}), "INVALID_PARAMETER_VALUE", "Incompatible parameters: The format field must be JSON_ARRAY when the disposition field is INLINE."),
-        (json!({"statement": "SELECT 1", "warehouse_id": WH, "format": "CSV"}), "INVALID_PARAMETER_VALUE", "Incompatible parameters: The format field must be JSON_ARRAY when the disposition field is INLINE."),
-        (json!({"statement": "SELECT 1", "warehouse_id": WH, "row_limit": -1}), "INVALID_PARAMETER_VALUE", "The row_limit field must be between 0 and 2147483647."),
-        (json!({"statement": "SELECT 1", "warehouse_id": WH, "byte_limit": 0}), "INVALID_PARAMETER_VALUE", "The byte_limit field must be between 1 and 26214400."),
-        (json!({"statement": 42, "warehouse_id": WH}), "MALFORMED_REQUEST", "Invalid JSON given in the body of the request - expected a string for field 'statement'"),
-        (json!({"statement": "SELECT 1", "warehouse_id": WH, "row_limit": "many"}), "MALFORMED_REQUEST", "Invalid JSON given in the body of the request - expected an integer for field 'row_limit'"),
+        (
+            json!({"statement": "SELECT 1", "warehouse_id": WH, "disposition": "INLINE", "format": "ARROW_STREAM"}),
+            "INVALID_PARAMETER_VALUE",
+            "Incompatible parameters: The format field must be JSON_ARRAY when the disposition field is INLINE.",
+        ),
+        (
+            json!({"statement": "SELECT 1", "warehouse_id": WH, "format": "CSV"}),
+            "INVALID_PARAMETER_VALUE",
+            "Incompatible parameters: The format field must be JSON_ARRAY when the disposition field is INLINE.",
+        ),
+        (
+            json!({"statement": "SELECT 1", "warehouse_id": WH, "row_limit": -1}),
+            "INVALID_PARAMETER_VALUE",
+            "The row_limit field must be between 0 and 2147483647.",
+        ),
+        (
+            json!({"statement": "SELECT 1", "warehouse_id": WH, "byte_limit": 0}),
+            "INVALID_PARAMETER_VALUE",
+            "The byte_limit field must be between 1 and 26214400.",
+        ),
+        (
+            json!({"statement": 42, "warehouse_id": WH}),
+            "MALFORMED_REQUEST",
+            "Invalid JSON given in the body of the request - expected a string for field 'statement'",
+        ),
+        (
+            json!({"statement": "SELECT 1", "warehouse_id": WH, "row_limit": "many"}),
+            "MALFORMED_REQUEST",
+            "Invalid JSON given in the body of the request - expected an integer for field 'row_limit'",
+        ),
     ];
     for (body, code, message) in cases {
         let r = emu.post("service_principal", p, body.clone()).await;
@@ -296,7 +346,10 @@ async fn bad_requests_get_databricks_errors() {
     }
     let r = emu.post_raw("service_principal", p, "{\"statement\": ").await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert_eq!(r.body, json!({"error_code": "MALFORMED_REQUEST", "message": "Invalid JSON given in the body of the request - failed to parse given JSON"}));
+    assert_eq!(
+        r.body,
+        json!({"error_code": "MALFORMED_REQUEST", "message": "Invalid JSON given in the body of the request - failed to parse given JSON"})
+    );
     // A warehouse the caller cannot use, or that does not exist: 403 with details.
     for (who, wh) in [("no_can_use", WH), ("service_principal", "0123456789abcdef")] {
         let r = emu.post(who, p, json!({"statement": "SELECT 1", "warehouse_id": wh})).await;
@@ -333,9 +386,21 @@ async fn sql_errors_fail_the_statement_with_class_and_state() {
     let emu = Emu::start().await;
     let cases = [
         ("SELEC 1", "42601", "[PARSE_SYNTAX_ERROR] Syntax error at or near 'SELEC'"),
-        ("SELECT * FROM main.product.nope", "42P01", "[TABLE_OR_VIEW_NOT_FOUND] The table or view `main`.`product`.`nope` cannot be found."),
-        ("SELECT evnt_ts FROM main.product.events_v", "42703", "[UNRESOLVED_COLUMN.WITH_SUGGESTION] A column, variable, or function parameter with name `evnt_ts` cannot be resolved. Did you mean one of the following? [`event_ts`"),
-        ("INSERT INTO main.product.events (event_id) VALUES ('x')", "42501", "[INSUFFICIENT_PERMISSIONS] Insufficient privileges:\nUser does not have MODIFY on Table 'main.product.events'."),
+        (
+            "SELECT * FROM main.product.nope",
+            "42P01",
+            "[TABLE_OR_VIEW_NOT_FOUND] The table or view `main`.`product`.`nope` cannot be found.",
+        ),
+        (
+            "SELECT evnt_ts FROM main.product.events_v",
+            "42703",
+            "[UNRESOLVED_COLUMN.WITH_SUGGESTION] A column, variable, or function parameter with name `evnt_ts` cannot be resolved. Did you mean one of the following? [`event_ts`",
+        ),
+        (
+            "INSERT INTO main.product.events (event_id) VALUES ('x')",
+            "42501",
+            "[INSUFFICIENT_PERMISSIONS] Insufficient privileges:\nUser does not have MODIFY on Table 'main.product.events'.",
+        ),
         ("DELETE FROM main.crm.people", "42501", "[INSUFFICIENT_PERMISSIONS]"),
         ("DROP TABLE main.crm.people", "42501", "[INSUFFICIENT_PERMISSIONS]"),
         ("CREATE TABLE main.crm.x (a INT)", "42501", "[INSUFFICIENT_PERMISSIONS]"),
@@ -386,7 +451,8 @@ async fn grants_are_enforced_in_sql() {
         .await;
     assert_eq!(cols[0], vec![json!("user_id"), json!("STRING"), json!("0"), json!("NO")]);
     // The default catalog and schema of the request.
-    let s = emu.sql_with("service_principal", json!({"statement": "SELECT count(*) FROM people", "catalog": "main", "schema": "crm"})).await;
+    let s =
+        emu.sql_with("service_principal", json!({"statement": "SELECT count(*) FROM people", "catalog": "main", "schema": "crm"})).await;
     assert_eq!(s["status"]["state"], "SUCCEEDED", "{s}");
     // Backticks.
     let rows = emu.rows("service_principal", "SELECT `user_id` FROM `main`.`crm`.`people` LIMIT 1").await;
@@ -451,10 +517,14 @@ async fn named_parameters_bind_with_their_types() {
     let s = emu.sql_with("service_principal", json!({"statement": "SELECT :nope"})).await;
     assert_eq!(s["status"]["sql_state"], "42P02");
     assert!(error_message(&s).starts_with("[UNBOUND_SQL_PARAMETER]"), "{s}");
-    let s = emu.sql_with("service_principal", json!({"statement": "SELECT :n", "parameters": [{"name": "n", "value": "abc", "type": "INT"}]})).await;
+    let s = emu
+        .sql_with("service_principal", json!({"statement": "SELECT :n", "parameters": [{"name": "n", "value": "abc", "type": "INT"}]}))
+        .await;
     assert_eq!(s["status"]["sql_state"], "22023");
     assert!(error_message(&s).contains("INVALID_VALUE_FOR_DATA_TYPE"), "{s}");
-    let s = emu.sql_with("service_principal", json!({"statement": "SELECT :n", "parameters": [{"name": "n", "value": "[1]", "type": "ARRAY"}]})).await;
+    let s = emu
+        .sql_with("service_principal", json!({"statement": "SELECT :n", "parameters": [{"name": "n", "value": "[1]", "type": "ARRAY"}]}))
+        .await;
     assert!(error_message(&s).contains("INVALID_PARAMETER_MARKER_VALUE.INVALID_DATA_TYPE"), "{s}");
     // Parameters in a pipeline-style incremental query.
     let s = emu
@@ -560,7 +630,10 @@ async fn external_links_refuse_authorization_and_expire() {
     let config = EmulatorConfig { link_ttl: Duration::from_millis(600), ..small_chunks() };
     let emu = Emu::start_with(config, DemoOptions { events: 1000, start_delay_ms: Some(50), ..Default::default() }).await;
     let s = emu
-        .sql_with("service_principal", json!({"statement": "SELECT * FROM main.product.events", "disposition": "EXTERNAL_LINKS", "format": "JSON_ARRAY"}))
+        .sql_with(
+            "service_principal",
+            json!({"statement": "SELECT * FROM main.product.events", "disposition": "EXTERNAL_LINKS", "format": "JSON_ARRAY"}),
+        )
         .await;
     let id = s["statement_id"].as_str().unwrap().to_string();
     let url = s["result"]["external_links"][0]["external_link"].as_str().unwrap().to_string();
@@ -614,7 +687,8 @@ async fn inline_results_follow_next_chunk_links_and_limits() {
     let s = emu.sql_with("service_principal", json!({"statement": "SELECT event_id FROM main.product.events", "row_limit": 10})).await;
     assert_eq!(s["manifest"]["total_row_count"], 10);
     assert_eq!(s["manifest"]["truncated"], true);
-    let s = emu.sql_with("service_principal", json!({"statement": "SELECT event_id FROM main.product.events LIMIT 5", "row_limit": 10})).await;
+    let s =
+        emu.sql_with("service_principal", json!({"statement": "SELECT event_id FROM main.product.events LIMIT 5", "row_limit": 10})).await;
     assert_eq!(s["manifest"]["truncated"], false);
     let s = emu.sql_with("service_principal", json!({"statement": "SELECT event_id FROM main.product.events", "row_limit": 0})).await;
     assert_eq!((s["manifest"]["total_row_count"].as_u64(), s["manifest"]["truncated"].as_bool()), (Some(0), Some(true)));
@@ -651,9 +725,12 @@ async fn finished_results_expire_and_the_statement_closes() {
 
 #[tokio::test]
 async fn statements_wait_pending_while_the_warehouse_starts() {
-    let emu = Emu::start_with(EmulatorConfig::default(), DemoOptions { events: 100, start_delay_ms: Some(400), ..Default::default() }).await;
+    let emu =
+        Emu::start_with(EmulatorConfig::default(), DemoOptions { events: 100, start_delay_ms: Some(400), ..Default::default() }).await;
     assert_eq!(emu.warehouse_state().await, "STOPPED");
-    let r = emu.post("service_principal", "/api/2.0/sql/statements", json!({"statement": "SELECT 1", "warehouse_id": WH, "wait_timeout": "0s"})).await;
+    let r = emu
+        .post("service_principal", "/api/2.0/sql/statements", json!({"statement": "SELECT 1", "warehouse_id": WH, "wait_timeout": "0s"}))
+        .await;
     assert_eq!(r.body["status"]["state"], "PENDING");
     assert_eq!(r.body.as_object().unwrap().len(), 2, "only statement_id and status: {}", r.body);
     assert_eq!(emu.warehouse_state().await, "STARTING");
@@ -676,15 +753,22 @@ async fn statements_wait_pending_while_the_warehouse_starts() {
 
 #[tokio::test]
 async fn wait_timeout_with_cancel_cancels() {
-    let emu = Emu::start_with(EmulatorConfig::default(), DemoOptions { events: 100, start_delay_ms: Some(8000), ..Default::default() }).await;
+    let emu =
+        Emu::start_with(EmulatorConfig::default(), DemoOptions { events: 100, start_delay_ms: Some(8000), ..Default::default() }).await;
     let t = Instant::now();
     let r = emu
-        .post("service_principal", "/api/2.0/sql/statements", json!({"statement": "SELECT 1", "warehouse_id": WH, "wait_timeout": "5s", "on_wait_timeout": "CANCEL"}))
+        .post(
+            "service_principal",
+            "/api/2.0/sql/statements",
+            json!({"statement": "SELECT 1", "warehouse_id": WH, "wait_timeout": "5s", "on_wait_timeout": "CANCEL"}),
+        )
         .await;
     assert!(t.elapsed() >= Duration::from_secs(5));
     assert_eq!(r.body["status"], json!({"state": "CANCELED"}));
     // CONTINUE (the default) leaves it pending.
-    let r = emu.post("service_principal", "/api/2.0/sql/statements", json!({"statement": "SELECT 1", "warehouse_id": WH, "wait_timeout": "0s"})).await;
+    let r = emu
+        .post("service_principal", "/api/2.0/sql/statements", json!({"statement": "SELECT 1", "warehouse_id": WH, "wait_timeout": "0s"}))
+        .await;
     assert_eq!(r.body["status"]["state"], "PENDING");
     let id = r.body["statement_id"].as_str().unwrap();
     let c = emu.post("service_principal", &format!("/api/2.0/sql/statements/{id}/cancel"), json!({})).await;
@@ -832,7 +916,12 @@ async fn appended_rows_are_seen_through_the_view() {
     ]});
     let r = emu.admin(reqwest::Method::POST, &path, rows).await;
     assert_eq!((r.status, r.body.clone()), (StatusCode::OK, json!({"appended": 1})));
-    let got = emu.rows("service_principal", "SELECT event_id, event_ts, properties FROM main.product.events_v WHERE ingested_at > TIMESTAMP'2029-01-01 00:00:00'").await;
+    let got = emu
+        .rows(
+            "service_principal",
+            "SELECT event_id, event_ts, properties FROM main.product.events_v WHERE ingested_at > TIMESTAMP'2029-01-01 00:00:00'",
+        )
+        .await;
     assert_eq!(got, vec![vec![json!("late-1"), json!("2020-01-01T00:00:00.000Z"), json!("{\"k\":\"v\"}")]]);
     // Bad rows are refused with the reason, and nothing is appended.
     let r = emu.admin(reqwest::Method::POST, &path, json!({"rows": [{"event_id": "x", "no_such_column": 1}]})).await;
@@ -869,7 +958,8 @@ async fn column_changes_break_views_as_databricks_does() {
 #[tokio::test]
 async fn grants_and_tokens_change_at_runtime() {
     let emu = Emu::start().await;
-    let grant = json!({"principal": demo::SERVICE_PRINCIPAL, "securable_type": "schema", "full_name": "main.product", "privileges": ["SELECT"]});
+    let grant =
+        json!({"principal": demo::SERVICE_PRINCIPAL, "securable_type": "schema", "full_name": "main.product", "privileges": ["SELECT"]});
     let r = emu.admin(reqwest::Method::DELETE, "/emulator/v1/grants", grant.clone()).await;
     assert_eq!(r.body["revoked"], 1);
     let s = emu.sql("service_principal", "SELECT 1 FROM main.product.events_v LIMIT 1").await;
@@ -877,7 +967,13 @@ async fn grants_and_tokens_change_at_runtime() {
     emu.admin(reqwest::Method::POST, "/emulator/v1/grants", grant).await;
     let s = emu.sql("service_principal", "SELECT 1 FROM main.product.events_v LIMIT 1").await;
     assert_eq!(s["status"]["state"], "SUCCEEDED");
-    let r = emu.admin(reqwest::Method::POST, "/emulator/v1/grants", json!({"principal": "nobody", "securable_type": "catalog", "full_name": "main", "privileges": ["SELECT"]})).await;
+    let r = emu
+        .admin(
+            reqwest::Method::POST,
+            "/emulator/v1/grants",
+            json!({"principal": "nobody", "securable_type": "catalog", "full_name": "main", "privileges": ["SELECT"]}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
 
     // Rotate: the old token stops working, the new one works.
@@ -888,7 +984,8 @@ async fn grants_and_tokens_change_at_runtime() {
     assert_eq!(emu.get(&format!("raw:{new}"), "/api/2.0/preview/scim/v2/Me").await.status, StatusCode::OK);
     emu.admin(reqwest::Method::POST, &format!("/emulator/v1/tokens/{new}/expire"), json!({})).await;
     assert_eq!(emu.get(&format!("raw:{new}"), "/api/2.0/preview/scim/v2/Me").await.status, StatusCode::FORBIDDEN);
-    let r = emu.admin(reqwest::Method::POST, "/emulator/v1/tokens", json!({"principal": demo::SERVICE_PRINCIPAL, "expires_in_secs": 60})).await;
+    let r =
+        emu.admin(reqwest::Method::POST, "/emulator/v1/tokens", json!({"principal": demo::SERVICE_PRINCIPAL, "expires_in_secs": 60})).await;
     let t = r.body["token"].as_str().unwrap();
     assert_eq!(emu.get(&format!("raw:{t}"), "/api/2.0/preview/scim/v2/Me").await.status, StatusCode::OK);
 }
@@ -897,7 +994,12 @@ async fn grants_and_tokens_change_at_runtime() {
 async fn faults_are_injected_as_configured() {
     let emu = Emu::start().await;
     let add = |rule: Value| emu.admin(reqwest::Method::POST, "/emulator/v1/faults", rule);
-    assert_eq!(add(json!({"kind": "status", "status": 429, "retry_after_secs": 2, "path_prefix": "/api/2.0/sql/statements", "times": 1})).await.status, StatusCode::OK);
+    assert_eq!(
+        add(json!({"kind": "status", "status": 429, "retry_after_secs": 2, "path_prefix": "/api/2.0/sql/statements", "times": 1}))
+            .await
+            .status,
+        StatusCode::OK
+    );
     let r = emu.post("service_principal", "/api/2.0/sql/statements", json!({"statement": "SELECT 1", "warehouse_id": WH})).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(r.headers["retry-after"], "2");
@@ -915,14 +1017,20 @@ async fn faults_are_injected_as_configured() {
     emu.get("service_principal", "/api/2.0/preview/scim/v2/Me").await;
     assert!(t.elapsed() >= Duration::from_millis(300));
 
-    add(json!({"kind": "fail_statement", "contains": "events_v", "error_class": "DELTA_TABLE_NOT_FOUND", "sql_state": "42P01", "times": 1})).await;
+    add(
+        json!({"kind": "fail_statement", "contains": "events_v", "error_class": "DELTA_TABLE_NOT_FOUND", "sql_state": "42P01", "times": 1}),
+    )
+    .await;
     let s = emu.sql("service_principal", "SELECT count(*) FROM main.product.events_v").await;
     assert_eq!(s["status"]["sql_state"], "42P01");
     assert!(error_message(&s).starts_with("[DELTA_TABLE_NOT_FOUND]"));
 
     // A connection reset in the middle of a download.
     let s = emu
-        .sql_with("service_principal", json!({"statement": "SELECT * FROM main.product.events", "disposition": "EXTERNAL_LINKS", "format": "ARROW_STREAM"}))
+        .sql_with(
+            "service_principal",
+            json!({"statement": "SELECT * FROM main.product.events", "disposition": "EXTERNAL_LINKS", "format": "ARROW_STREAM"}),
+        )
         .await;
     add(json!({"kind": "reset_body", "after_bytes": 1000, "path_prefix": "/emulator/files", "times": 1})).await;
     let url = s["result"]["external_links"][0]["external_link"].as_str().unwrap();
@@ -938,7 +1046,10 @@ async fn faults_are_injected_as_configured() {
     let resp = emu.http.get(r.body["external_links"][0]["external_link"].as_str().unwrap()).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     let r = emu.get("service_principal", &format!("/api/2.0/sql/statements/{id}/result/chunks/0")).await;
-    assert_eq!(download(&emu.http, &r.body["external_links"][0]).await.len() as u64, r.body["external_links"][0]["byte_count"].as_u64().unwrap());
+    assert_eq!(
+        download(&emu.http, &r.body["external_links"][0]).await.len() as u64,
+        r.body["external_links"][0]["byte_count"].as_u64().unwrap()
+    );
 
     let faults = emu.get("admin", "/emulator/v1/faults").await.body;
     assert_eq!(faults["faults"], json!([]));
@@ -955,7 +1066,10 @@ async fn query_tags_are_recorded() {
     emu.sql_with("service_principal", json!({"statement": "SELECT 1", "query_tags": tags})).await;
     let h = emu.get("admin", "/emulator/v1/statements").await.body;
     let s = &h["statements"][0];
-    assert_eq!(s["query_tags"], json!([{"key": "app", "value": "trig"}, {"key": "pipeline", "value": "events"}, {"key": "flag", "value": null}]));
+    assert_eq!(
+        s["query_tags"],
+        json!([{"key": "app", "value": "trig"}, {"key": "pipeline", "value": "events"}, {"key": "flag", "value": null}])
+    );
     assert_eq!(s["principal"], demo::SERVICE_PRINCIPAL);
 }
 
@@ -971,8 +1085,16 @@ async fn fixtures_load_csv_ndjson_and_parquet() {
     std::fs::write(dir.join("orgs.csv"), "organisation_id,name\no1,Acme\no2,\"Globex, Inc\"\n").unwrap();
     std::fs::write(dir.join("people.ndjson"), "{\"user_id\":\"u1\",\"signup_date\":\"2024-01-02\"}\n{\"user_id\":\"u2\"}\n").unwrap();
     let schema = std::sync::Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false), Field::new("name", DataType::Utf8, true)]));
-    let batch = RecordBatch::try_new(schema.clone(), vec![std::sync::Arc::new(Int64Array::from(vec![1, 2, 3])), std::sync::Arc::new(StringArray::from(vec![Some("a"), None, Some("c")]))]).unwrap();
-    let mut w = datafusion::parquet::arrow::ArrowWriter::try_new(std::fs::File::create(dir.join("t.parquet")).unwrap(), schema, None).unwrap();
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            std::sync::Arc::new(Int64Array::from(vec![1, 2, 3])),
+            std::sync::Arc::new(StringArray::from(vec![Some("a"), None, Some("c")])),
+        ],
+    )
+    .unwrap();
+    let mut w =
+        datafusion::parquet::arrow::ArrowWriter::try_new(std::fs::File::create(dir.join("t.parquet")).unwrap(), schema, None).unwrap();
     w.write(&batch).unwrap();
     w.close().unwrap();
     let text = r#"
@@ -1035,7 +1157,8 @@ async fn fixtures_load_csv_ndjson_and_parquet() {
 
 #[tokio::test]
 async fn the_demo_dataset_has_the_awkward_rows() {
-    let emu = Emu::start_with(EmulatorConfig::default(), DemoOptions { events: 20_000, start_delay_ms: Some(10), ..Default::default() }).await;
+    let emu =
+        Emu::start_with(EmulatorConfig::default(), DemoOptions { events: 20_000, start_delay_ms: Some(10), ..Default::default() }).await;
     let r = emu
         .rows(
             "service_principal",
@@ -1058,7 +1181,8 @@ async fn the_demo_dataset_has_the_awkward_rows() {
     // The same seed gives the same rows.
     let first_ids = "SELECT event_id, event_name, user_id FROM main.product.events ORDER BY event_id LIMIT 100";
     let a = emu.rows("service_principal", first_ids).await;
-    let other = Emu::start_with(EmulatorConfig::default(), DemoOptions { events: 20_000, start_delay_ms: Some(10), ..Default::default() }).await;
+    let other =
+        Emu::start_with(EmulatorConfig::default(), DemoOptions { events: 20_000, start_delay_ms: Some(10), ..Default::default() }).await;
     let b = other.rows("service_principal", first_ids).await;
     assert_eq!(a, b);
 }

@@ -74,10 +74,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     out.flush()?;
     drop(out);
     tracing::info!(url = %running.base_url(), "emulator ready; Ctrl-C stops it");
-    running
-        .serve_until(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await;
+    running.serve_until(interrupted()).await;
     Ok(())
+}
+
+/// Ctrl-C, or SIGTERM from a supervisor.
+async fn interrupted() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
