@@ -68,7 +68,9 @@ pub struct ResultSet {
 pub fn build(out: &Output, format: Format, lz4: bool, policy: ChunkPolicy, byte_limit: Option<u64>) -> Result<ResultSet, SqlError> {
     let columns: Vec<Value> = out.schema.fields().iter().enumerate().map(|(i, f)| statement_column_json(f, i)).collect();
     let total_rows: usize = out.batches.iter().map(|b| b.num_rows()).sum();
-    let total_mem: usize = out.batches.iter().map(|b| b.get_array_memory_size()).sum();
+    // The bytes the rows really occupy: `get_array_memory_size` counts whole
+    // (over-allocated, shared) buffers and would make chunks ten times too small.
+    let total_mem: usize = out.batches.iter().map(batch_bytes).sum();
     let row_bytes = if total_rows == 0 { 1 } else { (total_mem / total_rows).max(1) };
     let rows_per_chunk = policy.max_rows.min((policy.max_bytes / row_bytes).max(1)).max(1);
 
@@ -127,6 +129,10 @@ pub fn build(out: &Output, format: Format, lz4: bool, policy: ChunkPolicy, byte_
         truncated,
         no_schema: out.schema.fields().is_empty(),
     })
+}
+
+fn batch_bytes(b: &RecordBatch) -> usize {
+    b.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size())).sum()
 }
 
 fn encode(batches: &[RecordBatch], format: Format, lz4: bool, first: bool, row_offset: u64, row_count: u64) -> Result<Chunk, SqlError> {
