@@ -4,6 +4,9 @@
 //!
 //! `cargo bench -p databricks-emulator --bench serve` (set `BENCH_ROWS` to change the 1M rows).
 
+// A bench binary reports its figures on stdout.
+#![allow(clippy::print_stdout)]
+
 use std::io::Cursor;
 use std::time::{Duration, Instant};
 
@@ -101,7 +104,8 @@ async fn run(rows: u64) {
             for batch in StreamReader::try_new(Cursor::new(b.as_ref()), None).unwrap() {
                 let batch = batch.unwrap();
                 let options = FormatOptions::default();
-                let formatters: Vec<ArrayFormatter> = batch.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap()).collect();
+                let formatters: Vec<ArrayFormatter> =
+                    batch.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap()).collect();
                 for row in 0..batch.num_rows() {
                     let owned: Vec<String> = formatters.iter().map(|f| f.value(row).to_string()).collect();
                     cells += owned.len();
@@ -119,7 +123,15 @@ async fn run(rows: u64) {
         let (http, base, token, id, sem) = (http.clone(), base.clone(), token.clone(), id.clone(), sem.clone());
         tasks.spawn(async move {
             let _permit = sem.acquire_owned().await.unwrap();
-            let r: Value = http.get(format!("{base}/api/2.0/sql/statements/{id}/result/chunks/{i}")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+            let r: Value = http
+                .get(format!("{base}/api/2.0/sql/statements/{id}/result/chunks/{i}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             let url = r["external_links"][0]["external_link"].as_str().unwrap().to_string();
             http.get(url).send().await.unwrap().bytes().await.unwrap().len()
         });

@@ -246,12 +246,11 @@ impl Emulator {
         let inline_limit = self.inner.config.inline_limit_bytes;
         let built = tokio::task::spawn_blocking(move || {
             let mut out = out;
-            if let Some(limit) = req.row_limit {
-                if limit == 0 {
+            if let Some(limit) = req.row_limit
+                && limit == 0 {
                     out.batches.clear();
                     out.truncated = true;
                 }
-            }
             let byte_limit = req.byte_limit;
             let rs = results::build(&out, req.format, req.lz4, policy, byte_limit)?;
             if req.disposition == Disposition::Inline && byte_limit.is_none() && rs.total_byte_count > inline_limit {
@@ -295,10 +294,10 @@ impl Emulator {
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(delay)).await;
             let mut ws = emu.ws_mut();
-            if let Some(w) = ws.warehouses.get_mut(&id) {
-                if w.generation == generation {
-                    w.set_state(WarehouseState::Running, Utc::now());
-                }
+            if let Some(w) = ws.warehouses.get_mut(&id)
+                && w.generation == generation
+            {
+                w.set_state(WarehouseState::Running, Utc::now());
             }
         });
     }
@@ -325,10 +324,10 @@ impl Emulator {
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(delay)).await;
             let mut ws = emu.ws_mut();
-            if let Some(w) = ws.warehouses.get_mut(&id) {
-                if w.generation == generation {
-                    w.set_state(WarehouseState::Stopped, Utc::now());
-                }
+            if let Some(w) = ws.warehouses.get_mut(&id)
+                && w.generation == generation
+            {
+                w.set_state(WarehouseState::Stopped, Utc::now());
             }
         });
     }

@@ -236,11 +236,11 @@ impl Engine {
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(|e| map_df_error(&e, sql))?;
             let mut batch = types::normalize_batch(&batch, &out_schema).map_err(SqlError::internal)?;
-            if let Some(max) = q.max_rows {
-                if rows + batch.num_rows() > max {
-                    batch = batch.slice(0, max - rows);
-                    truncated = true;
-                }
+            if let Some(max) = q.max_rows
+                && rows + batch.num_rows() > max
+            {
+                batch = batch.slice(0, max - rows);
+                truncated = true;
             }
             rows += batch.num_rows();
             if batch.num_rows() > 0 {
@@ -347,7 +347,7 @@ fn write_denied(stmt: &Statement, catalog: &str, schema: &str) -> SqlError {
         }
         Statement::Update(u) => SqlError::insufficient("MODIFY", "Table", &u.table.relation.to_string()),
         Statement::Delete(_) | Statement::Merge(_) | Statement::Truncate(_) => {
-            SqlError::insufficient("MODIFY", "Table", &stmt.to_string().split_whitespace().nth(2).unwrap_or("").to_string())
+            SqlError::insufficient("MODIFY", "Table", stmt.to_string().split_whitespace().nth(2).unwrap_or(""))
         }
         Statement::CreateTable(_) | Statement::CreateView(_) => {
             SqlError::insufficient("CREATE TABLE", "Schema", &format!("{catalog}.{schema}"))
@@ -439,10 +439,10 @@ fn describe(ws: &Workspace, p: &Principal, c: &str, s: &str, t: &str, written: &
     let Some(entry) = ws.table(c, s, t) else {
         return Err(table_not_found(written, c, s));
     };
-    if !ws.can_see_table(p, c, s, t) {
-        if let Some(e) = ws.select_denied(p, c, s, t) {
-            return Err(e);
-        }
+    if !ws.can_see_table(p, c, s, t)
+        && let Some(e) = ws.select_denied(p, c, s, t)
+    {
+        return Err(e);
     }
     let schema = entry.schema();
     let names = schema.fields().iter().map(|f| f.name().clone()).collect();
@@ -622,19 +622,18 @@ fn build_catalogs(ws: &Workspace, principal: Option<&Principal>, info_schema: bo
             }
             let _ = provider.register_schema(sname, Arc::new(sp));
         }
-        if info_schema {
-            if let Some(p) = principal {
-                let _ = provider.register_schema("information_schema", info_schema_for(ws, p, Some(cname)));
-            }
+        if info_schema && let Some(p) = principal {
+            let _ = provider.register_schema("information_schema", info_schema_for(ws, p, Some(cname)));
         }
         list.register_catalog(cname.clone(), Arc::new(provider));
     }
-    if info_schema && !ws.catalogs.contains_key("system") {
-        if let Some(p) = principal {
-            let provider = MemoryCatalogProvider::new();
-            let _ = provider.register_schema("information_schema", info_schema_for(ws, p, None));
-            list.register_catalog("system".into(), Arc::new(provider));
-        }
+    if info_schema
+        && !ws.catalogs.contains_key("system")
+        && let Some(p) = principal
+    {
+        let provider = MemoryCatalogProvider::new();
+        let _ = provider.register_schema("information_schema", info_schema_for(ws, p, None));
+        list.register_catalog("system".into(), Arc::new(provider));
     }
     Arc::new(list)
 }
@@ -704,9 +703,7 @@ fn info_schema_for(ws: &Workspace, p: &Principal, only: Option<&String>) -> Arc<
         ("table_owner", t(4)),
         ("comment", t(5)),
     ]);
-    let c = |f: fn(&(String, String, String, String, i64, bool, String, String, Option<i64>, Option<i64>)) -> String| -> ArrayRef {
-        Arc::new(StringArray::from(col_rows.iter().map(f).collect::<Vec<_>>()))
-    };
+    let c = |f: fn(&ColumnRow) -> String| -> ArrayRef { Arc::new(StringArray::from(col_rows.iter().map(f).collect::<Vec<_>>())) };
     let columns = mem_table(vec![
         ("table_catalog", c(|r| r.0.clone())),
         ("table_schema", c(|r| r.1.clone())),
@@ -733,6 +730,10 @@ fn mem_table(cols: Vec<(&str, ArrayRef)>) -> Arc<dyn TableProvider> {
     let batch = RecordBatch::try_new(schema.clone(), arrays).expect("information_schema columns have equal lengths");
     Arc::new(MemTable::try_new(schema, vec![vec![batch]]).expect("schema matches its batch"))
 }
+
+/// One row of `information_schema.columns`: catalog, schema, table, column,
+/// position, nullable, data type, full type, precision, scale.
+type ColumnRow = (String, String, String, String, i64, bool, String, String, Option<i64>, Option<i64>);
 
 #[cfg(test)]
 mod tests {

@@ -102,7 +102,7 @@ pub struct Effects {
 
 impl Faults {
     fn take(&mut self, pred: impl Fn(&FaultRule) -> bool) -> Option<FaultRule> {
-        let i = self.rules.iter().position(|r| pred(r))?;
+        let i = self.rules.iter().position(pred)?;
         let rule = self.rules[i].clone();
         if let Some(t) = self.rules[i].times.as_mut() {
             *t = t.saturating_sub(1);
@@ -120,20 +120,20 @@ impl Faults {
     /// The faults that apply to one HTTP request.
     pub fn for_request(&mut self, method: &str, path: &str) -> Effects {
         let mut fx = Effects::default();
-        if let Some(r) = self.take(|r| matches!(r.kind, FaultKind::Latency { .. }) && Self::matches(r, method, path)) {
-            if let FaultKind::Latency { ms } = r.kind {
-                fx.latency_ms = ms;
-            }
+        if let Some(r) = self.take(|r| matches!(r.kind, FaultKind::Latency { .. }) && Self::matches(r, method, path))
+            && let FaultKind::Latency { ms } = r.kind
+        {
+            fx.latency_ms = ms;
         }
-        if let Some(r) = self.take(|r| matches!(r.kind, FaultKind::Status { .. }) && Self::matches(r, method, path)) {
-            if let FaultKind::Status { status, retry_after_secs } = r.kind {
-                fx.status = Some((status, retry_after_secs));
-            }
+        if let Some(r) = self.take(|r| matches!(r.kind, FaultKind::Status { .. }) && Self::matches(r, method, path))
+            && let FaultKind::Status { status, retry_after_secs } = r.kind
+        {
+            fx.status = Some((status, retry_after_secs));
         }
-        if let Some(r) = self.take(|r| matches!(r.kind, FaultKind::ResetBody { .. }) && Self::matches(r, method, path)) {
-            if let FaultKind::ResetBody { after_bytes } = r.kind {
-                fx.reset_after = Some(after_bytes);
-            }
+        if let Some(r) = self.take(|r| matches!(r.kind, FaultKind::ResetBody { .. }) && Self::matches(r, method, path))
+            && let FaultKind::ResetBody { after_bytes } = r.kind
+        {
+            fx.reset_after = Some(after_bytes);
         }
         fx
     }

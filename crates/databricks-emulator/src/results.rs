@@ -71,7 +71,7 @@ pub fn build(out: &Output, format: Format, lz4: bool, policy: ChunkPolicy, byte_
     // The bytes the rows really occupy: `get_array_memory_size` counts whole
     // (over-allocated, shared) buffers and would make chunks ten times too small.
     let total_mem: usize = out.batches.iter().map(batch_bytes).sum();
-    let row_bytes = if total_rows == 0 { 1 } else { (total_mem / total_rows).max(1) };
+    let row_bytes = total_mem.checked_div(total_rows).unwrap_or(1).max(1);
     let rows_per_chunk = policy.max_rows.min((policy.max_bytes / row_bytes).max(1)).max(1);
 
     let mut truncated = out.truncated;

@@ -2,6 +2,10 @@
 //! Databricks' status codes, headers and bodies; external-link downloads on a
 //! path of their own; the admin API under `/emulator/v1/`.
 
+// Handlers return `ApiError` by value because axum turns it straight into a
+// response; it is only built on the (cold) error path, so boxing it buys nothing.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -198,10 +202,10 @@ fn injected_status(status: u16, retry_after: Option<u64>) -> Response {
         500 => ApiError::new(code, "INTERNAL_ERROR", "An internal error occurred. Please try again.").into_response(),
         _ => ApiError::new(code, "UNKNOWN", format!("Injected HTTP {status}.")).into_response(),
     };
-    if let Some(secs) = retry_after {
-        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-            resp.headers_mut().insert(header::RETRY_AFTER, v);
-        }
+    if let Some(secs) = retry_after
+        && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+    {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
     }
     resp
 }
@@ -521,13 +525,13 @@ fn statement_json(emu: &Emulator, stmt: &Statement) -> Value {
     let mut out = Map::new();
     out.insert("statement_id".into(), json!(stmt.id));
     out.insert("status".into(), status);
-    if state == StmtState::Succeeded {
-        if let Some(rs) = result {
-            let inline = stmt.request.disposition == Disposition::Inline;
-            out.insert("manifest".into(), rs.manifest(inline));
-            let first = if rs.chunks.is_empty() { json!({}) } else { result_data(emu, stmt, &rs, 0) };
-            out.insert("result".into(), first);
-        }
+    if state == StmtState::Succeeded
+        && let Some(rs) = result
+    {
+        let inline = stmt.request.disposition == Disposition::Inline;
+        out.insert("manifest".into(), rs.manifest(inline));
+        let first = if rs.chunks.is_empty() { json!({}) } else { result_data(emu, stmt, &rs, 0) };
+        out.insert("result".into(), first);
     }
     Value::Object(out)
 }

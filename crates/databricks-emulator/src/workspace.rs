@@ -313,10 +313,11 @@ impl Warehouse {
     /// Moves to `state`, keeping the billing counters right.
     pub fn set_state(&mut self, state: WarehouseState, now: DateTime<Utc>) {
         let billed = |s: WarehouseState| matches!(s, WarehouseState::Starting | WarehouseState::Running | WarehouseState::Stopping);
-        if billed(self.state) && !billed(state) {
-            if let Some(since) = self.counters.up_since.take() {
-                self.counters.uptime_ms += (now - since).num_milliseconds().max(0) as u64;
-            }
+        if billed(self.state)
+            && !billed(state)
+            && let Some(since) = self.counters.up_since.take()
+        {
+            self.counters.uptime_ms += (now - since).num_milliseconds().max(0) as u64;
         }
         if !billed(self.state) && billed(state) {
             self.counters.up_since = Some(now);

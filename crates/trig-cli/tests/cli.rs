@@ -47,7 +47,8 @@ async fn emulator_demo_prints_how_to_reach_it_and_serves() {
 
     // It serves what it printed.
     let url = format!("{}/api/2.0/sql/statements", info["workspace_url"].as_str().unwrap());
-    let body = json!({"statement": "SELECT count(*) FROM main.product.events", "warehouse_id": info["warehouse_id"], "wait_timeout": "30s"});
+    let body =
+        json!({"statement": "SELECT count(*) FROM main.product.events", "warehouse_id": info["warehouse_id"], "wait_timeout": "30s"});
     let s: Value = reqwest::Client::new()
         .post(url)
         .bearer_auth(info["tokens"]["service_principal"].as_str().unwrap())
