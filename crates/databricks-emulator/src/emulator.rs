@@ -289,17 +289,7 @@ impl Emulator {
             }
             (w.generation, w.start_delay_ms)
         };
-        let emu = self.clone();
-        let id = id.to_string();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-            let mut ws = emu.ws_mut();
-            if let Some(w) = ws.warehouses.get_mut(&id)
-                && w.generation == generation
-            {
-                w.set_state(WarehouseState::Running, Utc::now());
-            }
-        });
+        self.settle_later(id, generation, delay, WarehouseState::Running);
     }
 
     /// Stops a warehouse: RUNNING → STOPPING now, STOPPED after its stop delay.
@@ -314,20 +304,31 @@ impl Emulator {
             w.set_state(WarehouseState::Stopping, Utc::now());
             (w.generation, w.stop_delay_ms)
         };
+        self.cancel_running_on(id);
+        self.settle_later(id, generation, delay, WarehouseState::Stopped);
+    }
+
+    /// Cancels the statements running on a warehouse that is going away.
+    pub(crate) fn cancel_running_on(&self, warehouse_id: &str) {
         for s in self.inner.statements.lock().unwrap_or_else(|e| e.into_inner()).values() {
-            if s.request.warehouse_id == id && s.state() == State::Running {
+            if s.request.warehouse_id == warehouse_id && s.state() == State::Running {
                 s.cancel.cancel();
             }
         }
+    }
+
+    /// Ends a transition (STARTING → RUNNING, STOPPING → STOPPED) after
+    /// `delay_ms`, unless another state change came first.
+    fn settle_later(&self, id: &str, generation: u64, delay_ms: u64, state: WarehouseState) {
         let emu = self.clone();
         let id = id.to_string();
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
             let mut ws = emu.ws_mut();
             if let Some(w) = ws.warehouses.get_mut(&id)
                 && w.generation == generation
             {
-                w.set_state(WarehouseState::Stopped, Utc::now());
+                w.set_state(state, Utc::now());
             }
         });
     }

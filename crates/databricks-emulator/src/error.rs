@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The fixture file could not be read.
-    #[error("cannot read fixture {path}: {source}. Check the path passed to --fixture.")]
-    ReadFixture { path: String, source: std::io::Error },
+    #[error("cannot read fixture {path}: {reason}. Check the path passed to --fixture.")]
+    ReadFixture { path: String, reason: std::io::Error },
     /// The fixture is not valid TOML or has unknown keys.
     #[error("fixture {path} is invalid: {message}")]
     ParseFixture { path: String, message: String },
@@ -24,8 +24,8 @@ pub enum Error {
     #[error("view {view} does not plan: {message}. Fix the view's SQL in the fixture.")]
     View { view: String, message: String },
     /// The listening socket could not be bound.
-    #[error("cannot listen on {addr}: {source}. Pick another --addr or free the port.")]
-    Bind { addr: String, source: std::io::Error },
+    #[error("cannot listen on {addr}: {reason}. Pick another --addr or free the port.")]
+    Bind { addr: String, reason: std::io::Error },
 }
 
 /// A REST error as Databricks sends it: a status and `{error_code, message, details?}`.

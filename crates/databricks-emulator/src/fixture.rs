@@ -321,7 +321,7 @@ pub struct Loaded {
 impl Fixture {
     /// Reads and parses a fixture file; relative data paths resolve against its folder.
     pub fn from_path(path: &Path) -> Result<(Fixture, PathBuf), Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::ReadFixture { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|reason| Error::ReadFixture { path: path.display().to_string(), reason })?;
         let fixture = Fixture::parse(&text, &path.display().to_string())?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Ok((fixture, base))

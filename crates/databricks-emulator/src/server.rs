@@ -81,8 +81,8 @@ impl RunningEmulator {
 
 /// Starts serving `workspace` on `addr` (`127.0.0.1:0` picks a free port).
 pub async fn start(workspace: Workspace, config: EmulatorConfig, addr: &str) -> Result<RunningEmulator, Error> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr: addr.to_string(), source })?;
-    let local = listener.local_addr().map_err(|source| Error::Bind { addr: addr.to_string(), source })?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|reason| Error::Bind { addr: addr.to_string(), reason })?;
+    let local = listener.local_addr().map_err(|reason| Error::Bind { addr: addr.to_string(), reason })?;
     let emulator = Emulator::new(config, workspace);
     let _ = emulator.inner.base_url.set(format!("http://{local}"));
     let shutdown = CancellationToken::new();
@@ -1424,11 +1424,7 @@ async fn admin_set_warehouse(State(emu): State<Emulator>, _a: Admin, Path(id): P
         matches!(c.state, Some(WarehouseState::Stopped | WarehouseState::Stopping | WarehouseState::Deleted))
     };
     if stopping {
-        for s in emu.inner.statements.lock().unwrap_or_else(|e| e.into_inner()).values() {
-            if s.request.warehouse_id == id && s.state() == StmtState::Running {
-                s.cancel.cancel();
-            }
-        }
+        emu.cancel_running_on(&id);
     }
     let ws = emu.ws();
     Ok(ok(warehouse_json(&emu, &ws, &id)))
