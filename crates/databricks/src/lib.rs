@@ -5,12 +5,15 @@
 //! SQL-warehouse HTTP path a customer pastes into the connect form into
 //! validated types, and refuses URLs that would let the form reach internal
 //! addresses (SSRF) unless an allow-list names the host. [`Secret`] holds
-//! tokens and client secrets so that they never print.
+//! tokens and client secrets so that they never print. [`sql`] proves a
+//! statement only reads before it is sent and quotes table names.
 
 mod error;
 mod secret;
 pub mod settings;
+pub mod sql;
 
 pub use error::Error;
 pub use secret::Secret;
 pub use settings::{AllowHosts, Cloud, WarehouseId, WorkspaceUrl};
+pub use sql::{TableName, ensure_read_only};
