@@ -6,14 +6,17 @@
 //! validated types, and refuses URLs that would let the form reach internal
 //! addresses (SSRF) unless an allow-list names the host. [`Secret`] holds
 //! tokens and client secrets so that they never print. [`sql`] proves a
-//! statement only reads before it is sent and quotes table names.
+//! statement only reads before it is sent and quotes table names. [`retry`]
+//! is the one retry policy every request will go through.
 
 mod error;
+pub mod retry;
 mod secret;
 pub mod settings;
 pub mod sql;
 
 pub use error::Error;
+pub use retry::{RetryPolicy, Verdict};
 pub use secret::Secret;
 pub use settings::{AllowHosts, Cloud, WarehouseId, WorkspaceUrl};
 pub use sql::{TableName, ensure_read_only};
