@@ -62,17 +62,7 @@ async fn run(rows: u64) {
         let t = Instant::now();
         let mut got = Vec::with_capacity(chunks);
         for i in 0..chunks {
-            let r: Value = http
-                .get(format!("{base}/api/2.0/sql/statements/{id}/result/chunks/{i}"))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let url = r["external_links"][0]["external_link"].as_str().unwrap().to_string();
-            got.push(http.get(url).send().await.unwrap().bytes().await.unwrap());
+            got.push(fetch_chunk(&http, &base, &token, &id, i).await);
         }
         best_serve = best_serve.min(t.elapsed());
         if round == 0 {
@@ -123,17 +113,7 @@ async fn run(rows: u64) {
         let (http, base, token, id, sem) = (http.clone(), base.clone(), token.clone(), id.clone(), sem.clone());
         tasks.spawn(async move {
             let _permit = sem.acquire_owned().await.unwrap();
-            let r: Value = http
-                .get(format!("{base}/api/2.0/sql/statements/{id}/result/chunks/{i}"))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let url = r["external_links"][0]["external_link"].as_str().unwrap().to_string();
-            http.get(url).send().await.unwrap().bytes().await.unwrap().len()
+            fetch_chunk(&http, &base, &token, &id, i).await.len()
         });
     }
     let mut parallel_bytes = 0;
@@ -158,4 +138,19 @@ async fn run(rows: u64) {
     println!("ratio served (sequential) / decode only: {:.2}", serve_rps / decode_rps);
     println!("ratio served (sequential) / decode + use: {:.2}", serve_rps / use_rps);
     running.shutdown().await;
+}
+
+/// What a client does per chunk: ask for a fresh link, then download it (without the token).
+async fn fetch_chunk(http: &reqwest::Client, base: &str, token: &str, id: &str, index: usize) -> bytes::Bytes {
+    let r: Value = http
+        .get(format!("{base}/api/2.0/sql/statements/{id}/result/chunks/{index}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = r["external_links"][0]["external_link"].as_str().unwrap().to_string();
+    http.get(url).send().await.unwrap().bytes().await.unwrap()
 }

@@ -360,8 +360,14 @@ impl Emulator {
                 self.stop_warehouse(&id);
             }
             // Statements are removed 12 hours after they end, as on Databricks.
-            let mut map = self.inner.statements.lock().unwrap_or_else(|e| e.into_inner());
-            map.retain(|_, s| s.lock().finished_at.is_none_or(|f| (now - f) < chrono::Duration::hours(12)));
+            self.inner
+                .statements
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|_, s| s.lock().finished_at.is_none_or(|f| (now - f) < chrono::Duration::hours(12)));
+            // Expired OAuth tokens are forgotten, so minting them cannot grow
+            // memory; expired PATs stay (they must keep answering 403).
+            self.ws_mut().tokens.retain(|_, t| !t.oauth || t.expires_at.is_none_or(|e| e > now));
         }
     }
 

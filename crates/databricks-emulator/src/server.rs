@@ -104,7 +104,7 @@ fn router(emu: Emulator) -> Router {
         // Statement Execution API 2.0
         .route("/api/2.0/sql/statements", post(submit_statement))
         .route("/api/2.0/sql/statements/", post(submit_statement))
-        .route("/api/2.0/sql/statements/{id}", get(get_statement).delete(close_statement))
+        .route("/api/2.0/sql/statements/{id}", get(get_statement).delete(cancel_statement))
         .route("/api/2.0/sql/statements/{id}/cancel", post(cancel_statement))
         .route("/api/2.0/sql/statements/{id}/result/chunks/{index}", get(get_chunk))
         // Warehouses
@@ -469,17 +469,9 @@ async fn get_statement(State(emu): State<Emulator>, caller: Caller, Path(id): Pa
     Ok(ok(statement_json(&emu, &stmt)))
 }
 
+/// `POST .../cancel` and `DELETE ...`: both end the caller's statement if it
+/// is still running, and both answer `{}` for any well-formed id, as Databricks does.
 async fn cancel_statement(State(emu): State<Emulator>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let id = statement_id(&id)?;
-    // Databricks acknowledges a cancel for any id, and a cancel of a finished statement does nothing.
-    if let Some(s) = emu.statement(&id).filter(|s| s.request.principal == caller.principal.user_name) {
-        s.cancel.cancel();
-        s.transition(StmtState::Canceled, None, None);
-    }
-    Ok(ok(json!({})))
-}
-
-async fn close_statement(State(emu): State<Emulator>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = statement_id(&id)?;
     if let Some(s) = emu.statement(&id).filter(|s| s.request.principal == caller.principal.user_name) {
         s.cancel.cancel();
@@ -1388,6 +1380,17 @@ async fn admin_set_warehouse(State(emu): State<Emulator>, _a: Admin, Path(id): P
     let c: WarehouseChange = serde_json::from_slice(&body).map_err(|e| {
         admin_error(format!("{e}. Send any of state, auto_resume, start_delay_ms, stop_delay_ms, auto_stop_secs, permissions."))
     })?;
+    // Validate everything before changing anything: a bad request changes nothing.
+    for (who, level) in c.permissions.iter().flatten() {
+        if let Some(l) = level
+            && !crate::fixture::WAREHOUSE_LEVELS.contains(&l.as_str())
+        {
+            return Err(admin_error(format!(
+                "permission `{l}` for `{who}` must be one of {}",
+                crate::fixture::WAREHOUSE_LEVELS.join(", ")
+            )));
+        }
+    }
     let stopping = {
         let mut ws = emu.ws_mut();
         let w = ws

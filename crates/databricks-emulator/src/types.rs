@@ -384,7 +384,7 @@ fn relabel_or_cast(col: &ArrayRef, field: &FieldRef) -> Result<ArrayRef, String>
 /// Renders one value as Databricks does in `JSON_ARRAY` results: every
 /// non-null value is a string, NULL is `None`.
 pub fn render_value(col: &dyn Array, row: usize) -> Option<String> {
-    // `logical_nulls`, not `is_null`: a `NullArray` (the type of `SELECT NULL`) has no null buffer.
+    // A `NullArray` (the type of `SELECT NULL`) has no null buffer, so `is_null` alone says false.
     if col.data_type() == &DataType::Null || col.is_null(row) {
         return None;
     }

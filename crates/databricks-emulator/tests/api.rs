@@ -818,11 +818,36 @@ async fn warehouses_start_stop_and_auto_stop() {
     assert_eq!(c["warehouses"][WH]["wakeups"], 0);
     let up = c["warehouses"][WH]["uptime_ms"].as_u64().unwrap();
     assert!((1000..5000).contains(&up), "{up}");
-    // The admin (an owner) may stop, and read permissions.
-    let perms = emu.get("raw:nope", &format!("/api/2.0/permissions/warehouses/{WH}")).await;
-    assert_eq!(perms.status, StatusCode::FORBIDDEN);
+    // Only a manager may read the permissions; the owner may also stop.
     let perms = emu.get("service_principal", &format!("/api/2.0/permissions/warehouses/{WH}")).await;
     assert_eq!(perms.status, StatusCode::FORBIDDEN);
+    let r = emu.admin(reqwest::Method::POST, "/emulator/v1/tokens", json!({"principal": "admin@example.com"})).await;
+    let owner = format!("raw:{}", r.body["token"].as_str().unwrap());
+    let perms = emu.get(&owner, &format!("/api/2.0/permissions/warehouses/{WH}")).await;
+    assert_eq!(perms.status, StatusCode::OK, "{}", perms.body);
+    let acl = perms.body["access_control_list"].as_array().unwrap();
+    assert!(
+        acl.contains(&json!({"service_principal_name": demo::SERVICE_PRINCIPAL, "display_name": "trig-sync",
+        "all_permissions": [{"permission_level": "CAN_USE", "inherited": false}]})),
+        "{acl:?}"
+    );
+    emu.post("service_principal", &format!("/api/2.0/sql/warehouses/{WH}/start"), json!({})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = emu.post(&owner, &format!("/api/2.0/sql/warehouses/{WH}/stop"), json!({})).await;
+    assert_eq!((r.status, r.body), (StatusCode::OK, json!({})));
+    assert_eq!(emu.warehouse_state().await, "STOPPING");
+    // A bad permission level changes nothing.
+    let r = emu
+        .admin(
+            reqwest::Method::POST,
+            &format!("/emulator/v1/warehouses/{WH}"),
+            json!({"auto_resume": false, "permissions": {"x": "CAN_FLY"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body["message"].as_str().unwrap().contains("CAN_FLY"));
+    let w = emu.get("service_principal", &format!("/api/2.0/sql/warehouses/{WH}")).await.body;
+    assert_eq!(w["auto_resume"], true);
 }
 
 // ---------------------------------------------------------------------------
