@@ -22,6 +22,10 @@ pub enum FaultKind {
     ResetBody { after_bytes: usize },
     /// External links issued from now on are already expired.
     ExpireLinks,
+    /// Statements asking for EXTERNAL_LINKS are refused with 400, as in a
+    /// workspace where support disabled that disposition (the body's exact
+    /// text is not recorded; the client must fall back to INLINE).
+    RefuseExternalLinks,
     /// Statements whose SQL contains `contains` (all when absent) fail with this class.
     FailStatement {
         #[serde(default)]
@@ -141,6 +145,11 @@ impl Faults {
     /// Whether the next link issued should be born expired.
     pub fn expire_link(&mut self) -> bool {
         self.take(|r| matches!(r.kind, FaultKind::ExpireLinks)).is_some()
+    }
+
+    /// Whether a statement asking for EXTERNAL_LINKS must be refused.
+    pub fn refuse_external_links(&mut self) -> bool {
+        self.take(|r| matches!(r.kind, FaultKind::RefuseExternalLinks)).is_some()
     }
 
     /// The injected failure for a statement, if a rule matches it.

@@ -372,6 +372,12 @@ async fn submit_statement(State(emu): State<Emulator>, caller: Caller, body: Byt
         Some("CSV") => Format::Csv,
         _ => Format::JsonArray,
     };
+    if disposition == Disposition::ExternalLinks && emu.faults().refuse_external_links() {
+        emu.inner.counters.faults_injected.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::invalid_parameter(
+            "The EXTERNAL_LINKS disposition is not enabled for this workspace. Use disposition INLINE.",
+        ));
+    }
     if disposition == Disposition::Inline && format != Format::JsonArray {
         return Err(ApiError::invalid_parameter(
             "Incompatible parameters: The format field must be JSON_ARRAY when the disposition field is INLINE.",

@@ -46,6 +46,21 @@ impl AllowHosts {
     fn allows(&self, host: &str, port: Option<u16>) -> bool {
         self.0.iter().any(|(h, p)| h == host && (p.is_none() || *p == port))
     }
+    /// Whether any entry names this host, whatever its port (the resolver
+    /// sees names, not ports).
+    pub(crate) fn names_host(&self, host: &str) -> bool {
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        self.0.iter().any(|(h, _)| *h == host)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Whether an address is loopback, private, link-local, metadata or otherwise
+/// internal: the addresses a customer-supplied URL must never reach.
+pub(crate) fn is_internal_addr(ip: &IpAddr) -> bool {
+    is_internal(ip)
 }
 
 /// A validated workspace URL: scheme, host, optional port, the workspace id
@@ -331,7 +346,7 @@ mod tests {
         ];
         for (input, want) in cases {
             let e = WorkspaceUrl::parse(input, &none()).expect_err(input);
-            assert_eq!(e.field(), "workspace_url");
+            assert_eq!(e.field(), Some("workspace_url"));
             assert!(!e.is_retryable());
             assert!(e.to_string().contains(want), "{input}: {e}");
         }
@@ -384,7 +399,7 @@ mod tests {
             assert_eq!(WarehouseId::from_http_path(input).unwrap().as_str(), "a1b2c3d4e5f60718", "{input}");
         }
         let e = WarehouseId::from_http_path("sql/protocolv1/o/1234567890123456/0123-456789-abcdefgh").unwrap_err();
-        assert_eq!(e.field(), "http_path");
+        assert_eq!(e.field(), Some("http_path"));
         assert!(e.to_string().contains("all-purpose cluster") && e.to_string().contains("SQL warehouse"), "{e}");
         assert!(WarehouseId::from_http_path("/sql/1.0/warehouses/nope").unwrap_err().to_string().contains("16 hexadecimal"));
         assert!(WarehouseId::from_http_path("/some/other/path").is_err());

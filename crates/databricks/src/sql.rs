@@ -81,9 +81,10 @@ pub struct TableName {
 }
 
 impl TableName {
-    /// Parses `catalog.schema.table`; each part may be backtick-quoted
-    /// (with backticks doubled inside), as Databricks writes them.
-    pub fn parse(input: &str) -> Result<TableName, Error> {
+    /// Parses `catalog.schema.table`, or `schema.table` when a default
+    /// catalog is given; each part may be backtick-quoted (with backticks
+    /// doubled inside), as Databricks writes them.
+    pub fn parse(input: &str, default_catalog: Option<&str>) -> Result<TableName, Error> {
         let bad = |reason: &str| Error::InvalidTableName { input: input.to_string(), reason: reason.to_string() };
         let mut parts = Vec::new();
         let mut cur = String::new();
@@ -114,8 +115,13 @@ impl TableName {
             }
         }
         parts.push(cur);
+        if parts.len() == 2
+            && let Some(c) = default_catalog.filter(|c| !c.trim().is_empty())
+        {
+            parts.insert(0, c.trim().to_string());
+        }
         if parts.len() != 3 {
-            return Err(bad("use the full name catalog.schema.table, e.g. main.product.events_v"));
+            return Err(bad("use the full name catalog.schema.table (or schema.table with a default catalog), e.g. main.product.events_v"));
         }
         if parts.iter().any(|p| p.is_empty()) {
             return Err(bad("a part of the name is empty"));
@@ -139,6 +145,14 @@ impl TableName {
     /// `` `catalog`.`schema`.`table` `` with backticks doubled: the only form put into SQL.
     pub fn quoted(&self) -> String {
         self.parts.iter().map(|p| quote_ident(p)).collect::<Vec<_>>().join(".")
+    }
+    /// `` `catalog` ``, for a GRANT on the catalog.
+    pub fn catalog_quoted(&self) -> String {
+        quote_ident(&self.parts[0])
+    }
+    /// `` `catalog`.`schema` ``, for a GRANT on the schema.
+    pub fn schema_quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.parts[0]), quote_ident(&self.parts[1]))
     }
 }
 
@@ -201,23 +215,25 @@ mod tests {
 
     #[test]
     fn table_names_parse_and_quote() {
-        let t = TableName::parse("main.product.events_v").unwrap();
+        let t = TableName::parse("main.product.events_v", None).unwrap();
         assert_eq!(t.quoted(), "`main`.`product`.`events_v`");
         assert_eq!(t.full_name(), "main.product.events_v");
-        let t = TableName::parse("`my cat`.`sch.ema`.`we``ird`").unwrap();
+        let t = TableName::parse("`my cat`.`sch.ema`.`we``ird`", None).unwrap();
         assert_eq!((t.catalog(), t.schema(), t.table()), ("my cat", "sch.ema", "we`ird"));
         assert_eq!(t.quoted(), "`my cat`.`sch.ema`.`we``ird`");
         // The quoted form round-trips and cannot break out of the identifier.
-        assert_eq!(TableName::parse(&t.quoted()).unwrap(), t);
-        let evil = TableName::parse("a.b.`x`` FROM t; DROP TABLE y; --`").unwrap();
+        assert_eq!(TableName::parse(&t.quoted(), None).unwrap(), t);
+        let evil = TableName::parse("a.b.`x`` FROM t; DROP TABLE y; --`", None).unwrap();
         assert_eq!(evil.table(), "x` FROM t; DROP TABLE y; --");
         assert!(ensure_read_only(&format!("SELECT * FROM {}", evil.quoted())).is_ok());
         for (input, want) in
             [("events", "full name"), ("a.b", "full name"), ("a..c", "empty"), ("a.b.`c", "not closed"), ("a.b.c d", "space")]
         {
-            let e = TableName::parse(input).unwrap_err();
-            assert_eq!(e.field(), "table");
+            let e = TableName::parse(input, None).unwrap_err();
+            assert_eq!(e.field(), Some("source"));
             assert!(e.to_string().contains(want), "{input}: {e}");
         }
+        assert_eq!(TableName::parse("product.events_v", Some("main")).unwrap().full_name(), "main.product.events_v");
+        assert_eq!(TableName::parse("x.product.events_v", Some("main")).unwrap().catalog(), "x");
     }
 }

@@ -1,0 +1,159 @@
+//! Who am I, the warehouse, and Unity Catalog metadata.
+
+use reqwest::Method;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::client::Client;
+use crate::error::Error;
+use crate::sql::TableName;
+
+/// The principal behind the credentials (SCIM `Me`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// `userName`: an e-mail for a person, an application id (UUID) for a service principal.
+    pub user_name: String,
+    pub display_name: Option<String>,
+    pub is_service_principal: bool,
+}
+
+/// The SQL warehouse the HTTP path names.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Warehouse {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    pub state: String,
+    #[serde(default)]
+    pub auto_resume: Option<bool>,
+    #[serde(default)]
+    pub auto_stop_mins: Option<i64>,
+    #[serde(default)]
+    pub cluster_size: Option<String>,
+    #[serde(default)]
+    pub enable_serverless_compute: Option<bool>,
+}
+
+/// A catalog the principal can see.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Catalog {
+    pub name: String,
+    #[serde(default)]
+    pub catalog_type: Option<String>,
+}
+
+/// A column of a table or view, as Unity Catalog describes it.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct TableColumn {
+    pub name: String,
+    /// Lower-case Spark type text: `bigint`, `timestamp`, `array<string>`.
+    #[serde(default)]
+    pub type_text: String,
+    #[serde(default)]
+    pub type_name: String,
+}
+
+/// One effective privilege of a principal on a securable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EffectivePrivilege {
+    pub privilege: String,
+    pub inherited_from: Option<(String, String)>,
+}
+
+fn is_uuid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.iter().map(|p| p.len()).collect::<Vec<_>>() == [8, 4, 4, 4, 12] && parts.iter().all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+impl Client {
+    /// Who the credentials belong to; remembered for GRANT suggestions.
+    pub async fn me(&self) -> Result<Identity, Error> {
+        let v: Value = self.call(Method::GET, "/api/2.0/preview/scim/v2/Me", &[], None).await?;
+        let user_name = v.get("userName").and_then(Value::as_str).unwrap_or_default().to_string();
+        let display_name = v.get("displayName").and_then(Value::as_str).map(str::to_string);
+        let _ = self.inner.principal.set(user_name.clone());
+        Ok(Identity { is_service_principal: is_uuid(&user_name), user_name, display_name })
+    }
+
+    /// The warehouse's state and settings.
+    pub async fn warehouse(&self) -> Result<Warehouse, Error> {
+        let path = format!("/api/2.0/sql/warehouses/{}", self.warehouse_id());
+        match self.call::<Warehouse>(Method::GET, &path, &[], None).await {
+            Err(Error::Api { status: 404 | 400, .. }) => Err(Error::WarehouseNotFound { warehouse: self.warehouse_id().to_string() }),
+            other => other,
+        }
+    }
+
+    /// Every catalog the principal can use, following all pages (a page may
+    /// be empty while more follow).
+    pub async fn list_catalogs(&self) -> Result<Vec<Catalog>, Error> {
+        #[derive(Deserialize)]
+        struct Page {
+            #[serde(default)]
+            catalogs: Vec<Catalog>,
+            #[serde(default)]
+            next_page_token: Option<String>,
+        }
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..10_000 {
+            let mut q = vec![("max_results", "0".to_string())];
+            if let Some(t) = &token {
+                q.push(("page_token", t.clone()));
+            }
+            let page: Page = self.call(Method::GET, "/api/2.1/unity-catalog/catalogs", &q, None).await?;
+            out.extend(page.catalogs);
+            match page.next_page_token.filter(|t| !t.is_empty()) {
+                Some(t) => token = Some(t),
+                None => return Ok(out),
+            }
+        }
+        Err(Error::Protocol { detail: "the catalog list did not end after 10,000 pages".into() })
+    }
+
+    /// The columns of a table or view, in order.
+    pub async fn table_columns(&self, table: &TableName) -> Result<Vec<TableColumn>, Error> {
+        #[derive(Deserialize)]
+        struct Info {
+            #[serde(default)]
+            columns: Vec<TableColumn>,
+        }
+        let path = format!("/api/2.1/unity-catalog/tables/{}", table.full_name());
+        match self.call::<Info>(Method::GET, &path, &[], None).await {
+            Ok(i) => Ok(i.columns),
+            Err(Error::Api { status: 404, .. }) => Err(Error::TableNotFound { name: table.full_name() }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The effective privileges of `principal` on a securable (`catalog`,
+    /// `schema`, `table`), including inherited ones.
+    pub async fn effective_privileges(&self, securable_type: &str, full_name: &str, principal: &str) -> Result<Vec<EffectivePrivilege>, Error> {
+        let path = format!("/api/2.1/unity-catalog/effective-permissions/{securable_type}/{full_name}");
+        let v: Value = self.call(Method::GET, &path, &[("principal", principal.to_string())], None).await?;
+        let mut out = Vec::new();
+        for a in v.get("privilege_assignments").and_then(Value::as_array).into_iter().flatten() {
+            if a.get("principal").and_then(Value::as_str) != Some(principal) {
+                continue;
+            }
+            for p in a.get("privileges").and_then(Value::as_array).into_iter().flatten() {
+                let privilege = p.get("privilege").and_then(Value::as_str).unwrap_or_default().to_string();
+                let from = match (p.get("inherited_from_type").and_then(Value::as_str), p.get("inherited_from_name").and_then(Value::as_str)) {
+                    (Some(t), Some(n)) => Some((t.to_string(), n.to_string())),
+                    _ => None,
+                };
+                out.push(EffectivePrivilege { privilege, inherited_from: from });
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn service_principals_are_told_by_their_uuid() {
+        assert!(super::is_uuid("8c1c7f4e-5b1a-4a41-9d7a-2f6f0c1d9e01"));
+        assert!(!super::is_uuid("someone@example.com"));
+    }
+}
