@@ -32,5 +32,5 @@ pub use metadata::{Catalog, EffectivePrivilege, Identity, TableColumn, Warehouse
 pub use retry::{RetryPolicy, Verdict};
 pub use secret::Secret;
 pub use settings::{AllowHosts, Cloud, WarehouseId, WorkspaceUrl};
-pub use sql::{TableName, ensure_read_only, quote_ident};
+pub use sql::{TableName, ensure_read_only, quote_ident, validate_filter};
 pub use statement::{Parameter, Progress, ProgressFn, QueryOptions, ResultStream, Statement, TextResult};

