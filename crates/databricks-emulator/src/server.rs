@@ -139,6 +139,7 @@ fn router(emu: Emulator) -> Router {
         .route("/emulator/v1/tokens", post(admin_create_token))
         .route("/emulator/v1/tokens/{token}/expire", post(admin_expire_token))
         .route("/emulator/v1/tokens/{token}/rotate", post(admin_rotate_token))
+        .route("/emulator/v1/oauth/expire", post(admin_expire_oauth))
         .route("/emulator/v1/warehouses/{id}", post(admin_set_warehouse))
         .route("/emulator/v1/faults", get(admin_faults).post(admin_add_fault).delete(admin_clear_faults))
         .fallback(fallback)
@@ -1354,6 +1355,18 @@ async fn admin_expire_token(State(emu): State<Emulator>, _a: Admin, Path(token):
     let t = ws.tokens.get_mut(&token).ok_or_else(|| ApiError::not_found("RESOURCE_DOES_NOT_EXIST", "No such token."))?;
     t.expires_at = Some(Utc::now() - chrono::Duration::seconds(1));
     Ok(ok(json!({})))
+}
+
+/// Expires every OAuth access token issued so far (a revocation, or a clock
+/// skew between client and server): clients must fetch a new one.
+async fn admin_expire_oauth(State(emu): State<Emulator>, _a: Admin) -> Response {
+    let mut ws = emu.ws_mut();
+    let mut n = 0;
+    for t in ws.tokens.values_mut().filter(|t| t.oauth) {
+        t.expires_at = Some(Utc::now() - chrono::Duration::seconds(1));
+        n += 1;
+    }
+    ok(json!({"expired": n}))
 }
 
 async fn admin_rotate_token(State(emu): State<Emulator>, _a: Admin, Path(token): Path<String>) -> Result<Response, ApiError> {

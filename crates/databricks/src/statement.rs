@@ -224,12 +224,6 @@ fn valid_parameter_name(n: &str) -> bool {
 impl Client {
     /// Runs a read-only statement and returns its result as a stream.
     pub async fn query(&self, stmt: &Statement, opts: &QueryOptions) -> Result<ResultStream, Error> {
-        ensure_read_only(&stmt.sql)?;
-        for p in &stmt.parameters {
-            if !valid_parameter_name(&p.name) {
-                return Err(Error::InvalidSetting { field: "parameters", reason: format!("`{}` is not a valid parameter name", p.name) });
-            }
-        }
         let started = Instant::now();
         let mut inline = opts.inline;
         let resp = match self.submit(stmt, inline, opts.compression).await {
@@ -275,7 +269,6 @@ impl Client {
         let mut s = stmt.clone();
         s.row_limit = Some(max_rows);
         let opts = QueryOptions { inline: true, timeout: Duration::from_secs(120), ..Default::default() };
-        ensure_read_only(&s.sql)?;
         let started = Instant::now();
         let resp = self.submit(&s, true, false).await?;
         let mut guard = CancelGuard { client: self.clone(), statement_id: resp.statement_id.clone(), armed: true };
@@ -295,11 +288,22 @@ impl Client {
         Ok(TextResult { statement_id: resp.statement_id, columns, rows, truncated: manifest.truncated })
     }
 
+    /// Submits asynchronously (`wait_timeout: 0s`): the statement id comes
+    /// back at once, so a timeout, a dropped future or a dropped stream can
+    /// always cancel it, and a cold warehouse's start is reported while it
+    /// happens instead of hiding inside a 10 s server-side wait. The price is
+    /// one poll for statements that would have finished within the wait.
     async fn submit(&self, stmt: &Statement, inline: bool, compression: bool) -> Result<StatementResponse, Error> {
+        ensure_read_only(&stmt.sql)?;
+        for p in &stmt.parameters {
+            if !valid_parameter_name(&p.name) {
+                return Err(Error::InvalidSetting { field: "parameters", reason: format!("`{}` is not a valid parameter name", p.name) });
+            }
+        }
         let mut body = json!({
             "statement": stmt.sql,
             "warehouse_id": self.warehouse_id(),
-            "wait_timeout": "10s",
+            "wait_timeout": "0s",
             "on_wait_timeout": "CONTINUE",
         });
         let m = body.as_object_mut().expect("object");
@@ -351,7 +355,7 @@ impl Client {
     /// Polls until the statement is terminal, with capped exponential
     /// backoff; checks the warehouse while the statement is PENDING.
     async fn wait(&self, mut resp: StatementResponse, started: Instant, opts: &QueryOptions, guard: &mut CancelGuard) -> Result<StatementResponse, Error> {
-        let mut delay = Duration::from_millis(50);
+        let mut delay = Duration::from_millis(25);
         let mut last_warehouse_check: Option<Instant> = None;
         let mut warehouse_state: Option<String> = None;
         loop {
