@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod connection;
 mod emulator;
 
 #[derive(Debug, Parser)]
@@ -17,6 +18,8 @@ struct Cli {
 enum Command {
     /// Run a local Databricks workspace (SQL warehouse, Unity Catalog, OAuth) for demos and tests.
     Emulator(emulator::Args),
+    /// Test a Databricks connection (exit 0: all checks pass, 2: a check failed, 1: internal error).
+    Connection(connection::Args),
 }
 
 fn main() -> ExitCode {
@@ -36,11 +39,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Emulator(args) => emulator::run(args).await,
+            Command::Emulator(args) => emulator::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Connection(args) => connection::run(args).await,
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
