@@ -186,7 +186,11 @@ impl RestError {
         if matches!(self.code.as_str(), "TABLE_DOES_NOT_EXIST" | "SCHEMA_DOES_NOT_EXIST" | "CATALOG_DOES_NOT_EXIST") {
             return Error::TableNotFound { name: quoted_name(&msg).unwrap_or(msg) };
         }
-        Error::Api { status: self.status, code: if self.code.is_empty() { self.status.to_string() } else { self.code.clone() }, message: msg }
+        Error::Api {
+            status: self.status,
+            code: if self.code.is_empty() { self.status.to_string() } else { self.code.clone() },
+            message: msg,
+        }
     }
 }
 
@@ -311,14 +315,23 @@ mod tests {
         );
         assert_eq!(e.kind(), "table_not_found");
         let e = classify_failed(
-            &failed("[INSUFFICIENT_PERMISSIONS] Insufficient privileges:\nUser does not have SELECT on Table 'main.crm.people'. SQLSTATE: 42501", Some("42501")),
+            &failed(
+                "[INSUFFICIENT_PERMISSIONS] Insufficient privileges:\nUser does not have SELECT on Table 'main.crm.people'. SQLSTATE: 42501",
+                Some("42501"),
+            ),
             Some("sp-1"),
             "w",
         );
         assert_eq!(e.hint(), "Run: GRANT SELECT ON TABLE main.crm.people TO `sp-1`;");
         let e = classify_failed(&failed("PERMISSION_DENIED: User does not have USE CATALOG on Catalog 'main'.", Some("42501")), None, "w");
-        assert!(matches!(e, Error::MissingPrivilege { ref privilege, ref object_type, .. } if privilege == "USE CATALOG" && object_type == "CATALOG"));
-        let e = classify_failed(&failed("\n[PARSE_SYNTAX_ERROR] Syntax error at or near 'SELEC'. SQLSTATE: 42601 (line 1, pos 0)", Some("42601")), None, "w");
+        assert!(
+            matches!(e, Error::MissingPrivilege { ref privilege, ref object_type, .. } if privilege == "USE CATALOG" && object_type == "CATALOG")
+        );
+        let e = classify_failed(
+            &failed("\n[PARSE_SYNTAX_ERROR] Syntax error at or near 'SELEC'. SQLSTATE: 42601 (line 1, pos 0)", Some("42601")),
+            None,
+            "w",
+        );
         assert!(matches!(e, Error::Sql { ref class, .. } if class == "PARSE_SYNTAX_ERROR"), "{e:?}");
         assert!(!e.is_retryable());
     }

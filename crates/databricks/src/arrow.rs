@@ -2,7 +2,7 @@
 //! each) decoded with the IPC stream reader, and INLINE JSON_ARRAY rows cast
 //! from their string forms to the types the manifest names.
 
-use std::io::{Cursor, Read};
+use std::io::Read;
 use std::sync::Arc;
 
 use arrow_array::{ArrayRef, RecordBatch, StringArray};
@@ -11,20 +11,28 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use crate::api::Column;
 use crate::error::Error;
 
-/// Decodes one ARROW_STREAM chunk into its record batches.
-pub(crate) fn decode_chunk(bytes: &[u8], lz4: bool) -> Result<Vec<RecordBatch>, Error> {
+/// Decodes one ARROW_STREAM chunk into its record batches. The arrays
+/// point into the (decompressed) chunk buffer: no copy after LZ4.
+pub(crate) fn decode_chunk(bytes: bytes::Bytes, lz4: bool) -> Result<Vec<RecordBatch>, Error> {
     let bad = |what: &str, e: &dyn std::fmt::Display| Error::Protocol { detail: format!("result chunk: {what}: {e}") };
-    let owned;
-    let data: &[u8] = if lz4 {
-        let mut out = Vec::with_capacity(bytes.len() * 4);
-        lz4_flex::frame::FrameDecoder::new(bytes).read_to_end(&mut out).map_err(|e| bad("LZ4 frame", &e))?;
-        owned = out;
-        &owned
+    let mut buffer = if lz4 {
+        let mut out = Vec::with_capacity(bytes.len() * 3);
+        lz4_flex::frame::FrameDecoder::new(&bytes[..]).read_to_end(&mut out).map_err(|e| bad("LZ4 frame", &e))?;
+        arrow_buffer::Buffer::from_vec(out)
     } else {
-        bytes
+        arrow_buffer::Buffer::from(bytes.to_vec())
     };
-    let reader = arrow_ipc::reader::StreamReader::try_new(Cursor::new(data), None).map_err(|e| bad("Arrow IPC", &e))?;
-    reader.map(|b| b.map_err(|e| bad("Arrow IPC", &e))).collect()
+    let mut decoder = arrow_ipc::reader::StreamDecoder::new();
+    let mut out = Vec::new();
+    while !buffer.is_empty() {
+        match decoder.decode(&mut buffer).map_err(|e| bad("Arrow IPC", &e))? {
+            Some(batch) => out.push(batch),
+            None if buffer.is_empty() => break,
+            None => {}
+        }
+    }
+    decoder.finish().map_err(|e| bad("Arrow IPC (truncated)", &e))?;
+    Ok(out)
 }
 
 /// The Arrow type for a Statement API column (INLINE results and empty ones).
@@ -89,10 +97,7 @@ mod tests {
     #[test]
     fn json_rows_cast_to_the_manifest_types() {
         let schema = schema_of(&[col("n", "LONG", "BIGINT"), col("ts", "TIMESTAMP", "TIMESTAMP"), col("d", "DECIMAL", "DECIMAL(10,2)")]);
-        let rows = vec![
-            vec![Some("42".into()), Some("2024-01-02T03:04:05.123Z".into()), Some("1.50".into())],
-            vec![None, None, None],
-        ];
+        let rows = vec![vec![Some("42".into()), Some("2024-01-02T03:04:05.123Z".into()), Some("1.50".into())], vec![None, None, None]];
         let b = batch_from_rows(&schema, &rows).unwrap();
         let n = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
         assert_eq!(n.value(0), 42);

@@ -150,7 +150,10 @@ pub async fn test_connection_with(input: &CheckInput, options: ClientOptions) ->
     match client.me().await {
         Ok(me) if me.is_service_principal => {
             let name = me.display_name.map(|d| format!(" ({d})")).unwrap_or_default();
-            r.pass("Authentication", format!("authenticated as service principal {}{name} with {}", me.user_name, input.credentials.describe()));
+            r.pass(
+                "Authentication",
+                format!("authenticated as service principal {}{name} with {}", me.user_name, input.credentials.describe()),
+            );
         }
         Ok(me) => r.warn(
             "Authentication",
@@ -171,7 +174,10 @@ pub async fn test_connection_with(input: &CheckInput, options: ClientOptions) ->
                 Some(false) => "starts manually",
                 _ => "auto-starts on query",
             };
-            let stop = w.auto_stop_mins.map(|m| if m == 0 { ", never auto-stops".to_string() } else { format!(", auto-stops after {m} min") }).unwrap_or_default();
+            let stop = w
+                .auto_stop_mins
+                .map(|m| if m == 0 { ", never auto-stops".to_string() } else { format!(", auto-stops after {m} min") })
+                .unwrap_or_default();
             let name = if w.name.is_empty() { w.id.clone() } else { format!("{} ({})", w.name, w.id) };
             if matches!(w.state.as_str(), "STOPPED" | "STOPPING") && w.auto_resume == Some(false) {
                 r.fail("Warehouse", &Error::WarehouseStopped { warehouse: name });
@@ -197,7 +203,11 @@ pub async fn test_connection_with(input: &CheckInput, options: ClientOptions) ->
     match client.query_text(&Statement::new("SELECT 1 AS ok"), 1).await {
         Ok(_) => {
             let waited = started.elapsed();
-            let note = if waited > Duration::from_secs(2) { format!(" (the warehouse took {}s to answer)", waited.as_secs()) } else { String::new() };
+            let note = if waited > Duration::from_secs(2) {
+                format!(" (the warehouse took {}s to answer)", waited.as_secs())
+            } else {
+                String::new()
+            };
             r.pass("Warehouse access", format!("CAN USE: a test query ran{note}"));
         }
         Err(e) => {
@@ -283,7 +293,12 @@ async fn check_table(client: &Client, t: &TableCheck, r: &mut Report) {
         r.ok = false;
         let detail = missing.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ");
         let hint = missing.iter().map(|e| e.hint().trim_start_matches("Run: ").to_string()).collect::<Vec<_>>().join(" ");
-        r.checks.push(Check { name: label, ok: false, detail: format!("{}: {detail}", table.full_name()), hint: Some(format!("Run: {hint}")) });
+        r.checks.push(Check {
+            name: label,
+            ok: false,
+            detail: format!("{}: {detail}", table.full_name()),
+            hint: Some(format!("Run: {hint}")),
+        });
         return;
     }
     let columns = match client.table_columns(&table).await {
@@ -314,10 +329,16 @@ async fn check_table(client: &Client, t: &TableCheck, r: &mut Report) {
     // Prove the read path end to end (a view whose owner lost access fails only here).
     let cols = if t.columns.is_empty() { "*".to_string() } else { t.columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ") };
     match client.query_text(&Statement::new(format!("SELECT {cols} FROM {} LIMIT 0", table.quoted())), 1).await {
-        Ok(_) if t.columns.is_empty() => r.pass(&label, format!("{}: USE CATALOG, USE SCHEMA and SELECT; a test read worked", table.full_name())),
+        Ok(_) if t.columns.is_empty() => {
+            r.pass(&label, format!("{}: USE CATALOG, USE SCHEMA and SELECT; a test read worked", table.full_name()))
+        }
         Ok(_) => r.pass(
             &label,
-            format!("{}: USE CATALOG, USE SCHEMA, SELECT; all {} configured columns present; a test read worked", table.full_name(), t.columns.len()),
+            format!(
+                "{}: USE CATALOG, USE SCHEMA, SELECT; all {} configured columns present; a test read worked",
+                table.full_name(),
+                t.columns.len()
+            ),
         ),
         Err(e) => r.fail(&label, &e),
     }

@@ -69,13 +69,16 @@ impl ConnectionSettings {
 
 pub(crate) fn check_credentials(c: &Credentials) -> Result<(), Error> {
     match c {
-        Credentials::Token(t) if t.is_empty() => {
-            Err(Error::InvalidSetting { field: "token", reason: "the access token is empty; paste the token or name the variable that holds it".into() })
-        }
-        Credentials::Token(t) if t.expose().trim().contains(char::is_whitespace) || t.expose().starts_with("Bearer ") => Err(Error::InvalidSetting {
+        Credentials::Token(t) if t.is_empty() => Err(Error::InvalidSetting {
             field: "token",
-            reason: "the token contains spaces; paste only the token itself (dapi…), without `Bearer`".into(),
+            reason: "the access token is empty; paste the token or name the variable that holds it".into(),
         }),
+        Credentials::Token(t) if t.expose().trim().contains(char::is_whitespace) || t.expose().starts_with("Bearer ") => {
+            Err(Error::InvalidSetting {
+                field: "token",
+                reason: "the token contains spaces; paste only the token itself (dapi…), without `Bearer`".into(),
+            })
+        }
         Credentials::OAuth { client_id, .. } if client_id.trim().is_empty() => {
             Err(Error::InvalidSetting { field: "oauth.client_id", reason: "the OAuth client id is empty".into() })
         }
@@ -204,12 +207,24 @@ impl Client {
 
     /// A GET or POST to the workspace REST API, retried per the policy,
     /// answered as JSON.
-    pub(crate) async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, query: &[(&str, String)], body: Option<&Value>) -> Result<T, Error> {
+    pub(crate) async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<T, Error> {
         let bytes = self.call_bytes(method, path, query, body).await?;
         serde_json::from_slice(&bytes).map_err(|e| Error::Protocol { detail: format!("{path}: {e}") })
     }
 
-    pub(crate) async fn call_bytes(&self, method: Method, path: &str, query: &[(&str, String)], body: Option<&Value>) -> Result<Bytes, Error> {
+    pub(crate) async fn call_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<Bytes, Error> {
         let url = format!("{}{}", self.inner.base, path);
         let policy = self.inner.options.retry;
         let out = policy.run(|_| self.attempt(method.clone(), &url, query, body), Failure::verdict).await;
@@ -222,7 +237,8 @@ impl Client {
         let mut reauthenticated = false;
         loop {
             let token = self.bearer().await.map_err(Failure::Final)?;
-            let mut req = self.inner.http.request(method.clone(), url).bearer_auth(token.expose()).timeout(self.inner.options.request_timeout);
+            let mut req =
+                self.inner.http.request(method.clone(), url).bearer_auth(token.expose()).timeout(self.inner.options.request_timeout);
             if !query.is_empty() {
                 req = req.query(query);
             }
@@ -418,7 +434,10 @@ impl reqwest::dns::Resolve for GuardedResolver {
         Box::pin(async move {
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             if !allowed && let Some(bad) = addrs.iter().find(|a| is_internal_addr(&a.ip())) {
-                let msg = format!("{host} resolves to the internal address {}, which is refused; list the host in allow_hosts if this is intended", bad.ip());
+                let msg = format!(
+                    "{host} resolves to the internal address {}, which is refused; list the host in allow_hosts if this is intended",
+                    bad.ip()
+                );
                 return Err(msg.into());
             }
             Ok(Box::new(addrs.into_iter()) as Box<dyn Iterator<Item = SocketAddr> + Send>)

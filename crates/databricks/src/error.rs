@@ -81,7 +81,11 @@ fn principal_suffix(p: &Option<String>) -> String {
     p.as_deref().map(|p| format!(" `{p}`")).unwrap_or_default()
 }
 fn suggestion_suffix(s: &[String]) -> String {
-    if s.is_empty() { String::new() } else { format!("; did you mean {}?", s.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(" or ")) }
+    if s.is_empty() {
+        String::new()
+    } else {
+        format!("; did you mean {}?", s.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(" or "))
+    }
 }
 fn state_suffix(s: &Option<String>) -> String {
     s.as_deref().map(|s| format!(" (SQLSTATE {s})")).unwrap_or_default()

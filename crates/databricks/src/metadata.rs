@@ -128,7 +128,12 @@ impl Client {
 
     /// The effective privileges of `principal` on a securable (`catalog`,
     /// `schema`, `table`), including inherited ones.
-    pub async fn effective_privileges(&self, securable_type: &str, full_name: &str, principal: &str) -> Result<Vec<EffectivePrivilege>, Error> {
+    pub async fn effective_privileges(
+        &self,
+        securable_type: &str,
+        full_name: &str,
+        principal: &str,
+    ) -> Result<Vec<EffectivePrivilege>, Error> {
         let path = format!("/api/2.1/unity-catalog/effective-permissions/{securable_type}/{full_name}");
         let v: Value = self.call(Method::GET, &path, &[("principal", principal.to_string())], None).await?;
         let mut out = Vec::new();
@@ -138,10 +143,11 @@ impl Client {
             }
             for p in a.get("privileges").and_then(Value::as_array).into_iter().flatten() {
                 let privilege = p.get("privilege").and_then(Value::as_str).unwrap_or_default().to_string();
-                let from = match (p.get("inherited_from_type").and_then(Value::as_str), p.get("inherited_from_name").and_then(Value::as_str)) {
-                    (Some(t), Some(n)) => Some((t.to_string(), n.to_string())),
-                    _ => None,
-                };
+                let from =
+                    match (p.get("inherited_from_type").and_then(Value::as_str), p.get("inherited_from_name").and_then(Value::as_str)) {
+                        (Some(t), Some(n)) => Some((t.to_string(), n.to_string())),
+                        _ => None,
+                    };
                 out.push(EffectivePrivilege { privilege, inherited_from: from });
             }
         }

@@ -311,6 +311,62 @@ mod tests {
         AllowHosts::default()
     }
 
+    /// Property: parsing never panics, and whatever parses re-parses from its
+    /// own `base()` to the same value (so what is stored is what is used).
+    #[test]
+    fn url_and_path_parsing_is_total_and_stable() {
+        let pieces = [
+            "https://",
+            "http://",
+            "dbc-a1b2c3d4-e5f6",
+            ".cloud.databricks.com",
+            "adb-123",
+            ".7",
+            ".azuredatabricks.net",
+            "123.4",
+            ".gcp.databricks.com",
+            "/",
+            "?o=123",
+            "#x",
+            ":443",
+            ":0",
+            "@",
+            "[::1]",
+            "127.0.0.1",
+            "localhost",
+            " ",
+            "..",
+            "%2f",
+            "é",
+            "/sql/1.0/warehouses/",
+            "a1b2c3d4e5f60718",
+            "/sql/protocolv1/o/1/2",
+            "/endpoints/",
+        ];
+        let allow = AllowHosts::parse(&["localhost", "127.0.0.1:8765"]).unwrap();
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..5000 {
+            let mut input = String::new();
+            for _ in 0..(1 + state % 6) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                input.push_str(pieces[(state % pieces.len() as u64) as usize]);
+            }
+            for a in [&none(), &allow] {
+                if let Ok(u) = WorkspaceUrl::parse(&input, a) {
+                    let again = WorkspaceUrl::parse(&u.base(), a).unwrap_or_else(|e| panic!("{input} → {} fails: {e}", u.base()));
+                    assert_eq!((again.base(), again.cloud()), (u.base(), u.cloud()), "{input}");
+                }
+            }
+            if let Ok(w) = WarehouseId::from_http_path(&input) {
+                assert_eq!(w.as_str().len(), 16, "{input}");
+                assert!(!input.contains("protocolv1"), "{input}");
+                assert_eq!(WarehouseId::from_http_path(&format!("/sql/1.0/warehouses/{w}")).unwrap(), w);
+            }
+        }
+    }
+
     #[test]
     fn pasted_forms_of_a_workspace_url_parse() {
         for input in [

@@ -232,6 +232,35 @@ mod tests {
         assert!(e.to_string().contains("Trig only reads"), "{e}");
     }
 
+    /// Property: any three names, however hostile, quote into SQL that
+    /// parses back to the same names and stays a single read-only SELECT.
+    #[test]
+    fn quoting_round_trips_for_arbitrary_names() {
+        let alphabet: Vec<char> = "ab`'\";.-_ ()*/\n\tdrop DROP é🙂0".chars().collect();
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..2000 {
+            let mut name = || -> String {
+                let len = 1 + (next() % 12) as usize;
+                (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect()
+            };
+            let parts = [name(), name(), name()];
+            let quoted = parts.iter().map(|p| quote_ident(p)).collect::<Vec<_>>().join(".");
+            let t = TableName::parse(&quoted, None).unwrap_or_else(|e| panic!("{quoted}: {e}"));
+            assert_eq!([t.catalog(), t.schema(), t.table()], [parts[0].as_str(), parts[1].as_str(), parts[2].as_str()]);
+            assert_eq!(t.quoted(), quoted);
+            let sql = format!("SELECT * FROM {quoted} WHERE 1 = 1");
+            ensure_read_only(&sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+            let stmts = Parser::parse_sql(&DatabricksDialect {}, &sql).unwrap();
+            assert_eq!(stmts.len(), 1, "{sql}");
+        }
+    }
+
     #[test]
     fn filters_are_one_expression() {
         assert!(validate_filter("environment = 'production'").is_ok());

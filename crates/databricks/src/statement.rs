@@ -236,9 +236,14 @@ impl Client {
         };
         let mut guard = CancelGuard { client: self.clone(), statement_id: resp.statement_id.clone(), armed: true };
         let resp = self.wait(resp, started, opts, &mut guard).await?;
-        let manifest = resp.manifest.clone().ok_or_else(|| Error::Protocol { detail: "a SUCCEEDED statement without a manifest".into() })?;
+        let manifest =
+            resp.manifest.clone().ok_or_else(|| Error::Protocol { detail: "a SUCCEEDED statement without a manifest".into() })?;
         if let Some(p) = &opts.progress {
-            p(&Progress::Ready { statement_id: resp.statement_id.clone(), rows: manifest.total_row_count, chunks: manifest.total_chunk_count });
+            p(&Progress::Ready {
+                statement_id: resp.statement_id.clone(),
+                rows: manifest.total_row_count,
+                chunks: manifest.total_chunk_count,
+            });
         }
         let schema = schema_of(&manifest.schema.columns);
         let first = resp.result.clone().unwrap_or_default();
@@ -274,7 +279,8 @@ impl Client {
         let mut guard = CancelGuard { client: self.clone(), statement_id: resp.statement_id.clone(), armed: true };
         let resp = self.wait(resp, started, &opts, &mut guard).await?;
         guard.disarm();
-        let manifest = resp.manifest.clone().ok_or_else(|| Error::Protocol { detail: "a SUCCEEDED statement without a manifest".into() })?;
+        let manifest =
+            resp.manifest.clone().ok_or_else(|| Error::Protocol { detail: "a SUCCEEDED statement without a manifest".into() })?;
         let columns = manifest.schema.columns.iter().map(|c| c.name.clone()).collect();
         let mut rows = Vec::new();
         let mut data = resp.result.unwrap_or_default();
@@ -346,7 +352,8 @@ impl Client {
 
     /// Asks the server to cancel a statement (best effort; errors are logged).
     pub async fn cancel(&self, statement_id: &str) {
-        let r: Result<Value, Error> = self.call(Method::POST, &format!("/api/2.0/sql/statements/{statement_id}/cancel"), &[], Some(&json!({}))).await;
+        let r: Result<Value, Error> =
+            self.call(Method::POST, &format!("/api/2.0/sql/statements/{statement_id}/cancel"), &[], Some(&json!({}))).await;
         if let Err(e) = r {
             tracing::warn!(statement_id, error = %e, "cancelling the statement failed");
         }
@@ -354,8 +361,17 @@ impl Client {
 
     /// Polls until the statement is terminal, with capped exponential
     /// backoff; checks the warehouse while the statement is PENDING.
-    async fn wait(&self, mut resp: StatementResponse, started: Instant, opts: &QueryOptions, guard: &mut CancelGuard) -> Result<StatementResponse, Error> {
-        let mut delay = Duration::from_millis(25);
+    async fn wait(
+        &self,
+        mut resp: StatementResponse,
+        started: Instant,
+        opts: &QueryOptions,
+        guard: &mut CancelGuard,
+    ) -> Result<StatementResponse, Error> {
+        // Polls start fast and grow by half each time: the time lost between
+        // the statement finishing and us noticing stays under a third of its
+        // run time, with few requests for long statements (capped at 2 s).
+        let mut delay = Duration::from_millis(10);
         let mut last_warehouse_check: Option<Instant> = None;
         let mut warehouse_state: Option<String> = None;
         loop {
@@ -400,12 +416,17 @@ impl Client {
                 });
             }
             tokio::time::sleep(delay.min(opts.timeout.saturating_sub(waited))).await;
-            delay = (delay * 2).min(Duration::from_secs(2));
+            delay = delay.mul_f64(1.5).min(Duration::from_secs(2));
             resp = self.get_statement(&resp.statement_id).await?;
         }
     }
 
-    fn inline_stream(&self, id: String, schema: SchemaRef, first: ResultData) -> Pin<Box<dyn Stream<Item = Result<RecordBatch, Error>> + Send>> {
+    fn inline_stream(
+        &self,
+        id: String,
+        schema: SchemaRef,
+        first: ResultData,
+    ) -> Pin<Box<dyn Stream<Item = Result<RecordBatch, Error>> + Send>> {
         let client = self.clone();
         Box::pin(stream::try_unfold(Some(first), move |next| {
             let client = client.clone();
@@ -424,7 +445,13 @@ impl Client {
         }))
     }
 
-    fn link_stream(&self, id: String, manifest: &Manifest, first: ResultData, concurrency: usize) -> Pin<Box<dyn Stream<Item = Result<RecordBatch, Error>> + Send>> {
+    fn link_stream(
+        &self,
+        id: String,
+        manifest: &Manifest,
+        first: ResultData,
+        concurrency: usize,
+    ) -> Pin<Box<dyn Stream<Item = Result<RecordBatch, Error>> + Send>> {
         let lz4 = manifest.result_compression.as_deref() == Some("LZ4_FRAME");
         let first_links = Arc::new(std::sync::Mutex::new(first.external_links.unwrap_or_default()));
         let client = self.clone();
@@ -432,7 +459,8 @@ impl Client {
             .map(move |index| {
                 let client = client.clone();
                 let id = id.clone();
-                let known = first_links.lock().ok().and_then(|mut l| l.iter().position(|x| x.chunk_index == index).map(|p| l.swap_remove(p)));
+                let known =
+                    first_links.lock().ok().and_then(|mut l| l.iter().position(|x| x.chunk_index == index).map(|p| l.swap_remove(p)));
                 AbortOnDrop(tokio::spawn(async move { client.fetch_chunk(&id, index, known, lz4).await }))
             })
             .buffered(concurrency)
@@ -445,7 +473,13 @@ impl Client {
 
     /// Downloads and decodes one chunk; a link the storage refuses (expired)
     /// is replaced by asking for the chunk again, up to three times.
-    async fn fetch_chunk(&self, id: &str, index: u64, known: Option<crate::api::ExternalLink>, lz4: bool) -> Result<Vec<RecordBatch>, Error> {
+    async fn fetch_chunk(
+        &self,
+        id: &str,
+        index: u64,
+        known: Option<crate::api::ExternalLink>,
+        lz4: bool,
+    ) -> Result<Vec<RecordBatch>, Error> {
         let mut link = known;
         let mut refreshed = 0;
         loop {
@@ -462,15 +496,23 @@ impl Client {
             };
             let policy = self.inner.options.retry;
             match policy.run(|_| self.download(&l.external_link, l.http_headers.as_ref()), Failure::verdict).await {
-                Ok(bytes) => return decode_chunk(&bytes, lz4),
+                Ok(bytes) => return decode_chunk(bytes, lz4),
                 Err(ex) => match ex.error {
                     Failure::Rest(e) if (400..500).contains(&e.status) && e.status != 429 && refreshed < 3 => {
                         refreshed += 1;
-                        tracing::debug!(statement_id = id, chunk = index, status = e.status, "the result link was refused (expired?); asking for a fresh one");
+                        tracing::debug!(
+                            statement_id = id,
+                            chunk = index,
+                            status = e.status,
+                            "the result link was refused (expired?); asking for a fresh one"
+                        );
                     }
                     Failure::Rest(e) => {
                         return Err(Error::Unavailable {
-                            detail: format!("downloading result chunk {index} failed with HTTP {} after {} attempts: {}", e.status, ex.attempts, e.message),
+                            detail: format!(
+                                "downloading result chunk {index} failed with HTTP {} after {} attempts: {}",
+                                e.status, ex.attempts, e.message
+                            ),
                         });
                     }
                     other => return Err(self.classify(other, ex.attempts)),

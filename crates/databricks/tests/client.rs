@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use arrow_array::{Array, Int64Array, StringArray};
 use databricks::check::{CheckInput, TableCheck, test_connection_with};
-use databricks::{Client, ClientOptions, ConnectionSettings, Credentials, Error, Progress, QueryOptions, RetryPolicy, Secret, Statement, TableName};
+use databricks::{
+    Client, ClientOptions, ConnectionSettings, Credentials, Error, Progress, QueryOptions, RetryPolicy, Secret, Statement, TableName,
+};
 use databricks_emulator::demo::{self, DemoOptions};
 use databricks_emulator::{ChunkPolicy, EmulatorConfig, RunningEmulator};
 use futures::StreamExt;
@@ -35,7 +37,11 @@ fn quick() -> ClientOptions {
 
 impl Emu {
     async fn start() -> Emu {
-        Emu::start_with(EmulatorConfig::default(), DemoOptions { events: 3000, start_delay_ms: Some(100), running: true, ..Default::default() }).await
+        Emu::start_with(
+            EmulatorConfig::default(),
+            DemoOptions { events: 3000, start_delay_ms: Some(100), running: true, ..Default::default() },
+        )
+        .await
     }
 
     async fn start_with(config: EmulatorConfig, options: DemoOptions) -> Emu {
@@ -50,8 +56,14 @@ impl Emu {
     }
 
     fn settings(&self, creds: Credentials) -> ConnectionSettings {
-        ConnectionSettings::parse(&self.run.base_url(), &format!("/sql/1.0/warehouses/{}", demo::WAREHOUSE_ID), creds, Some("main"), &[self.host()])
-            .expect("settings parse")
+        ConnectionSettings::parse(
+            &self.run.base_url(),
+            &format!("/sql/1.0/warehouses/{}", demo::WAREHOUSE_ID),
+            creds,
+            Some("main"),
+            &[self.host()],
+        )
+        .expect("settings parse")
     }
 
     fn token(&self, name: &str) -> Credentials {
@@ -201,11 +213,21 @@ async fn every_failure_has_its_kind_and_fix() {
     // Table missing; column missing with Databricks' suggestion; a SQL error.
     assert_eq!(q(&sp, "SELECT * FROM main.product.nosuch").await.kind(), "table_not_found");
     let e = q(&sp, "SELECT event_nmae FROM main.product.events_v").await;
-    assert!(matches!(e, Error::ColumnMissing { ref column, ref suggestions } if column == "event_nmae" && suggestions.iter().any(|s| s.contains("event_name"))), "{e:?}");
+    assert!(
+        matches!(e, Error::ColumnMissing { ref column, ref suggestions } if column == "event_nmae" && suggestions.iter().any(|s| s.contains("event_name"))),
+        "{e:?}"
+    );
     let e = q(&sp, "SELECT 1/0 AS x FROM main.product.events_v WHERE event_name = (SELECT 1)").await;
     assert!(matches!(e, Error::Sql { .. } | Error::ColumnMissing { .. }), "{e:?}");
     // A warehouse that does not exist.
-    let gone = ConnectionSettings::parse(&emu.run.base_url(), "/sql/1.0/warehouses/ffffffffffffffff", emu.token("service_principal"), None, &[emu.host()]).unwrap();
+    let gone = ConnectionSettings::parse(
+        &emu.run.base_url(),
+        "/sql/1.0/warehouses/ffffffffffffffff",
+        emu.token("service_principal"),
+        None,
+        &[emu.host()],
+    )
+    .unwrap();
     let e = Client::with_options(gone, quick()).unwrap().warehouse().await.unwrap_err();
     assert_eq!(e.kind(), "warehouse_not_found");
     // An unreachable workspace (nothing listens on the port).
@@ -213,7 +235,14 @@ async fn every_failure_has_its_kind_and_fix() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let s = ConnectionSettings::parse(&format!("http://{closed}"), "/sql/1.0/warehouses/a1b2c3d4e5f60718", emu.token("service_principal"), None, &[closed.to_string()]).unwrap();
+    let s = ConnectionSettings::parse(
+        &format!("http://{closed}"),
+        "/sql/1.0/warehouses/a1b2c3d4e5f60718",
+        emu.token("service_principal"),
+        None,
+        &[closed.to_string()],
+    )
+    .unwrap();
     let e = Client::with_options(s, quick()).unwrap().me().await.unwrap_err();
     assert_eq!(e.kind(), "unreachable", "{e:?}");
     assert!(e.is_retryable());
@@ -224,7 +253,8 @@ async fn throttling_and_outages_are_retried_and_bad_answers_are_not() {
     let emu = Emu::start().await;
     let client = emu.client("service_principal");
     for status in [429, 502, 503, 504] {
-        emu.fault(json!({"kind": "status", "status": status, "retry_after_secs": 0, "times": 2, "path_prefix": "/api/2.0/sql/statements"})).await;
+        emu.fault(json!({"kind": "status", "status": status, "retry_after_secs": 0, "times": 2, "path_prefix": "/api/2.0/sql/statements"}))
+            .await;
         assert_eq!(count(&client, "SELECT count(*) FROM main.crm.people").await > 0, true, "after {status}");
     }
     assert_eq!(emu.counters().await["faults_injected"].as_u64().unwrap(), 8);
@@ -246,7 +276,10 @@ async fn throttling_and_outages_are_retried_and_bad_answers_are_not() {
     assert!(client.me().await.is_ok());
     emu.fault(json!({"kind": "fail_statement", "contains": "people", "error_class": "DIVIDE_BY_ZERO", "message": "Division by zero.", "sql_state": "22012", "times": 1})).await;
     let e = client.query_text(&Statement::new("SELECT count(*) FROM main.crm.people"), 1).await.unwrap_err();
-    assert!(matches!(e, Error::Sql { ref class, ref sql_state, .. } if class == "DIVIDE_BY_ZERO" && sql_state.as_deref() == Some("22012")), "{e:?}");
+    assert!(
+        matches!(e, Error::Sql { ref class, ref sql_state, .. } if class == "DIVIDE_BY_ZERO" && sql_state.as_deref() == Some("22012")),
+        "{e:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,7 +355,9 @@ async fn oauth_tokens_are_cached_refreshed_and_refetched_once_when_refused() {
     assert_eq!(rows as i64, count(&client, "SELECT count(*) FROM main.product.events").await);
     assert_eq!(emu.counters().await["oauth_tokens"], 2, "one re-fetch after the refusal");
     // A refresh margin longer than the lifetime refreshes before every use.
-    let eager = Client::with_options(emu.settings(emu.oauth()), ClientOptions { token_refresh_margin: Duration::from_secs(7200), ..quick() }).unwrap();
+    let eager =
+        Client::with_options(emu.settings(emu.oauth()), ClientOptions { token_refresh_margin: Duration::from_secs(7200), ..quick() })
+            .unwrap();
     eager.me().await.unwrap();
     eager.me().await.unwrap();
     assert_eq!(emu.counters().await["oauth_tokens"], 4);
@@ -356,7 +391,11 @@ async fn a_static_token_expiring_mid_stream_fails_clearly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_warehouse_reports_progress_and_a_manual_one_says_so() {
-    let emu = Emu::start_with(EmulatorConfig::default(), DemoOptions { events: 1000, start_delay_ms: Some(1500), running: false, ..Default::default() }).await;
+    let emu = Emu::start_with(
+        EmulatorConfig::default(),
+        DemoOptions { events: 1000, start_delay_ms: Some(1500), running: false, ..Default::default() },
+    )
+    .await;
     let client = emu.client("service_principal");
     let seen: Arc<Mutex<Vec<Progress>>> = Arc::default();
     let sink = seen.clone();
@@ -378,7 +417,11 @@ async fn a_cold_warehouse_reports_progress_and_a_manual_one_says_so() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeouts_and_dropped_queries_cancel_the_statement() {
-    let emu = Emu::start_with(EmulatorConfig::default(), DemoOptions { events: 1000, start_delay_ms: Some(4000), running: false, ..Default::default() }).await;
+    let emu = Emu::start_with(
+        EmulatorConfig::default(),
+        DemoOptions { events: 1000, start_delay_ms: Some(4000), running: false, ..Default::default() },
+    )
+    .await;
     let client = emu.client("service_principal");
     let opts = QueryOptions { timeout: Duration::from_millis(700), ..Default::default() };
     let e = client.query(&Statement::new("SELECT 1 AS timed"), &opts).await.unwrap_err();

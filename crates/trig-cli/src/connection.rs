@@ -91,7 +91,8 @@ fn from_flags(a: &TestArgs) -> anyhow::Result<CheckInput> {
     let workspace_url = a.workspace_url.clone().or_else(|| env("DATABRICKS_HOST")).context(
         "no workspace URL: pass --workspace-url https://<workspace>.cloud.databricks.com or set DATABRICKS_HOST (or use --config FILE --connection NAME)",
     )?;
-    let http_path = a.http_path.clone().context("no HTTP path: pass --http-path /sql/1.0/warehouses/<id> (from the warehouse's Connection details)")?;
+    let http_path =
+        a.http_path.clone().context("no HTTP path: pass --http-path /sql/1.0/warehouses/<id> (from the warehouse's Connection details)")?;
     let credentials = match &a.token_env {
         Some(var) => match env(var) {
             Some(t) => Credentials::Token(Secret::new(t)),

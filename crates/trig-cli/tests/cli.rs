@@ -140,7 +140,14 @@ async fn connection_test_by_flags_prints_a_checklist_or_json_and_exits_by_outcom
     assert!(String::from_utf8_lossy(&out.stdout).contains("✗ Workspace URL"));
     // No credentials at all: the fix is named.
     let out = Command::new(BIN)
-        .args(["connection", "test", "--workspace-url", "dbc-a1b2c3d4-e5f6.cloud.databricks.com", "--http-path", "/sql/1.0/warehouses/a1b2c3d4e5f60718"])
+        .args([
+            "connection",
+            "test",
+            "--workspace-url",
+            "dbc-a1b2c3d4-e5f6.cloud.databricks.com",
+            "--http-path",
+            "/sql/1.0/warehouses/a1b2c3d4e5f60718",
+        ])
         .env_remove("DATABRICKS_TOKEN")
         .env_remove("DATABRICKS_CLIENT_ID")
         .output()

@@ -54,7 +54,9 @@ impl SecretRef {
     pub fn resolve(&self, key: &str) -> Result<Secret, ConfigError> {
         let err = |message: String| ConfigError { key: key.to_string(), message };
         let value = match self {
-            SecretRef::Env(var) => std::env::var(var).map_err(|_| err(format!("the environment variable {var} is not set; export it with the secret")))?,
+            SecretRef::Env(var) => {
+                std::env::var(var).map_err(|_| err(format!("the environment variable {var} is not set; export it with the secret")))?
+            }
             SecretRef::File(p) => {
                 std::fs::read_to_string(p).map_err(|e| err(format!("cannot read the secret file {}: {e}", p.display())))?
             }
@@ -519,7 +521,13 @@ const PEOPLE_KEYS: &[&str] =
     &["connection", "kind", "source", "schedule", "id", "name", "email", "organisation_id", "include", "exclude", "updated_at"];
 const ORG_KEYS: &[&str] = &["connection", "kind", "source", "schedule", "id", "name", "domain", "include", "exclude", "updated_at"];
 
-fn read_pipeline(r: &mut Reader, name: &str, p: &Table, key: &str, connections: &BTreeMap<String, ConnectionConfig>) -> Option<PipelineConfig> {
+fn read_pipeline(
+    r: &mut Reader,
+    name: &str,
+    p: &Table,
+    key: &str,
+    connections: &BTreeMap<String, ConnectionConfig>,
+) -> Option<PipelineConfig> {
     let before = r.errs.len();
     let k = |f: &str| format!("{key}.{f}");
     let connection = r.string(p, "connection", &k("connection"), true);
