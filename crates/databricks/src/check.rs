@@ -97,7 +97,7 @@ pub async fn test_connection_with(input: &CheckInput, options: ClientOptions) ->
     let allow = match AllowHosts::parse(&input.allow_hosts) {
         Ok(a) => a,
         Err(reason) => {
-            r.fail(&"allow_hosts".to_string(), &Error::InvalidSetting { field: "allow_hosts", reason });
+            r.fail("Allow hosts", &Error::InvalidSetting { field: "allow_hosts", reason });
             return r;
         }
     };
