@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod connection;
+mod demo;
 mod emulator;
+mod sync;
 
 #[derive(Debug, Parser)]
 #[command(name = "trig-databricks", version, about = "Trig's Databricks integration")]
@@ -20,6 +22,14 @@ enum Command {
     Emulator(emulator::Args),
     /// Test a Databricks connection (exit 0: all checks pass, 2: a check failed, 1: internal error).
     Connection(connection::Args),
+    /// Run one pipeline once (exit 0: success, 2: a problem to fix, 3: remote or transient, 1: a bug).
+    Sync(sync::SyncArgs),
+    /// List sync runs, newest first.
+    Runs(sync::RunsArgs),
+    /// Print what the store holds as NDJSON.
+    Export(sync::ExportArgs),
+    /// The whole product on this machine: a local workspace, Test connection, syncs, a report.
+    Demo(demo::Args),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +51,10 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Emulator(args) => emulator::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Connection(args) => connection::run(args).await,
+            Command::Sync(args) => sync::sync(args).await,
+            Command::Runs(args) => sync::runs(args).await,
+            Command::Export(args) => sync::export(args).await,
+            Command::Demo(args) => demo::run(args).await,
         }
     });
     match result {

@@ -124,8 +124,8 @@ pub struct EventsSpec {
     pub user_id_kind: UserIdKind,
     pub email: Option<String>,
     pub properties: Vec<String>,
-    /// Offset applied to zone-less (TIMESTAMP_NTZ) timestamps.
-    pub timezone: FixedOffset,
+    /// The zone of zone-less values (TIMESTAMP_NTZ, strings without an offset).
+    pub timezone: Zone,
     pub filter: Option<String>,
     pub cursor: Option<String>,
     pub lookback: Duration,
@@ -165,6 +165,8 @@ pub struct AttributesSpec {
     pub include: Vec<String>,
     pub exclude: Vec<String>,
     pub updated_at: Option<String>,
+    /// How far before the last sync an incremental read starts (with `updated_at`).
+    pub lookback: Duration,
 }
 
 impl AttributesSpec {
@@ -518,8 +520,9 @@ const EVENT_KEYS: &[&str] = &[
     "backfill_from",
 ];
 const PEOPLE_KEYS: &[&str] =
-    &["connection", "kind", "source", "schedule", "id", "name", "email", "organisation_id", "include", "exclude", "updated_at"];
-const ORG_KEYS: &[&str] = &["connection", "kind", "source", "schedule", "id", "name", "domain", "include", "exclude", "updated_at"];
+    &["connection", "kind", "source", "schedule", "id", "name", "email", "organisation_id", "include", "exclude", "updated_at", "lookback"];
+const ORG_KEYS: &[&str] =
+    &["connection", "kind", "source", "schedule", "id", "name", "domain", "include", "exclude", "updated_at", "lookback"];
 
 fn read_pipeline(
     r: &mut Reader,
@@ -574,11 +577,14 @@ fn read_pipeline(
         let email = r.string(p, "email", &k("email"), false);
         let properties = r.strings(p, "properties", &k("properties"));
         let timezone = match r.string(p, "timezone", &k("timezone"), false) {
-            None => FixedOffset::east_opt(0),
-            Some(tz) => match parse_offset(&tz) {
-                Some(o) => Some(o),
+            None => Some(Zone::Fixed(FixedOffset::east_opt(0).expect("UTC is an offset"))),
+            Some(tz) => match Zone::parse(&tz) {
+                Some(z) => Some(z),
                 None => {
-                    r.err(&k("timezone"), format!("`{tz}` is not understood; use UTC or a fixed offset such as +02:00"));
+                    r.err(
+                        &k("timezone"),
+                        format!("`{tz}` is not a time zone; use an IANA name such as Europe/Berlin, UTC, or a fixed offset such as +02:00"),
+                    );
                     None
                 }
             },
@@ -632,7 +638,15 @@ fn read_pipeline(
                 r.err(&k("exclude"), format!("`{c}` is both included and excluded"));
             }
         }
+        for (required, col) in [("id", &id), ("name", &name_col)] {
+            if let Some(c) = col
+                && exclude.contains(c)
+            {
+                r.err(&k("exclude"), format!("`{c}` is the {required} column, which is always imported; remove it from exclude"));
+            }
+        }
         let updated_at = r.string(p, "updated_at", &k("updated_at"), false);
+        let lookback = r.duration(p, "lookback", &k("lookback"), Some(Duration::from_secs(3600)));
         if r.errs.len() > before {
             return None;
         }
@@ -646,6 +660,7 @@ fn read_pipeline(
             include,
             exclude,
             updated_at,
+            lookback: lookback?,
         })
     };
     if r.errs.len() > before {
@@ -669,6 +684,43 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(bad()),
     };
     Ok(Duration::from_secs(secs))
+}
+
+/// The time zone hint for zone-less values: an IANA zone or a fixed offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Zone {
+    Fixed(FixedOffset),
+    Named(chrono_tz::Tz),
+}
+
+impl Zone {
+    /// `UTC`, `+02:00`, or an IANA name such as `Europe/Berlin`.
+    pub fn parse(s: &str) -> Option<Zone> {
+        if let Some(o) = parse_offset(s) {
+            return Some(Zone::Fixed(o));
+        }
+        s.trim().parse::<chrono_tz::Tz>().ok().map(Zone::Named)
+    }
+
+    /// The instant a wall-clock time in this zone names. In a daylight-saving
+    /// overlap the earlier instant; in a gap (a time that never happened) `None`.
+    pub fn to_utc(&self, t: chrono::NaiveDateTime) -> Option<DateTime<Utc>> {
+        use chrono::TimeZone;
+        match self {
+            Zone::Fixed(o) => o.from_local_datetime(&t).earliest().map(|d| d.with_timezone(&Utc)),
+            Zone::Named(z) => z.from_local_datetime(&t).earliest().map(|d| d.with_timezone(&Utc)),
+        }
+    }
+}
+
+impl fmt::Display for Zone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Zone::Fixed(o) if o.local_minus_utc() == 0 => f.write_str("UTC"),
+            Zone::Fixed(o) => write!(f, "{o}"),
+            Zone::Named(z) => write!(f, "{}", z.name()),
+        }
+    }
 }
 
 fn parse_offset(tz: &str) -> Option<FixedOffset> {
@@ -793,5 +845,11 @@ schedule = "24h"
         assert_eq!(parse_offset("+02:00"), FixedOffset::east_opt(7200));
         assert_eq!(parse_offset("UTC"), FixedOffset::east_opt(0));
         assert_eq!(parse_offset("Europe/Berlin"), None);
+        let berlin = Zone::parse("Europe/Berlin").unwrap();
+        let summer = chrono::NaiveDate::from_ymd_opt(2026, 7, 1).unwrap().and_hms_opt(12, 0, 0).unwrap();
+        assert_eq!(berlin.to_utc(summer).unwrap().to_rfc3339(), "2026-07-01T10:00:00+00:00");
+        let gap = chrono::NaiveDate::from_ymd_opt(2026, 3, 29).unwrap().and_hms_opt(2, 30, 0).unwrap();
+        assert_eq!(berlin.to_utc(gap), None);
+        assert!(Zone::parse("Mars/Olympus").is_none());
     }
 }

@@ -1,0 +1,255 @@
+//! `trig-databricks demo`: the whole product on a fresh machine, no account.
+//!
+//! Starts the emulator in-process with the demo dataset, writes a working
+//! config next to the database, runs Test connection, syncs organisations,
+//! people and events, appends live events (new, late, duplicated, for
+//! unknown users, broken), syncs again and reports what happened.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use databricks::check::{CheckInput, TableCheck, test_connection};
+use databricks_emulator::{EmulatorConfig, demo as emu_demo};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use trig_config::Config;
+use trig_store::{Store, SyncRun};
+use trig_sync::{Engine, EngineOptions, Trigger};
+
+use crate::sync::{describe, exit_code};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Folder for trig-demo.toml, trig-demo.token and trig-demo.db (a previous demo's files there are replaced).
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Events in the demo dataset.
+    #[arg(long, default_value_t = 100_000)]
+    events: u64,
+}
+
+const DB: &str = "trig-demo.db";
+const CONFIG: &str = "trig-demo.toml";
+const TOKEN: &str = "trig-demo.token";
+
+/// The demo's config: every pipeline kind against the emulator.
+pub fn config_text(workspace_url: &str, host: &str) -> String {
+    format!(
+        r#"# Written by `trig-databricks demo`. The workspace is the local emulator the
+# demo ran in-process; it stopped when the demo ended. To sync again, start one
+# (`trig-databricks emulator --demo --addr {host}`), put its
+# tokens.service_principal in {TOKEN}, and run e.g.
+# `trig-databricks sync demo_events --config {CONFIG}`.
+
+[store]
+url = "sqlite://{DB}"
+
+[connections.demo]
+workspace_url = "{workspace_url}"
+http_path = "/sql/1.0/warehouses/{warehouse}"
+token = {{ file = "{TOKEN}" }}
+default_catalog = "main"
+allow_hosts = ["{host}"]
+
+[pipelines.demo_organisations]
+connection = "demo"
+kind = "organisations"
+source = "crm.organisations"
+id = "organisation_id"
+name = "name"
+domain = "domain"
+updated_at = "updated_at"
+schedule = "24h"
+
+[pipelines.demo_people]
+connection = "demo"
+kind = "people"
+source = "crm.people"
+id = "user_id"
+name = "name"
+email = "email"
+organisation_id = "organisation_id"
+updated_at = "updated_at"
+schedule = "24h"
+
+[pipelines.demo_events]
+connection = "demo"
+kind = "events"
+source = "product.events_v"
+event_id = "event_id"
+event_name = "event_name"
+timestamp = "event_ts"
+user_id = "user_id"
+user_id_kind = "external_id"
+email = "email"
+properties = ["plan", "platform", "properties"]
+timezone = "UTC"
+# An ingestion-time cursor: rows that arrive hours late are still read.
+cursor = "ingested_at"
+lookback = "2h"
+schedule = "15m"
+"#,
+        warehouse = emu_demo::WAREHOUSE_ID,
+    )
+}
+
+fn remove_previous(dir: &Path) -> anyhow::Result<()> {
+    for f in [DB, "trig-demo.db-wal", "trig-demo.db-shm", CONFIG, TOKEN] {
+        match std::fs::remove_file(dir.join(f)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot replace {}", dir.join(f).display())),
+        }
+    }
+    Ok(())
+}
+
+fn write_secret(path: &Path, value: &str) -> anyhow::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(value.as_bytes())?;
+    Ok(())
+}
+
+/// Live rows for the second sync: new, late, duplicated, for unknown people
+/// (with and without an email), and broken.
+fn live_rows(now: chrono::DateTime<chrono::Utc>) -> Vec<Value> {
+    let ts = |mins: i64| (now - chrono::Duration::minutes(mins)).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let ingested = ts(2);
+    let mut rows = Vec::new();
+    let mut row = |id: String, name: Option<&str>, at: String, user: &str, email: Option<String>| {
+        rows.push(json!({
+            "event_id": id, "event_name": name, "event_ts": at, "user_id": user, "email": email,
+            "plan": "growth", "platform": "web", "properties": {"page": "/app/live"},
+            "ingested_at": ingested, "event_ts_local": null, "environment": "production",
+        }));
+    };
+    for i in 0..200 {
+        row(format!("live_{i:04}"), Some("feature_used"), ts(5 + i % 10), &format!("u_{:06}", i % 50), None);
+    }
+    // Late: they happened six hours ago and reached the warehouse only now.
+    for i in 0..40 {
+        row(format!("late_{i:04}"), Some("report_exported"), ts(6 * 60 + i), &format!("u_{:06}", 100 + i), None);
+    }
+    // Duplicates of events the first sync stored.
+    for i in 0..25 {
+        row(format!("live_{i:04}"), Some("feature_used"), ts(5 + i % 10), &format!("u_{:06}", i % 50), None);
+    }
+    // Unknown users: without an email they are parked, with one they create the person.
+    for i in 0..30 {
+        row(format!("anon_{i:04}"), Some("signed_in"), ts(4), &format!("u_9{i:05}"), None);
+    }
+    for i in 0..10 {
+        row(format!("new_{i:04}"), Some("signed_in"), ts(4), &format!("u_8{i:05}"), Some(format!("new.person{i}@example.org")));
+    }
+    // Broken: no event name.
+    for i in 0..5 {
+        row(format!("bad_{i:04}"), None, ts(3), "u_000001", None);
+    }
+    rows
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
+    let dir = args.dir.canonicalize()?;
+    remove_previous(&dir)?;
+    let mut out = std::io::stdout().lock();
+
+    writeln!(out, "Starting a local Databricks workspace with {} demo events…", args.events)?;
+    let options = emu_demo::DemoOptions { events: args.events, ..Default::default() };
+    let loaded = emu_demo::workspace(&options).await.context("cannot build the demo workspace")?;
+    let token = loaded.tokens["service_principal"].clone();
+    let emulator = databricks_emulator::start(loaded.workspace, EmulatorConfig::default(), "127.0.0.1:0").await?;
+    let host = emulator.addr().to_string();
+
+    let config_path = dir.join(CONFIG);
+    write_secret(&dir.join(TOKEN), &token)?;
+    std::fs::write(&config_path, config_text(&emulator.base_url(), &host))?;
+    let config = Config::load(&config_path).map_err(|e| anyhow::anyhow!("the demo wrote a bad config (a bug): {e}"))?;
+
+    writeln!(out, "\nTest connection ({}):", config_path.display())?;
+    let conn = config.connection("demo").map_err(anyhow::Error::msg)?;
+    let input = CheckInput {
+        workspace_url: conn.workspace_url.clone(),
+        http_path: conn.http_path.clone(),
+        credentials: conn.credentials().map_err(|e| anyhow::anyhow!("{}: {}", e.key, e.message))?,
+        default_catalog: conn.default_catalog.clone(),
+        allow_hosts: conn.allow_hosts.clone(),
+        tables: config
+            .pipelines_of("demo")
+            .map(|p| TableCheck { pipeline: p.name.clone(), source: p.source.clone(), columns: p.columns() })
+            .collect(),
+    };
+    let report = test_connection(&input).await;
+    write!(out, "{}", report.render())?;
+    if !report.ok {
+        writeln!(out, "The demo's own connection failed its test; this is a bug.")?;
+        return Ok(ExitCode::FAILURE);
+    }
+
+    let store: Arc<dyn Store> = Arc::from(trig_store::open(&config.store_url)?);
+    let engine = Engine::new(config.clone(), store.clone(), EngineOptions::default());
+    let cancel = CancellationToken::new();
+    let mut runs: Vec<SyncRun> = Vec::new();
+
+    writeln!(out, "\nFirst sync (a backfill):")?;
+    for name in trig_sync::ordered_pipelines(&config) {
+        let f = engine.run(&name, Trigger::Schedule, &cancel).await?;
+        write!(out, "{}", describe(&f.run))?;
+        if let Some(e) = f.error {
+            writeln!(out, "error: {e}")?;
+            return Ok(exit_code(e.class()));
+        }
+        runs.push(f.run);
+    }
+
+    let live = live_rows(chrono::Utc::now());
+    emulator.emulator().append_rows(emu_demo::EVENTS_TABLE, &live).await.map_err(anyhow::Error::msg)?;
+    writeln!(
+        out,
+        "\nAppended {} live events to {}: 200 new, 40 six hours late, 25 duplicates, 30 for unknown users, 10 for new people with an email, 5 without a name.",
+        live.len(),
+        emu_demo::EVENTS_TABLE
+    )?;
+    writeln!(out, "Second sync (incremental):")?;
+    let f = engine.run("demo_events", Trigger::Schedule, &cancel).await?;
+    write!(out, "{}", describe(&f.run))?;
+    if let Some(e) = f.error {
+        writeln!(out, "error: {e}")?;
+        return Ok(exit_code(e.class()));
+    }
+    runs.push(f.run);
+
+    let t = store.totals().await?;
+    let sum = |f: fn(&SyncRun) -> u64| runs.iter().map(f).sum::<u64>();
+    writeln!(out, "\nReport")?;
+    writeln!(out, "  organisations  {}", t.organisations)?;
+    writeln!(out, "  people         {}", t.people)?;
+    writeln!(out, "  events         {} ({} backfilled, {} live)", t.events, t.backfilled_events, t.events - t.backfilled_events)?;
+    writeln!(out, "  runs           {}", t.runs)?;
+    writeln!(out, "  deduplicated   {}", sum(|r| r.counts.deduplicated))?;
+    writeln!(out, "  late           {}", sum(|r| r.counts.late))?;
+    writeln!(out, "  parked         {} (waiting for their person; dropped after 7 days)", t.parked)?;
+    writeln!(out, "  quarantined    {} (see `trig-databricks export quarantine --config {CONFIG}`)", t.quarantined)?;
+    let counters = emulator.emulator().counters_json();
+    if let Some(w) = counters.get("warehouses").and_then(|w| w.get(emu_demo::WAREHOUSE_ID)) {
+        writeln!(out, "  warehouse      {}", w)?;
+    }
+    writeln!(out, "\nConfig:   {}", config_path.display())?;
+    writeln!(out, "Database: {}", dir.join(DB).display())?;
+    writeln!(out, "Try: trig-databricks runs --config {}", config_path.display())?;
+    writeln!(out, "     trig-databricks export events --config {} | head", config_path.display())?;
+    writeln!(out, "Done in {:.1}s.", started.elapsed().as_secs_f64())?;
+    emulator.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,323 @@
+//! `trig-databricks sync`, `runs` and `export`: run a pipeline once, read
+//! the run history, and dump what the store holds as NDJSON.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args as ClapArgs, ValueEnum};
+use tokio_util::sync::CancellationToken;
+use trig_config::Config;
+use trig_store::{Export, Store, SyncRun};
+use trig_sync::{Class, Engine, EngineOptions, Error, Trigger};
+
+/// Exit codes: 0 success, 2 a failure the user must fix, 3 remote or transient, 1 a bug.
+pub fn exit_code(class: Class) -> ExitCode {
+    match class {
+        Class::User => ExitCode::from(2),
+        Class::Remote => ExitCode::from(3),
+        Class::Internal => ExitCode::from(1),
+    }
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct SyncArgs {
+    /// The `[pipelines.<name>]` to run.
+    pipeline: String,
+    /// The config file.
+    #[arg(long)]
+    config: PathBuf,
+    /// Re-read everything (events: from backfill_from); re-read events carry the backfill flag.
+    #[arg(long, conflicts_with_all = ["from", "to"])]
+    full_refresh: bool,
+    /// Replay from this time (RFC 3339), without moving the live cursor; needs --to.
+    #[arg(long, requires = "to", value_name = "TIME")]
+    from: Option<String>,
+    /// Replay up to this time (RFC 3339, inclusive).
+    #[arg(long, requires = "from", value_name = "TIME")]
+    to: Option<String>,
+    /// Show the SQL and parameters a real run would send and the first 20 mapped rows; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print every statement and its parameters to stderr as it is sent.
+    #[arg(long)]
+    print_sql: bool,
+    /// Print the run record (or, with --dry-run, {"sql", "parameters", "rows"}) as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct RunsArgs {
+    #[arg(long)]
+    config: PathBuf,
+    /// Only this pipeline's runs.
+    #[arg(long)]
+    pipeline: Option<String>,
+    /// How many runs, newest first.
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum What {
+    Events,
+    People,
+    Organisations,
+    Parked,
+    Quarantine,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct ExportArgs {
+    /// What to export, one JSON object per line.
+    #[arg(value_enum)]
+    what: What,
+    #[arg(long)]
+    config: PathBuf,
+}
+
+/// Loads the config; a bad one is the user's to fix (exit 2), every problem printed at once.
+pub fn load_config(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprint!("{e}");
+        ExitCode::from(2)
+    })
+}
+
+pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, ExitCode> {
+    trig_store::open(&config.store_url).map(Arc::from).map_err(|e| {
+        eprintln!("error: [store] url: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn parse_time(flag: &str, v: &str) -> Result<i64, ExitCode> {
+    chrono::DateTime::parse_from_rfc3339(v).map(|t| t.timestamp_micros()).map_err(|_| {
+        eprintln!("error: {flag} `{v}` is not an RFC 3339 time; write e.g. 2026-11-01T00:00:00Z");
+        ExitCode::from(2)
+    })
+}
+
+fn human(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The run record as one short paragraph.
+pub fn describe(run: &SyncRun) -> String {
+    let c = &run.counts;
+    let secs = run.ended_at.map(|e| (e - run.started_at) as f64 / 1e6).unwrap_or(0.0);
+    let window = match (run.window_from, run.window_to) {
+        (Some(f), Some(t)) => format!(", window {} → {}", trig_store::sqlite::rfc3339(f), trig_store::sqlite::rfc3339(t)),
+        (None, Some(t)) => format!(", up to {}", trig_store::sqlite::rfc3339(t)),
+        _ => String::new(),
+    };
+    let mut s = format!("{} ({}): {} in {secs:.1}s{window}\n", run.pipeline, run.trigger, run.status);
+    s.push_str(&format!(
+        "  read {} · inserted {} · updated {} · unchanged {} · deduplicated {} · parked {} · re-matched {} · dropped {} · quarantined {} · late {} · people created {}\n",
+        human(c.rows_read),
+        human(c.inserted),
+        human(c.updated),
+        human(c.unchanged),
+        human(c.deduplicated),
+        human(c.parked),
+        human(c.rematched),
+        human(c.dropped),
+        human(c.quarantined),
+        human(c.late),
+        human(c.people_created),
+    ));
+    if let Some(w) = &run.warehouse_state {
+        s.push_str(&format!("  warehouse was {w} at the start; {} statement(s); run {}\n", run.statement_ids.len(), run.run_id));
+    }
+    s
+}
+
+fn progress_bar(pipeline: &str) -> trig_sync::ProgressFn {
+    let name = pipeline.to_string();
+    Arc::new(move |p: &trig_sync::Progress| {
+        let rate = p.rows_read as f64 / p.elapsed.as_secs_f64().max(0.001);
+        let window = p
+            .window
+            .map(|w| format!(" · window {} → {}", &trig_store::sqlite::rfc3339(w.from)[..16], &trig_store::sqlite::rfc3339(w.to)[..16]))
+            .unwrap_or_default();
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r\x1b[2K{name}: {} rows · {} rows/s{window} · {}/{}",
+            human(p.rows_read),
+            human(rate as u64),
+            p.windows_done,
+            p.windows_total
+        );
+        let _ = err.flush();
+    })
+}
+
+pub async fn sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
+    let config = match load_config(&a.config) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let trigger = match (&a.from, &a.to) {
+        (Some(f), Some(t)) => {
+            let (from, to) = match (parse_time("--from", f), parse_time("--to", t)) {
+                (Ok(f), Ok(t)) => (f, t),
+                (Err(c), _) | (_, Err(c)) => return Ok(c),
+            };
+            if to <= from {
+                eprintln!("error: --to must be after --from");
+                return Ok(ExitCode::from(2));
+            }
+            Trigger::Replay { from, to }
+        }
+        _ if a.full_refresh => Trigger::FullRefresh,
+        _ => Trigger::Manual,
+    };
+    let store = match open_store(&config) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let mut options = EngineOptions::default();
+    if a.print_sql || a.dry_run && !a.json {
+        options.on_statement = Some(Arc::new(|q: &trig_sync::Query| {
+            let params: Vec<String> =
+                q.parameters.iter().map(|p| format!(":{} = {} ({})", p.name, p.value.as_deref().unwrap_or("NULL"), p.type_name)).collect();
+            eprintln!("-- statement\n{}\n-- parameters: {}", q.sql, if params.is_empty() { "none".into() } else { params.join(", ") });
+        }));
+    }
+    let tty = std::io::stderr().is_terminal() && !a.json;
+    if tty && !a.dry_run {
+        options.progress = Some(progress_bar(&a.pipeline));
+    }
+    let engine = Engine::new(config, store, options);
+    let mut out = std::io::stdout().lock();
+    if a.dry_run {
+        return match engine.dry_run(&a.pipeline, trigger, 20).await {
+            Ok(d) => {
+                if a.json {
+                    serde_json::to_writer_pretty(&mut out, &d)?;
+                    writeln!(out)?;
+                } else {
+                    for r in &d.rows {
+                        writeln!(out, "{r}")?;
+                    }
+                    writeln!(out, "(dry run: {} row(s) shown, nothing written)", d.rows.len())?;
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => Ok(report_error(&e)),
+        };
+    }
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\ninterrupted: stopping after the current batch (what committed stays)");
+            on_signal.cancel();
+        }
+    });
+    let finished = match engine.run(&a.pipeline, trigger, &cancel).await {
+        Ok(f) => f,
+        Err(e) => return Ok(report_error(&e)),
+    };
+    if tty {
+        eprintln!();
+    }
+    if a.json {
+        serde_json::to_writer_pretty(&mut out, &finished.run)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{}", describe(&finished.run))?;
+    }
+    Ok(match &finished.error {
+        None => ExitCode::SUCCESS,
+        Some(e) => report_error(e),
+    })
+}
+
+fn report_error(e: &Error) -> ExitCode {
+    eprintln!("error: {e}");
+    if let Some(h) = e.hint() {
+        eprintln!("fix: {h}");
+    }
+    exit_code(e.class())
+}
+
+pub async fn runs(a: RunsArgs) -> anyhow::Result<ExitCode> {
+    let config = match load_config(&a.config) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    if let Some(p) = &a.pipeline
+        && let Err(m) = config.pipeline(p)
+    {
+        eprintln!("error: --pipeline: {m}");
+        return Ok(ExitCode::from(2));
+    }
+    let store = match open_store(&config) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let runs = store.runs(a.pipeline.as_deref(), a.limit).await.context("reading the runs")?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        serde_json::to_writer_pretty(&mut out, &runs)?;
+        writeln!(out)?;
+    } else if runs.is_empty() {
+        writeln!(out, "no runs yet")?;
+    } else {
+        for r in &runs {
+            writeln!(out, "{} {}", trig_store::sqlite::rfc3339(r.started_at), describe(r).trim_end())?;
+            if let (Some(k), Some(m)) = (&r.error_kind, &r.error_message) {
+                writeln!(out, "  error ({k}): {m}")?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
+    let config = match load_config(&a.config) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let store = match open_store(&config) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let what = match a.what {
+        What::Events => Export::Events,
+        What::People => Export::People,
+        What::Organisations => Export::Organisations,
+        What::Parked => Export::Parked,
+        What::Quarantine => Export::Quarantine,
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut after = 0;
+    loop {
+        let (page, last) = store.export_page(what, after, 10_000).await.context("reading the store")?;
+        if page.is_empty() {
+            break;
+        }
+        for v in &page {
+            serde_json::to_writer(&mut out, v)?;
+            out.write_all(b"\n")?;
+        }
+        after = last;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}

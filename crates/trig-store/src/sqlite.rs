@@ -1,0 +1,842 @@
+//! The embedded store: one SQLite file, created and migrated on first use.
+//!
+//! One connection behind a mutex; every call runs on the blocking pool and
+//! is one transaction (WAL, `synchronous = NORMAL`: a killed process loses
+//! nothing that committed).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::{
+    Checkpoint, Entity, Error, EventBatch, EventOutcome, Export, IdentityRule, Micros, Quarantined, RecordBatch, RecordOutcome,
+    RunCounts, Slot, Store, SyncRun, Totals,
+};
+
+const SCHEMA_VERSION: i64 = 1;
+const SCHEMA: &str = include_str!("schema.sql");
+
+/// What a failpoint does when it fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailAction {
+    /// Return an error (the transaction rolls back).
+    Error,
+    /// Abort the process, as a kill would.
+    Abort,
+}
+
+/// Fires inside `write_events` after the rows are written and before the
+/// commit, on the `nth` call (1-based). Tests use it to prove that a crash at
+/// that instant loses and duplicates nothing.
+#[derive(Debug, Clone, Copy)]
+struct Failpoint {
+    nth: u64,
+    action: FailAction,
+}
+
+/// The SQLite store.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    path: String,
+    failpoint: Arc<Mutex<Option<(Failpoint, u64)>>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+    }
+}
+
+fn now_micros() -> Micros {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating) the database at `path`; `:memory:` for a private in-memory one.
+    ///
+    /// `TRIG_FAILPOINT=events_before_commit:N` (tests only) aborts the process
+    /// on the N-th event batch, after its rows are written and before its commit.
+    pub fn open(path: &str) -> Result<SqliteStore, Error> {
+        let open_err = |e: rusqlite::Error| Error::Open { path: path.to_string(), reason: e.to_string() };
+        if path != ":memory:"
+            && let Some(dir) = Path::new(path).parent()
+            && !dir.as_os_str().is_empty()
+            && !dir.exists()
+        {
+            return Err(Error::Open { path: path.to_string(), reason: format!("the folder {} does not exist", dir.display()) });
+        }
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
+        conn.pragma_update(None, "cache_size", -65536).map_err(open_err)?;
+        migrate(&mut conn, path)?;
+        let failpoint = std::env::var("TRIG_FAILPOINT").ok().and_then(|v| {
+            let n = v.strip_prefix("events_before_commit:")?.parse().ok()?;
+            Some((Failpoint { nth: n, action: FailAction::Abort }, 0))
+        });
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), path: path.to_string(), failpoint: Arc::new(Mutex::new(failpoint)) })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Arms the failpoint in `write_events` for the `nth` call from now (tests).
+    pub fn set_failpoint(&self, nth: u64, action: FailAction) {
+        *self.failpoint.lock().unwrap_or_else(|p| p.into_inner()) = Some((Failpoint { nth, action }, 0));
+    }
+
+    async fn with<T: Send + 'static>(&self, f: impl FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut c)
+        })
+        .await
+        .map_err(|e| Error::Database(format!("store task failed: {e}")))?
+    }
+
+    fn fire_failpoint(&self) -> Option<FailAction> {
+        let mut fp = self.failpoint.lock().unwrap_or_else(|p| p.into_inner());
+        let (point, count) = fp.as_mut()?;
+        *count += 1;
+        if *count == point.nth {
+            let action = point.action;
+            *fp = None;
+            return Some(action);
+        }
+        None
+    }
+}
+
+fn migrate(conn: &mut Connection, path: &str) -> Result<(), Error> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(Error::TooNew { path: path.to_string(), found: version, supported: SCHEMA_VERSION });
+    }
+    if version < 1 {
+        let tx = conn.transaction()?;
+        tx.execute_batch(SCHEMA)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn write_checkpoints(tx: &Transaction, pipeline: &str, checkpoints: &[Checkpoint]) -> Result<(), Error> {
+    for c in checkpoints {
+        match c.value {
+            Some(v) => tx.execute(
+                "INSERT INTO cursors (pipeline, slot, value, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (pipeline, slot) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                params![pipeline, c.slot.as_str(), v, now_micros()],
+            )?,
+            None => tx.execute("DELETE FROM cursors WHERE pipeline = ?1 AND slot = ?2", params![pipeline, c.slot.as_str()])?,
+        };
+    }
+    Ok(())
+}
+
+fn write_quarantine(tx: &Transaction, pipeline: &str, run_id: &str, rows: &[Quarantined]) -> Result<u64, Error> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT OR IGNORE INTO quarantine (pipeline, run_id, key, reason, row, row_hash, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    let mut n = 0;
+    let now = now_micros();
+    for q in rows {
+        let hash = hex(&Sha256::digest(q.row.as_bytes()));
+        n += stmt.execute(params![pipeline, run_id, q.key, q.reason, q.row, hash, now])? as u64;
+    }
+    Ok(n)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Finds (or, when the rule allows, creates) the person an event belongs to.
+fn resolve_person(
+    tx: &Transaction,
+    rule: IdentityRule,
+    key: &str,
+    email: Option<&str>,
+    now: Micros,
+    created: &mut u64,
+) -> Result<Option<i64>, Error> {
+    let by_external = |k: &str| -> Result<Option<i64>, Error> {
+        Ok(tx.prepare_cached("SELECT id FROM people WHERE external_id = ?1")?.query_row([k], |r| r.get(0)).optional()?)
+    };
+    let by_email = |e: &str| -> Result<Option<(i64, Option<String>)>, Error> {
+        Ok(tx.prepare_cached("SELECT id, external_id FROM people WHERE email = ?1")?.query_row([e], |r| Ok((r.get(0)?, r.get(1)?))).optional()?)
+    };
+    match rule {
+        IdentityRule::Email => {
+            if let Some((id, _)) = by_email(key)? {
+                return Ok(Some(id));
+            }
+            tx.prepare_cached("INSERT INTO people (email, created_at, updated_at) VALUES (?1, ?2, ?2)")?.execute(params![key, now])?;
+            *created += 1;
+            Ok(Some(tx.last_insert_rowid()))
+        }
+        IdentityRule::ExternalId => {
+            if let Some(id) = by_external(key)? {
+                return Ok(Some(id));
+            }
+            let Some(email) = email else { return Ok(None) };
+            if let Some((id, ext)) = by_email(email)? {
+                if ext.is_none() {
+                    tx.prepare_cached("UPDATE people SET external_id = ?1, updated_at = ?2 WHERE id = ?3")?.execute(params![key, now, id])?;
+                }
+                return Ok(Some(id));
+            }
+            tx.prepare_cached("INSERT INTO people (external_id, email, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)")?
+                .execute(params![key, email, now])?;
+            *created += 1;
+            Ok(Some(tx.last_insert_rowid()))
+        }
+    }
+}
+
+fn write_events_tx(tx: &Transaction, b: &EventBatch) -> Result<EventOutcome, Error> {
+    let now = now_micros();
+    let mut out = EventOutcome::default();
+    let any_parked: bool =
+        tx.prepare_cached("SELECT EXISTS (SELECT 1 FROM parked_events WHERE pipeline = ?1)")?.query_row([&b.pipeline], |r| r.get(0))?;
+    let mut people: HashMap<(String, Option<String>), Option<i64>> = HashMap::new();
+    let mut insert = tx.prepare_cached(
+        "INSERT OR IGNORE INTO events (pipeline, event_id, name, ts, person_id, properties, backfill, ingested_at, run_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    let mut unpark = tx.prepare_cached("DELETE FROM parked_events WHERE pipeline = ?1 AND event_id = ?2")?;
+    let mut stored = tx.prepare_cached("SELECT EXISTS (SELECT 1 FROM events WHERE pipeline = ?1 AND event_id = ?2)")?;
+    let mut park = tx.prepare_cached(
+        "INSERT OR IGNORE INTO parked_events (pipeline, event_id, name, ts, key_kind, user_key, email, properties, backfill, parked_at, run_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?;
+    let key_kind = match b.rule {
+        IdentityRule::ExternalId => "external_id",
+        IdentityRule::Email => "email",
+    };
+    for r in &b.rows {
+        let cache_key = (r.user_key.clone(), r.email.clone());
+        let person = match people.get(&cache_key) {
+            Some(p) => *p,
+            None => {
+                let p = resolve_person(tx, b.rule, &r.user_key, r.email.as_deref(), now, &mut out.people_created)?;
+                people.insert(cache_key, p);
+                p
+            }
+        };
+        let new = match person {
+            Some(pid) => {
+                let n = insert.execute(params![b.pipeline, r.event_id, r.name, r.ts, pid, r.properties, b.backfill, now, b.run_id])?;
+                if n == 1 && any_parked {
+                    unpark.execute(params![b.pipeline, r.event_id])?;
+                }
+                out.inserted += n as u64;
+                n == 1
+            }
+            None => {
+                let n = if stored.query_row(params![b.pipeline, r.event_id], |row| row.get::<_, bool>(0))? {
+                    0
+                } else {
+                    park.execute(params![
+                        b.pipeline,
+                        r.event_id,
+                        r.name,
+                        r.ts,
+                        key_kind,
+                        r.user_key,
+                        r.email,
+                        r.properties,
+                        b.backfill,
+                        now,
+                        b.run_id
+                    ])?
+                };
+                out.parked += n as u64;
+                n == 1
+            }
+        };
+        if !new {
+            out.deduplicated += 1;
+        } else if r.late {
+            out.late += 1;
+        }
+    }
+    out.quarantined = write_quarantine(tx, &b.pipeline, &b.run_id, &b.quarantine)?;
+    write_checkpoints(tx, &b.pipeline, &b.checkpoints)?;
+    Ok(out)
+}
+
+/// Replaces `pipeline`'s group in an attributes object.
+fn merge_attributes(existing: Option<String>, pipeline: &str, group: &str) -> Result<String, Error> {
+    let mut all: Map<String, Value> =
+        existing.as_deref().and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default();
+    let group: Value = serde_json::from_str(group).map_err(|e| Error::Database(format!("attributes are not JSON: {e}")))?;
+    all.insert(pipeline.to_string(), group);
+    Ok(Value::Object(all).to_string())
+}
+
+enum Upsert {
+    Inserted,
+    Updated,
+    Conflict(String),
+}
+
+fn upsert_person(tx: &Transaction, pipeline: &str, r: &crate::RecordRow, now: Micros) -> Result<Upsert, Error> {
+    let existing: Option<(i64, String)> = tx
+        .prepare_cached("SELECT id, attributes FROM people WHERE external_id = ?1")?
+        .query_row([&r.external_id], |x| Ok((x.get(0)?, x.get(1)?)))
+        .optional()?;
+    let by_email: Option<(i64, Option<String>, String)> = match &r.email {
+        Some(e) => tx
+            .prepare_cached("SELECT id, external_id, attributes FROM people WHERE email = ?1")?
+            .query_row([e], |x| Ok((x.get(0)?, x.get(1)?, x.get(2)?)))
+            .optional()?,
+        None => None,
+    };
+    let target = match (existing, by_email) {
+        (Some((id, _)), Some((other, ext, _))) if other != id => {
+            return Ok(Upsert::Conflict(format!(
+                "email {} already belongs to another person ({})",
+                r.email.as_deref().unwrap_or_default(),
+                ext.map(|e| format!("external id {e}")).unwrap_or_else(|| "created from events".into())
+            )));
+        }
+        (Some(found), _) => Some(found),
+        (None, Some((id, None, attrs))) => Some((id, attrs)),
+        (None, Some((_, Some(ext), _))) => {
+            return Ok(Upsert::Conflict(format!(
+                "email {} already belongs to the person with external id {ext}",
+                r.email.as_deref().unwrap_or_default()
+            )));
+        }
+        (None, None) => None,
+    };
+    match target {
+        Some((id, attrs)) => {
+            let attributes = merge_attributes(Some(attrs), pipeline, &r.attributes)?;
+            tx.prepare_cached(
+                "UPDATE people SET external_id = ?1, name = ?2, email = COALESCE(?3, email), organisation_external_id = ?4,
+                 attributes = ?5, updated_at = ?6 WHERE id = ?7",
+            )?
+            .execute(params![r.external_id, r.name, r.email, r.link, attributes, now, id])?;
+            Ok(Upsert::Updated)
+        }
+        None => {
+            let attributes = merge_attributes(None, pipeline, &r.attributes)?;
+            tx.prepare_cached(
+                "INSERT INTO people (external_id, email, name, organisation_external_id, attributes, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+            )?
+            .execute(params![r.external_id, r.email, r.name, r.link, attributes, now])?;
+            Ok(Upsert::Inserted)
+        }
+    }
+}
+
+fn upsert_organisation(tx: &Transaction, pipeline: &str, r: &crate::RecordRow, now: Micros) -> Result<Upsert, Error> {
+    let existing: Option<(i64, String)> = tx
+        .prepare_cached("SELECT id, attributes FROM organisations WHERE external_id = ?1")?
+        .query_row([&r.external_id], |x| Ok((x.get(0)?, x.get(1)?)))
+        .optional()?;
+    match existing {
+        Some((id, attrs)) => {
+            let attributes = merge_attributes(Some(attrs), pipeline, &r.attributes)?;
+            tx.prepare_cached("UPDATE organisations SET name = ?1, domain = ?2, attributes = ?3, updated_at = ?4 WHERE id = ?5")?
+                .execute(params![r.name, r.link, attributes, now, id])?;
+            Ok(Upsert::Updated)
+        }
+        None => {
+            let attributes = merge_attributes(None, pipeline, &r.attributes)?;
+            tx.prepare_cached(
+                "INSERT INTO organisations (external_id, name, domain, attributes, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+            )?
+            .execute(params![r.external_id, r.name, r.link, attributes, now])?;
+            Ok(Upsert::Inserted)
+        }
+    }
+}
+
+fn write_records_tx(tx: &Transaction, b: &RecordBatch) -> Result<RecordOutcome, Error> {
+    let now = now_micros();
+    let mut out = RecordOutcome::default();
+    let mut conflicts = Vec::new();
+    for r in &b.rows {
+        let old: Option<String> = tx
+            .prepare_cached("SELECT hash FROM record_hashes WHERE pipeline = ?1 AND external_id = ?2")?
+            .query_row(params![b.pipeline, r.external_id], |x| x.get(0))
+            .optional()?;
+        if old.as_deref() == Some(r.hash.as_str()) {
+            out.unchanged += 1;
+            continue;
+        }
+        let done = match b.entity {
+            Entity::People => upsert_person(tx, &b.pipeline, r, now)?,
+            Entity::Organisations => upsert_organisation(tx, &b.pipeline, r, now)?,
+        };
+        match done {
+            Upsert::Inserted => out.inserted += 1,
+            Upsert::Updated => out.updated += 1,
+            Upsert::Conflict(reason) => {
+                conflicts.push(Quarantined {
+                    key: Some(r.external_id.clone()),
+                    reason,
+                    row: json!({"id": r.external_id, "name": r.name, "email": r.email}).to_string(),
+                });
+                continue;
+            }
+        }
+        tx.prepare_cached(
+            "INSERT INTO record_hashes (pipeline, external_id, hash) VALUES (?1, ?2, ?3)
+             ON CONFLICT (pipeline, external_id) DO UPDATE SET hash = excluded.hash",
+        )?
+        .execute(params![b.pipeline, r.external_id, r.hash])?;
+    }
+    out.quarantined = write_quarantine(tx, &b.pipeline, &b.run_id, &b.quarantine)?;
+    out.quarantined += write_quarantine(tx, &b.pipeline, &b.run_id, &conflicts)?;
+    write_checkpoints(tx, &b.pipeline, &b.checkpoints)?;
+    Ok(out)
+}
+
+fn rematch_tx(tx: &Transaction) -> Result<BTreeMap<String, u64>, Error> {
+    let now = now_micros();
+    // Parked rows whose person now exists, by the key they were parked under
+    // or by their email.
+    let matched = "SELECT p.id AS parked, p.pipeline, COALESCE(
+            CASE p.key_kind WHEN 'email' THEN (SELECT id FROM people WHERE email = p.user_key)
+                            ELSE (SELECT id FROM people WHERE external_id = p.user_key) END,
+            (SELECT id FROM people WHERE email = p.email)) AS person
+        FROM parked_events p";
+    let rows: Vec<(i64, String, Option<i64>)> = {
+        let mut stmt = tx.prepare(matched)?;
+        let it = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        it.collect::<Result<_, _>>()?
+    };
+    let mut out = BTreeMap::new();
+    for (parked, pipeline, person) in rows {
+        let Some(person) = person else { continue };
+        tx.prepare_cached(
+            "INSERT OR IGNORE INTO events (pipeline, event_id, name, ts, person_id, properties, backfill, ingested_at, run_id)
+             SELECT pipeline, event_id, name, ts, ?1, properties, backfill, ?2, run_id FROM parked_events WHERE id = ?3",
+        )?
+        .execute(params![person, now, parked])?;
+        tx.prepare_cached("DELETE FROM parked_events WHERE id = ?1")?.execute([parked])?;
+        *out.entry(pipeline).or_insert(0) += 1;
+    }
+    Ok(out)
+}
+
+fn run_from_row(r: &rusqlite::Row) -> rusqlite::Result<SyncRun> {
+    let ids: String = r.get("statement_ids")?;
+    Ok(SyncRun {
+        run_id: r.get("run_id")?,
+        pipeline: r.get("pipeline")?,
+        trigger: r.get("trigger")?,
+        status: r.get("status")?,
+        started_at: r.get("started_at")?,
+        ended_at: r.get("ended_at")?,
+        window_from: r.get("window_from")?,
+        window_to: r.get("window_to")?,
+        statement_ids: serde_json::from_str(&ids).unwrap_or_default(),
+        warehouse_state: r.get("warehouse_state")?,
+        counts: RunCounts {
+            rows_read: r.get::<_, i64>("rows_read")? as u64,
+            inserted: r.get::<_, i64>("inserted")? as u64,
+            updated: r.get::<_, i64>("updated")? as u64,
+            unchanged: r.get::<_, i64>("unchanged")? as u64,
+            deduplicated: r.get::<_, i64>("deduplicated")? as u64,
+            parked: r.get::<_, i64>("parked")? as u64,
+            rematched: r.get::<_, i64>("rematched")? as u64,
+            dropped: r.get::<_, i64>("dropped")? as u64,
+            quarantined: r.get::<_, i64>("quarantined")? as u64,
+            late: r.get::<_, i64>("late")? as u64,
+            people_created: r.get::<_, i64>("people_created")? as u64,
+            bytes: r.get::<_, i64>("bytes")? as u64,
+        },
+        error_kind: r.get("error_kind")?,
+        error_message: r.get("error_message")?,
+    })
+}
+
+/// RFC 3339 UTC with microseconds.
+pub fn rfc3339(us: Micros) -> String {
+    let secs = us.div_euclid(1_000_000);
+    let micros = us.rem_euclid(1_000_000) as u32;
+    match chrono::DateTime::from_timestamp(secs, micros * 1000) {
+        Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        None => us.to_string(),
+    }
+}
+
+fn json_text(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or(Value::String(s.to_string()))
+}
+
+fn export_tx(conn: &Connection, what: Export, after: i64, limit: usize) -> Result<(Vec<Value>, i64), Error> {
+    let limit = limit as i64;
+    let mut last = after;
+    let mut out = Vec::new();
+    match what {
+        Export::Events => {
+            let mut s = conn.prepare_cached(
+                "SELECT e.id, e.event_id, e.name, e.ts, p.external_id, p.email, e.properties, e.backfill, e.pipeline, e.ingested_at
+                 FROM events e JOIN people p ON p.id = e.person_id WHERE e.id > ?1 ORDER BY e.id LIMIT ?2",
+            )?;
+            let mut rows = s.query(params![after, limit])?;
+            while let Some(r) = rows.next()? {
+                last = r.get(0)?;
+                let props: String = r.get(6)?;
+                out.push(json!({
+                    "event_id": r.get::<_, String>(1)?,
+                    "event_name": r.get::<_, String>(2)?,
+                    "timestamp": rfc3339(r.get(3)?),
+                    "person_id": r.get::<_, Option<String>>(4)?,
+                    "email": r.get::<_, Option<String>>(5)?,
+                    "properties": json_text(&props),
+                    "backfill": r.get::<_, bool>(7)?,
+                    "pipeline": r.get::<_, String>(8)?,
+                    "ingested_at": rfc3339(r.get(9)?),
+                }));
+            }
+        }
+        Export::People => {
+            let mut s = conn.prepare_cached(
+                "SELECT id, external_id, name, email, organisation_external_id, attributes FROM people WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let mut rows = s.query(params![after, limit])?;
+            while let Some(r) = rows.next()? {
+                last = r.get(0)?;
+                let attrs: String = r.get(5)?;
+                out.push(json!({
+                    "id": r.get::<_, Option<String>>(1)?,
+                    "name": r.get::<_, Option<String>>(2)?,
+                    "email": r.get::<_, Option<String>>(3)?,
+                    "organisation_id": r.get::<_, Option<String>>(4)?,
+                    "attributes": json_text(&attrs),
+                }));
+            }
+        }
+        Export::Organisations => {
+            let mut s =
+                conn.prepare_cached("SELECT id, external_id, name, domain, attributes FROM organisations WHERE id > ?1 ORDER BY id LIMIT ?2")?;
+            let mut rows = s.query(params![after, limit])?;
+            while let Some(r) = rows.next()? {
+                last = r.get(0)?;
+                let attrs: String = r.get(4)?;
+                out.push(json!({
+                    "id": r.get::<_, String>(1)?,
+                    "name": r.get::<_, String>(2)?,
+                    "domain": r.get::<_, Option<String>>(3)?,
+                    "attributes": json_text(&attrs),
+                }));
+            }
+        }
+        Export::Parked => {
+            let mut s = conn.prepare_cached(
+                "SELECT id, pipeline, event_id, name, ts, key_kind, user_key, email, backfill, parked_at FROM parked_events
+                 WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let mut rows = s.query(params![after, limit])?;
+            while let Some(r) = rows.next()? {
+                last = r.get(0)?;
+                out.push(json!({
+                    "pipeline": r.get::<_, String>(1)?,
+                    "event_id": r.get::<_, String>(2)?,
+                    "event_name": r.get::<_, String>(3)?,
+                    "timestamp": rfc3339(r.get(4)?),
+                    "key_kind": r.get::<_, String>(5)?,
+                    "user_key": r.get::<_, String>(6)?,
+                    "email": r.get::<_, Option<String>>(7)?,
+                    "backfill": r.get::<_, bool>(8)?,
+                    "parked_at": rfc3339(r.get(9)?),
+                }));
+            }
+        }
+        Export::Quarantine => {
+            let mut s =
+                conn.prepare_cached("SELECT id, pipeline, run_id, key, reason, row, at FROM quarantine WHERE id > ?1 ORDER BY id LIMIT ?2")?;
+            let mut rows = s.query(params![after, limit])?;
+            while let Some(r) = rows.next()? {
+                last = r.get(0)?;
+                let row: String = r.get(5)?;
+                out.push(json!({
+                    "pipeline": r.get::<_, String>(1)?,
+                    "run_id": r.get::<_, String>(2)?,
+                    "key": r.get::<_, Option<String>>(3)?,
+                    "reason": r.get::<_, String>(4)?,
+                    "row": json_text(&row),
+                    "at": rfc3339(r.get(6)?),
+                }));
+            }
+        }
+    }
+    Ok((out, last))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn cursor(&self, pipeline: &str, slot: Slot) -> Result<Option<Micros>, Error> {
+        let pipeline = pipeline.to_string();
+        self.with(move |c| {
+            Ok(c.query_row("SELECT value FROM cursors WHERE pipeline = ?1 AND slot = ?2", params![pipeline, slot.as_str()], |r| r.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn write_events(&self, batch: EventBatch) -> Result<EventOutcome, Error> {
+        let fire = self.fire_failpoint();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let out = write_events_tx(&tx, &batch)?;
+            match fire {
+                Some(FailAction::Abort) => {
+                    // The rows are written, the commit has not happened: a kill here must lose nothing.
+                    std::process::abort();
+                }
+                Some(FailAction::Error) => return Err(Error::Failpoint("events_before_commit".into())),
+                None => {}
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn write_records(&self, batch: RecordBatch) -> Result<RecordOutcome, Error> {
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let out = write_records_tx(&tx, &batch)?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn rematch_parked(&self) -> Result<BTreeMap<String, u64>, Error> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let out = rematch_tx(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn expire_parked(&self, before: Micros) -> Result<BTreeMap<String, u64>, Error> {
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let mut out = BTreeMap::new();
+            {
+                let mut s = tx.prepare("SELECT pipeline, count(*) FROM parked_events WHERE parked_at < ?1 GROUP BY pipeline")?;
+                let rows = s.query_map([before], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
+                for r in rows {
+                    let (p, n) = r?;
+                    out.insert(p, n);
+                }
+            }
+            tx.execute("DELETE FROM parked_events WHERE parked_at < ?1", [before])?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn begin_run(&self, run: &SyncRun) -> Result<(), Error> {
+        let run = run.clone();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "UPDATE sync_runs SET status = 'interrupted', ended_at = ?2,
+                   error_kind = 'interrupted', error_message = 'the process stopped before the run ended; the next run resumed from the last checkpoint'
+                 WHERE pipeline = ?1 AND status = 'running'",
+                params![run.pipeline, run.started_at],
+            )?;
+            tx.execute(
+                "INSERT INTO sync_runs (run_id, pipeline, trigger, status, started_at, window_from, window_to, warehouse_state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![run.run_id, run.pipeline, run.trigger, run.status, run.started_at, run.window_from, run.window_to, run.warehouse_state],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn finish_run(&self, run: &SyncRun) -> Result<(), Error> {
+        let run = run.clone();
+        self.with(move |c| {
+            let k = &run.counts;
+            c.execute(
+                "UPDATE sync_runs SET status = ?2, ended_at = ?3, window_from = ?4, window_to = ?5, statement_ids = ?6, warehouse_state = ?7,
+                   rows_read = ?8, inserted = ?9, updated = ?10, unchanged = ?11, deduplicated = ?12, parked = ?13, rematched = ?14,
+                   dropped = ?15, quarantined = ?16, late = ?17, people_created = ?18, bytes = ?19, error_kind = ?20, error_message = ?21
+                 WHERE run_id = ?1",
+                params![
+                    run.run_id,
+                    run.status,
+                    run.ended_at,
+                    run.window_from,
+                    run.window_to,
+                    serde_json::to_string(&run.statement_ids).unwrap_or_else(|_| "[]".into()),
+                    run.warehouse_state,
+                    k.rows_read as i64,
+                    k.inserted as i64,
+                    k.updated as i64,
+                    k.unchanged as i64,
+                    k.deduplicated as i64,
+                    k.parked as i64,
+                    k.rematched as i64,
+                    k.dropped as i64,
+                    k.quarantined as i64,
+                    k.late as i64,
+                    k.people_created as i64,
+                    k.bytes as i64,
+                    run.error_kind,
+                    run.error_message,
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn runs(&self, pipeline: Option<&str>, limit: usize) -> Result<Vec<SyncRun>, Error> {
+        let pipeline = pipeline.map(str::to_string);
+        self.with(move |c| {
+            let mut s = c.prepare(
+                "SELECT * FROM sync_runs WHERE (?1 IS NULL OR pipeline = ?1) ORDER BY started_at DESC, id DESC LIMIT ?2",
+            )?;
+            let rows = s.query_map(params![pipeline, limit as i64], run_from_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn export_page(&self, what: Export, after: i64, limit: usize) -> Result<(Vec<Value>, i64), Error> {
+        self.with(move |c| export_tx(c, what, after, limit)).await
+    }
+
+    async fn totals(&self) -> Result<Totals, Error> {
+        self.with(|c| {
+            let n = |sql: &str| -> Result<u64, Error> { Ok(c.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64) };
+            Ok(Totals {
+                organisations: n("SELECT count(*) FROM organisations")?,
+                people: n("SELECT count(*) FROM people")?,
+                events: n("SELECT count(*) FROM events")?,
+                backfilled_events: n("SELECT count(*) FROM events WHERE backfill")?,
+                parked: n("SELECT count(*) FROM parked_events")?,
+                quarantined: n("SELECT count(*) FROM quarantine")?,
+                runs: n("SELECT count(*) FROM sync_runs")?,
+            })
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{EventRow, RecordRow};
+
+    fn ev(id: &str, user: &str, email: Option<&str>) -> EventRow {
+        EventRow {
+            event_id: id.into(),
+            name: "signed_in".into(),
+            ts: 1_700_000_000_000_000,
+            user_key: user.into(),
+            email: email.map(str::to_string),
+            properties: "{}".into(),
+            late: false,
+        }
+    }
+
+    fn batch(rows: Vec<EventRow>, rule: IdentityRule) -> EventBatch {
+        EventBatch { pipeline: "p".into(), run_id: "r1".into(), rule, backfill: false, rows, quarantine: vec![], checkpoints: vec![] }
+    }
+
+    fn person(id: &str, email: Option<&str>, hash: &str) -> RecordRow {
+        RecordRow {
+            external_id: id.into(),
+            name: format!("Name {id}"),
+            email: email.map(str::to_string),
+            link: None,
+            attributes: r#"{"role":"admin"}"#.into(),
+            hash: hash.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn events_dedup_park_and_rematch() {
+        let s = SqliteStore::open(":memory:").unwrap();
+        // Email rule creates people; external-id rule without email parks.
+        let o = s.write_events(batch(vec![ev("e1", "a@x.com", None), ev("e1", "a@x.com", None)], IdentityRule::Email)).await.unwrap();
+        assert_eq!((o.inserted, o.deduplicated, o.people_created), (1, 1, 1));
+        let o = s.write_events(batch(vec![ev("e2", "u1", None), ev("e3", "u2", Some("b@x.com"))], IdentityRule::ExternalId)).await.unwrap();
+        assert_eq!((o.inserted, o.parked, o.people_created), (1, 1, 1));
+        // Parked again on a re-read: a duplicate, not a second parked row.
+        let o = s.write_events(batch(vec![ev("e2", "u1", None)], IdentityRule::ExternalId)).await.unwrap();
+        assert_eq!((o.parked, o.deduplicated), (0, 1));
+        // The person appears: the parked event moves.
+        let r = RecordBatch {
+            pipeline: "people".into(),
+            run_id: "r2".into(),
+            entity: Entity::People,
+            rows: vec![person("u1", None, "h1")],
+            quarantine: vec![],
+            checkpoints: vec![],
+        };
+        assert_eq!(s.write_records(r).await.unwrap().inserted, 1);
+        assert_eq!(s.rematch_parked().await.unwrap().get("p"), Some(&1));
+        let t = s.totals().await.unwrap();
+        assert_eq!((t.events, t.parked, t.people), (3, 0, 3));
+    }
+
+    #[tokio::test]
+    async fn records_skip_unchanged_hashes_and_claim_email_people() {
+        let s = SqliteStore::open(":memory:").unwrap();
+        s.write_events(batch(vec![ev("e1", "a@x.com", None)], IdentityRule::Email)).await.unwrap();
+        let rb = |rows| RecordBatch {
+            pipeline: "people".into(),
+            run_id: "r".into(),
+            entity: Entity::People,
+            rows,
+            quarantine: vec![],
+            checkpoints: vec![Checkpoint { slot: Slot::Live, value: Some(42) }],
+        };
+        // The person created from an email event gets its external id.
+        let o = s.write_records(rb(vec![person("u1", Some("a@x.com"), "h1")])).await.unwrap();
+        assert_eq!((o.inserted, o.updated), (0, 1));
+        let o = s.write_records(rb(vec![person("u1", Some("a@x.com"), "h1")])).await.unwrap();
+        assert_eq!(o.unchanged, 1);
+        // Another id claiming the same email is quarantined, not merged.
+        let o = s.write_records(rb(vec![person("u2", Some("a@x.com"), "h2")])).await.unwrap();
+        assert_eq!(o.quarantined, 1);
+        assert_eq!(s.cursor("people", Slot::Live).await.unwrap(), Some(42));
+        assert_eq!(s.totals().await.unwrap().people, 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_leaves_nothing_behind() {
+        let s = SqliteStore::open(":memory:").unwrap();
+        s.set_failpoint(1, FailAction::Error);
+        let mut b = batch(vec![ev("e1", "a@x.com", None)], IdentityRule::Email);
+        b.checkpoints.push(Checkpoint { slot: Slot::Live, value: Some(7) });
+        assert!(s.write_events(b.clone()).await.is_err());
+        assert_eq!(s.totals().await.unwrap().events, 0);
+        assert_eq!(s.cursor("p", Slot::Live).await.unwrap(), None);
+        assert_eq!(s.write_events(b).await.unwrap().inserted, 1);
+        assert_eq!(s.cursor("p", Slot::Live).await.unwrap(), Some(7));
+    }
+}

@@ -1,0 +1,214 @@
+//! Arrow cells → Trig values (trig-notes, "Types"): strings → String;
+//! integral, floating and decimal → Number; boolean → Boolean;
+//! date/timestamp → Date (UTC); arrays → Array; maps, structs and anything
+//! else → JSON text. Zone-less timestamps take the pipeline's time zone.
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{
+    Date32Type, Date64Type, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, TimestampMicrosecondType,
+    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+};
+use arrow_array::{Array, ArrayRef};
+use arrow_schema::{DataType, TimeUnit};
+use chrono::{DateTime, NaiveDate, NaiveDateTime};
+use serde_json::{Map, Number, Value};
+use trig_config::Zone;
+use trig_store::Micros;
+
+/// A cell as text: strings as they are, numbers and booleans printed; `None` for NULL.
+pub fn text_at(a: &ArrayRef, i: usize) -> Result<Option<String>, String> {
+    if a.is_null(i) {
+        return Ok(None);
+    }
+    Ok(Some(match a.data_type() {
+        DataType::Utf8 => a.as_string::<i32>().value(i).to_string(),
+        DataType::LargeUtf8 => a.as_string::<i64>().value(i).to_string(),
+        DataType::Utf8View => a.as_string_view().value(i).to_string(),
+        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => match json_at(a, i, None) {
+            Value::Number(n) => n.to_string(),
+            _ => return Err("not a whole number".into()),
+        },
+        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 | DataType::Decimal128(_, 0) => {
+            match json_at(a, i, None) {
+                Value::Number(n) => n.to_string(),
+                Value::String(s) => s,
+                _ => return Err("not a whole number".into()),
+            }
+        }
+        other => return Err(format!("a {other} column cannot be an identifier or name; cast it to STRING in the view")),
+    }))
+}
+
+/// A cell as an instant (microseconds, UTC); `None` for NULL, `Err` when it
+/// is not a time (an unparseable string, a number, a time that does not exist in the zone).
+pub fn instant_at(a: &ArrayRef, i: usize, zone: &Zone) -> Result<Option<Micros>, String> {
+    if a.is_null(i) {
+        return Ok(None);
+    }
+    let naive = |us: i64| -> Result<Micros, String> {
+        let t = DateTime::from_timestamp_micros(us).ok_or("out of range")?.naive_utc();
+        zone.to_utc(t).map(|d| d.timestamp_micros()).ok_or_else(|| format!("{t} does not exist in {zone} (a daylight-saving gap)"))
+    };
+    let v = match a.data_type() {
+        DataType::Timestamp(unit, tz) => {
+            let us = match unit {
+                TimeUnit::Second => a.as_primitive::<TimestampSecondType>().value(i).saturating_mul(1_000_000),
+                TimeUnit::Millisecond => a.as_primitive::<TimestampMillisecondType>().value(i).saturating_mul(1000),
+                TimeUnit::Microsecond => a.as_primitive::<TimestampMicrosecondType>().value(i),
+                TimeUnit::Nanosecond => a.as_primitive::<TimestampNanosecondType>().value(i) / 1000,
+            };
+            if tz.is_some() { us } else { naive(us)? }
+        }
+        DataType::Date32 => naive(a.as_primitive::<Date32Type>().value(i) as i64 * 86_400_000_000)?,
+        DataType::Date64 => naive(a.as_primitive::<Date64Type>().value(i) * 1000)?,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+            let s = text_at(a, i)?.unwrap_or_default();
+            parse_instant(&s, zone)?
+        }
+        other => return Err(format!("a {other} column is not a timestamp; use a TIMESTAMP, TIMESTAMP_NTZ, DATE or string column")),
+    };
+    Ok(Some(v))
+}
+
+/// RFC 3339 (with its own offset) or a zone-less `yyyy-MM-dd[ T]HH:mm:ss[.f]` / `yyyy-MM-dd` in `zone`.
+pub fn parse_instant(s: &str, zone: &Zone) -> Result<Micros, String> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.timestamp_micros());
+    }
+    let naive = ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S"]
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+        .or_else(|| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)));
+    let t = naive.ok_or_else(|| format!("`{s}` is not a time (expected RFC 3339 or yyyy-MM-dd HH:mm:ss)"))?;
+    zone.to_utc(t).map(|d| d.timestamp_micros()).ok_or_else(|| format!("`{s}` does not exist in {zone} (a daylight-saving gap)"))
+}
+
+fn number(f: f64) -> Value {
+    Number::from_f64(f).map(Value::Number).unwrap_or(Value::Null)
+}
+
+/// A cell as a Trig value. `zone` applies to zone-less timestamps (`None`: UTC).
+pub fn json_at(a: &ArrayRef, i: usize, zone: Option<&Zone>) -> Value {
+    if a.is_null(i) {
+        return Value::Null;
+    }
+    match a.data_type() {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Value::String(text_at(a, i).ok().flatten().unwrap_or_default()),
+        DataType::Boolean => Value::Bool(a.as_boolean().value(i)),
+        DataType::Int8 => a.as_primitive::<Int8Type>().value(i).into(),
+        DataType::Int16 => a.as_primitive::<Int16Type>().value(i).into(),
+        DataType::Int32 => a.as_primitive::<Int32Type>().value(i).into(),
+        DataType::Int64 => a.as_primitive::<Int64Type>().value(i).into(),
+        DataType::UInt8 => a.as_primitive::<UInt8Type>().value(i).into(),
+        DataType::UInt16 => a.as_primitive::<UInt16Type>().value(i).into(),
+        DataType::UInt32 => a.as_primitive::<UInt32Type>().value(i).into(),
+        DataType::UInt64 => a.as_primitive::<UInt64Type>().value(i).into(),
+        DataType::Float32 => number(a.as_primitive::<Float32Type>().value(i) as f64),
+        DataType::Float64 => number(a.as_primitive::<Float64Type>().value(i)),
+        DataType::Decimal128(_, _) => {
+            let s = a.as_primitive::<arrow_array::types::Decimal128Type>().value_as_string(i);
+            s.parse::<f64>().map(number).unwrap_or(Value::String(s))
+        }
+        DataType::Timestamp(_, _) | DataType::Date64 => {
+            let utc = Zone::Fixed(chrono::FixedOffset::east_opt(0).expect("UTC"));
+            match instant_at(a, i, zone.unwrap_or(&utc)) {
+                Ok(Some(us)) => Value::String(trig_store::sqlite::rfc3339(us)),
+                _ => Value::Null,
+            }
+        }
+        DataType::Date32 => {
+            let d = a.as_primitive::<Date32Type>().value(i);
+            match NaiveDate::from_num_days_from_ce_opt(d + 719_163) {
+                Some(d) => Value::String(d.format("%Y-%m-%d").to_string()),
+                None => Value::Null,
+            }
+        }
+        DataType::List(_) => {
+            let l = a.as_list::<i32>().value(i);
+            Value::Array((0..l.len()).map(|j| json_at(&l, j, zone)).collect())
+        }
+        DataType::LargeList(_) => {
+            let l = a.as_list::<i64>().value(i);
+            Value::Array((0..l.len()).map(|j| json_at(&l, j, zone)).collect())
+        }
+        DataType::Map(_, _) => {
+            let m = a.as_map();
+            let entries = m.value(i);
+            let (k, v) = (entries.column(0), entries.column(1));
+            let mut obj = Map::new();
+            for j in 0..entries.len() {
+                let key = match json_at(k, j, zone) {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                obj.insert(key, json_at(v, j, zone));
+            }
+            Value::String(Value::Object(obj).to_string())
+        }
+        DataType::Struct(fields) => {
+            let s = a.as_struct();
+            let mut obj = Map::new();
+            for (f, col) in fields.iter().zip(s.columns()) {
+                obj.insert(f.name().clone(), json_at(col, i, zone));
+            }
+            Value::String(Value::Object(obj).to_string())
+        }
+        _ => match arrow_cast::display::ArrayFormatter::try_new(a.as_ref(), &Default::default()) {
+            Ok(f) => Value::String(f.value(i).to_string()),
+            Err(_) => Value::Null,
+        },
+    }
+}
+
+/// Trims and lower-cases an email; `None` when it is not one.
+pub fn normalise_email(s: &str) -> Option<String> {
+    let e = s.trim().to_lowercase();
+    let (local, domain) = e.split_once('@')?;
+    if local.is_empty() || domain.is_empty() || domain.contains('@') || e.chars().any(char::is_whitespace) {
+        return None;
+    }
+    Some(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use arrow_array::{Date32Array, Decimal128Array, StringArray, TimestampMicrosecondArray};
+
+    fn utc() -> Zone {
+        Zone::parse("UTC").unwrap()
+    }
+
+    #[test]
+    fn types_map_as_trig_notes_say() {
+        let d: ArrayRef = Arc::new(Decimal128Array::from(vec![Some(1234)]).with_precision_and_scale(12, 2).unwrap());
+        assert_eq!(json_at(&d, 0, None), serde_json::json!(12.34));
+        let t: ArrayRef = Arc::new(TimestampMicrosecondArray::from(vec![Some(1_000_000)]).with_timezone("UTC"));
+        assert_eq!(json_at(&t, 0, None), serde_json::json!("1970-01-01T00:00:01.000000Z"));
+        let day: ArrayRef = Arc::new(Date32Array::from(vec![Some(1)]));
+        assert_eq!(json_at(&day, 0, None), serde_json::json!("1970-01-02"));
+    }
+
+    #[test]
+    fn zone_less_times_take_the_pipeline_zone() {
+        let berlin = Zone::parse("Europe/Berlin").unwrap();
+        let ntz: ArrayRef = Arc::new(TimestampMicrosecondArray::from(vec![Some(3_600_000_000)]));
+        assert_eq!(instant_at(&ntz, 0, &berlin).unwrap(), Some(0));
+        let tz: ArrayRef = Arc::new(TimestampMicrosecondArray::from(vec![Some(3_600_000_000)]).with_timezone("UTC"));
+        assert_eq!(instant_at(&tz, 0, &berlin).unwrap(), Some(3_600_000_000));
+        let s: ArrayRef = Arc::new(StringArray::from(vec![Some("1970-01-01 01:00:00"), Some("1970-01-01T00:00:00Z"), Some("soon")]));
+        assert_eq!(instant_at(&s, 0, &berlin).unwrap(), Some(0));
+        assert_eq!(instant_at(&s, 1, &berlin).unwrap(), Some(0));
+        assert!(instant_at(&s, 2, &utc()).unwrap_err().contains("not a time"));
+    }
+
+    #[test]
+    fn emails_normalise() {
+        assert_eq!(normalise_email("  Ada@Example.COM "), Some("ada@example.com".into()));
+        assert_eq!(normalise_email("not-an-email"), None);
+        assert_eq!(normalise_email("a b@x.com"), None);
+    }
+}
