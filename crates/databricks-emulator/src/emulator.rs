@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use chrono::Utc;
-use datafusion::arrow::datatypes::{Field, Schema};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -425,6 +425,30 @@ impl Emulator {
             e.updated_at = Utc::now();
         }
         Ok(n)
+    }
+
+    /// Deletes the rows whose `column`, read as text, equals `value` (the
+    /// admin API; with an append it stands in for an UPDATE).
+    pub async fn delete_rows(&self, full_name: &str, column: &str, value: &str) -> Result<usize, String> {
+        use datafusion::arrow::array::{Array, BooleanArray, StringArray};
+        let table = self.base_table(full_name)?;
+        let (schema, batches) = table.snapshot();
+        let idx = schema.index_of(column).map_err(|_| format!("{full_name} has no column `{column}`"))?;
+        let mut deleted = 0;
+        let mut kept = Vec::with_capacity(batches.len());
+        for b in batches {
+            let text = datafusion::arrow::compute::cast(b.column(idx), &DataType::Utf8).map_err(|e| e.to_string())?;
+            let text = text.as_any().downcast_ref::<StringArray>().ok_or("the column does not read as text")?;
+            let keep: BooleanArray = (0..text.len()).map(|i| Some(text.is_null(i) || text.value(i) != value)).collect();
+            deleted += keep.iter().filter(|k| *k == Some(false)).count();
+            kept.push(datafusion::arrow::compute::filter_record_batch(&b, &keep).map_err(|e| e.to_string())?);
+        }
+        table.replace(schema, kept);
+        let mut ws = self.ws_mut();
+        if let Some(e) = table_entry_mut(&mut ws, full_name) {
+            e.updated_at = Utc::now();
+        }
+        Ok(deleted)
     }
 
     fn base_table(&self, full_name: &str) -> Result<Arc<crate::workspace::EmuTable>, String> {

@@ -133,7 +133,7 @@ fn router(emu: Emulator) -> Router {
         // Admin API
         .route("/emulator/v1/counters", get(admin_counters))
         .route("/emulator/v1/statements", get(admin_statements))
-        .route("/emulator/v1/tables/{full_name}/rows", post(admin_append_rows))
+        .route("/emulator/v1/tables/{full_name}/rows", post(admin_append_rows).delete(admin_delete_rows))
         .route("/emulator/v1/tables/{full_name}/columns", post(admin_alter_column))
         .route("/emulator/v1/grants", post(admin_grant).delete(admin_revoke))
         .route("/emulator/v1/tokens", post(admin_create_token))
@@ -1265,6 +1265,15 @@ async fn admin_append_rows(State(emu): State<Emulator>, _a: Admin, Path(full): P
     };
     let n = emu.append_rows(&full, rows).await.map_err(admin_error)?;
     Ok(ok(json!({"appended": n})))
+}
+
+async fn admin_delete_rows(State(emu): State<Emulator>, _a: Admin, Path(full): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+    let m = parse_json(&body)?;
+    let (Some(Value::String(column)), Some(Value::String(value))) = (m.get("column"), m.get("equals")) else {
+        return Err(admin_error("Send {\"column\": \"name\", \"equals\": \"value\"}."));
+    };
+    let n = emu.delete_rows(&full, column, value).await.map_err(admin_error)?;
+    Ok(ok(json!({"deleted": n})))
 }
 
 async fn admin_alter_column(State(emu): State<Emulator>, _a: Admin, Path(full): Path<String>, body: Bytes) -> Result<Response, ApiError> {

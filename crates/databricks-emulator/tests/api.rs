@@ -956,6 +956,13 @@ async fn appended_rows_are_seen_through_the_view() {
     assert!(r.body["message"].as_str().unwrap().contains("is a view"));
     let r = emu.admin(reqwest::Method::POST, &path, json!({"row": []})).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    // Deleting by a column's value (with an append, an update).
+    let r = emu.admin(reqwest::Method::DELETE, &path, json!({"column": "event_id", "equals": "late-1"})).await;
+    assert_eq!((r.status, r.body.clone()), (StatusCode::OK, json!({"deleted": 1})));
+    let left = emu.rows("service_principal", "SELECT count(*) FROM main.product.events WHERE event_id = 'late-1'").await;
+    assert_eq!(left, vec![vec![json!("0")]]);
+    let r = emu.admin(reqwest::Method::DELETE, &path, json!({"column": "nope", "equals": "x"})).await;
+    assert!(r.body["message"].as_str().unwrap().contains("no column `nope`"), "{}", r.body);
 }
 
 #[tokio::test]

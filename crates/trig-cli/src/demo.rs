@@ -34,6 +34,7 @@ pub struct Args {
 const DB: &str = "trig-demo.db";
 const CONFIG: &str = "trig-demo.toml";
 const TOKEN: &str = "trig-demo.token";
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The demo's config: every pipeline kind against the emulator.
 pub fn config_text(workspace_url: &str, host: &str) -> String {
@@ -120,40 +121,44 @@ fn write_secret(path: &Path, value: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Live rows for the second sync: new, late, duplicated, for unknown people
-/// (with and without an email), and broken.
-fn live_rows(now: chrono::DateTime<chrono::Utc>) -> Vec<Value> {
-    let ts = |mins: i64| (now - chrono::Duration::minutes(mins)).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let ingested = ts(2);
+/// Live rows for the second sync, stamped after the first sync's watermark
+/// `since` (and ingested by `until`): new, late, duplicated, for unknown
+/// people (with and without an email), and broken.
+fn live_rows(since: chrono::DateTime<chrono::Utc>, until: chrono::DateTime<chrono::Utc>) -> Vec<Value> {
+    let span = (until - since).num_microseconds().unwrap_or(1).max(1);
+    let at = |i: i64| (since + chrono::Duration::microseconds(1 + (i * 7919) % span)).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let hours_ago = |h: i64, i: i64| {
+        (until - chrono::Duration::hours(h) - chrono::Duration::minutes(i)).to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    };
     let mut rows = Vec::new();
-    let mut row = |id: String, name: Option<&str>, at: String, user: &str, email: Option<String>| {
+    let mut row = |id: String, name: Option<&str>, ts: String, user: String, email: Option<String>, ingested: String| {
         rows.push(json!({
-            "event_id": id, "event_name": name, "event_ts": at, "user_id": user, "email": email,
+            "event_id": id, "event_name": name, "event_ts": ts, "user_id": user, "email": email,
             "plan": "growth", "platform": "web", "properties": {"page": "/app/live"},
             "ingested_at": ingested, "event_ts_local": null, "environment": "production",
         }));
     };
     for i in 0..200 {
-        row(format!("live_{i:04}"), Some("feature_used"), ts(5 + i % 10), &format!("u_{:06}", i % 50), None);
+        row(format!("live_{i:04}"), Some("feature_used"), at(i), format!("u_{:06}", i % 50), None, at(i));
     }
     // Late: they happened six hours ago and reached the warehouse only now.
     for i in 0..40 {
-        row(format!("late_{i:04}"), Some("report_exported"), ts(6 * 60 + i), &format!("u_{:06}", 100 + i), None);
+        row(format!("late_{i:04}"), Some("report_exported"), hours_ago(6, i), format!("u_{:06}", 100 + i), None, at(i));
     }
-    // Duplicates of events the first sync stored.
+    // Duplicates of new events.
     for i in 0..25 {
-        row(format!("live_{i:04}"), Some("feature_used"), ts(5 + i % 10), &format!("u_{:06}", i % 50), None);
+        row(format!("live_{i:04}"), Some("feature_used"), at(i), format!("u_{:06}", i % 50), None, at(i));
     }
     // Unknown users: without an email they are parked, with one they create the person.
     for i in 0..30 {
-        row(format!("anon_{i:04}"), Some("signed_in"), ts(4), &format!("u_9{i:05}"), None);
+        row(format!("anon_{i:04}"), Some("signed_in"), at(i), format!("u_9{i:05}"), None, at(i));
     }
     for i in 0..10 {
-        row(format!("new_{i:04}"), Some("signed_in"), ts(4), &format!("u_8{i:05}"), Some(format!("new.person{i}@example.org")));
+        row(format!("new_{i:04}"), Some("signed_in"), at(i), format!("u_8{i:05}"), Some(format!("new.person{i}@example.org")), at(i));
     }
     // Broken: no event name.
     for i in 0..5 {
-        row(format!("bad_{i:04}"), None, ts(3), "u_000001", None);
+        row(format!("bad_{i:04}"), None, at(i), "u_000001".into(), None, at(i));
     }
     rows
 }
@@ -198,7 +203,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 
     let store: Arc<dyn Store> = Arc::from(trig_store::open(&config.store_url)?);
-    let engine = Engine::new(config.clone(), store.clone(), EngineOptions::default());
+    // A short settle so the second sync, a few seconds later, sees the live
+    // rows; the product waits a minute for rows still being written.
+    let engine = Engine::new(config.clone(), store.clone(), EngineOptions { settle: SETTLE, ..EngineOptions::default() });
     let cancel = CancellationToken::new();
     let mut runs: Vec<SyncRun> = Vec::new();
 
@@ -213,11 +220,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         runs.push(f.run);
     }
 
-    let live = live_rows(chrono::Utc::now());
+    // The live rows land after the first sync's watermark, as new rows do.
+    let since = chrono::Utc::now() - SETTLE;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let live = live_rows(since, chrono::Utc::now() - SETTLE - std::time::Duration::from_millis(100));
     emulator.emulator().append_rows(emu_demo::EVENTS_TABLE, &live).await.map_err(anyhow::Error::msg)?;
     writeln!(
         out,
-        "\nAppended {} live events to {}: 200 new, 40 six hours late, 25 duplicates, 30 for unknown users, 10 for new people with an email, 5 without a name.",
+        "\nAppended {} live events to {}: 200 new, 40 that happened six hours ago, 25 duplicates, 30 for unknown users, 10 for new people with an email, 5 without a name.",
         live.len(),
         emu_demo::EVENTS_TABLE
     )?;

@@ -313,7 +313,7 @@ pub async fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
             break;
         }
         for v in &page {
-            serde_json::to_writer(&mut out, v)?;
+            serde_json::to_writer(&mut out, v).map_err(std::io::Error::from)?;
             out.write_all(b"\n")?;
         }
         after = last;

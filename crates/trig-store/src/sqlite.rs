@@ -14,8 +14,8 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::{
-    Checkpoint, Entity, Error, EventBatch, EventOutcome, Export, IdentityRule, Micros, Quarantined, RecordBatch, RecordOutcome,
-    RunCounts, Slot, Store, SyncRun, Totals,
+    Checkpoint, Entity, Error, EventBatch, EventOutcome, Export, IdentityRule, Micros, Quarantined, RecordBatch, RecordOutcome, RunCounts,
+    Slot, Store, SyncRun, Totals,
 };
 
 const SCHEMA_VERSION: i64 = 1;
@@ -176,7 +176,10 @@ fn resolve_person(
         Ok(tx.prepare_cached("SELECT id FROM people WHERE external_id = ?1")?.query_row([k], |r| r.get(0)).optional()?)
     };
     let by_email = |e: &str| -> Result<Option<(i64, Option<String>)>, Error> {
-        Ok(tx.prepare_cached("SELECT id, external_id FROM people WHERE email = ?1")?.query_row([e], |r| Ok((r.get(0)?, r.get(1)?))).optional()?)
+        Ok(tx
+            .prepare_cached("SELECT id, external_id FROM people WHERE email = ?1")?
+            .query_row([e], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
     };
     match rule {
         IdentityRule::Email => {
@@ -194,7 +197,8 @@ fn resolve_person(
             let Some(email) = email else { return Ok(None) };
             if let Some((id, ext)) = by_email(email)? {
                 if ext.is_none() {
-                    tx.prepare_cached("UPDATE people SET external_id = ?1, updated_at = ?2 WHERE id = ?3")?.execute(params![key, now, id])?;
+                    tx.prepare_cached("UPDATE people SET external_id = ?1, updated_at = ?2 WHERE id = ?3")?
+                        .execute(params![key, now, id])?;
                 }
                 return Ok(Some(id));
             }
@@ -280,8 +284,7 @@ fn write_events_tx(tx: &Transaction, b: &EventBatch) -> Result<EventOutcome, Err
 
 /// Replaces `pipeline`'s group in an attributes object.
 fn merge_attributes(existing: Option<String>, pipeline: &str, group: &str) -> Result<String, Error> {
-    let mut all: Map<String, Value> =
-        existing.as_deref().and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default();
+    let mut all: Map<String, Value> = existing.as_deref().and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default();
     let group: Value = serde_json::from_str(group).map_err(|e| Error::Database(format!("attributes are not JSON: {e}")))?;
     all.insert(pipeline.to_string(), group);
     Ok(Value::Object(all).to_string())
@@ -528,8 +531,8 @@ fn export_tx(conn: &Connection, what: Export, after: i64, limit: usize) -> Resul
             }
         }
         Export::Organisations => {
-            let mut s =
-                conn.prepare_cached("SELECT id, external_id, name, domain, attributes FROM organisations WHERE id > ?1 ORDER BY id LIMIT ?2")?;
+            let mut s = conn
+                .prepare_cached("SELECT id, external_id, name, domain, attributes FROM organisations WHERE id > ?1 ORDER BY id LIMIT ?2")?;
             let mut rows = s.query(params![after, limit])?;
             while let Some(r) = rows.next()? {
                 last = r.get(0)?;
@@ -564,8 +567,8 @@ fn export_tx(conn: &Connection, what: Export, after: i64, limit: usize) -> Resul
             }
         }
         Export::Quarantine => {
-            let mut s =
-                conn.prepare_cached("SELECT id, pipeline, run_id, key, reason, row, at FROM quarantine WHERE id > ?1 ORDER BY id LIMIT ?2")?;
+            let mut s = conn
+                .prepare_cached("SELECT id, pipeline, run_id, key, reason, row, at FROM quarantine WHERE id > ?1 ORDER BY id LIMIT ?2")?;
             let mut rows = s.query(params![after, limit])?;
             while let Some(r) = rows.next()? {
                 last = r.get(0)?;
@@ -715,9 +718,8 @@ impl Store for SqliteStore {
     async fn runs(&self, pipeline: Option<&str>, limit: usize) -> Result<Vec<SyncRun>, Error> {
         let pipeline = pipeline.map(str::to_string);
         self.with(move |c| {
-            let mut s = c.prepare(
-                "SELECT * FROM sync_runs WHERE (?1 IS NULL OR pipeline = ?1) ORDER BY started_at DESC, id DESC LIMIT ?2",
-            )?;
+            let mut s =
+                c.prepare("SELECT * FROM sync_runs WHERE (?1 IS NULL OR pipeline = ?1) ORDER BY started_at DESC, id DESC LIMIT ?2")?;
             let rows = s.query_map(params![pipeline, limit as i64], run_from_row)?;
             Ok(rows.collect::<Result<_, _>>()?)
         })

@@ -53,14 +53,7 @@ fn layout(spec: &AttributesSpec, source_columns: &[String]) -> Layout {
         columns.push(c);
     }
     let at = |c: &String| columns.iter().position(|x| x == c).expect("projected");
-    Layout {
-        id: 0,
-        name: 1,
-        email: spec.email.as_ref().map(at),
-        link: link_col.map(at),
-        attributes,
-        columns: columns.clone(),
-    }
+    Layout { id: 0, name: 1, email: spec.email.as_ref().map(at), link: link_col.map(at), attributes, columns: columns.clone() }
 }
 
 fn hash(parts: &Value) -> String {
@@ -262,8 +255,10 @@ mod tests {
 
     #[test]
     fn include_and_exclude_shape_the_projection() {
-        let source: Vec<String> =
-            ["user_id", "email", "name", "organisation_id", "role", "signup_date", "updated_at", "internal_notes"].iter().map(|s| s.to_string()).collect();
+        let source: Vec<String> = ["user_id", "email", "name", "organisation_id", "role", "signup_date", "updated_at", "internal_notes"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let all = layout(&spec(&[], &["internal_notes"]), &source);
         assert_eq!(all.columns, ["user_id", "name", "email", "organisation_id", "role", "signup_date"]);
         assert_eq!(all.attributes.iter().map(|a| a.0.as_str()).collect::<Vec<_>>(), ["role", "signup_date"]);

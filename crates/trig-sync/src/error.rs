@@ -69,9 +69,9 @@ impl Error {
     pub fn hint(&self) -> Option<String> {
         match self {
             Error::Databricks(e) => Some(e.hint()),
-            Error::Drift { .. } => Some(
-                "Point Trig at a stable view whose columns your data team keeps, or update the pipeline's column mapping.".into(),
-            ),
+            Error::Drift { .. } => {
+                Some("Point Trig at a stable view whose columns your data team keeps, or update the pipeline's column mapping.".into())
+            }
             _ => None,
         }
     }

@@ -196,7 +196,9 @@ impl Mapper<'_> {
         let user = required(l.user, "user identifier", &s.user_id, &key)?;
         let user_key = match s.user_id_kind {
             UserIdKind::ExternalId => user.trim().to_string(),
-            UserIdKind::Email => normalise_email(&user).ok_or_else(|| (key.clone(), format!("user identifier `{user}` is not an email")))?,
+            UserIdKind::Email => {
+                normalise_email(&user).ok_or_else(|| (key.clone(), format!("user identifier `{user}` is not an email")))?
+            }
         };
         let email = match l.email {
             Some(e) => text_at(&cols[e], i).ok().flatten().and_then(|v| normalise_email(&v)),
@@ -275,13 +277,7 @@ pub(crate) async fn run(ctx: &Ctx<'_>, spec: &EventsSpec, trigger: Trigger, run:
     }
     let total = plan.windows.len();
     for (wi, w) in plan.windows.iter().enumerate() {
-        let mapper = Mapper {
-            spec,
-            layout: &layout,
-            now: now_micros(),
-            tolerance: micros(ctx.options.future_tolerance),
-            prev,
-        };
+        let mapper = Mapper { spec, layout: &layout, now: now_micros(), tolerance: micros(ctx.options.future_tolerance), prev };
         let q = select(ctx, spec, &layout, *w, wi == 0 && plan.include_null_first);
         let mut stream = ctx.query(&q, None).await?;
         run.statement_ids.push(stream.statement_id().to_string());

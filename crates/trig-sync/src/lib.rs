@@ -44,7 +44,10 @@ pub enum Trigger {
     /// Re-read everything (events: from `backfill_from`); events carry the backfill flag.
     FullRefresh,
     /// Re-read `(from, to]` without moving the live cursor; events carry the backfill flag.
-    Replay { from: Micros, to: Micros },
+    Replay {
+        from: Micros,
+        to: Micros,
+    },
 }
 
 impl Trigger {
@@ -210,7 +213,10 @@ impl Engine {
     }
 
     fn client_for(&self, p: &PipelineConfig) -> Result<(Client, TableName), Error> {
-        let conn = self.config.connection(&p.connection).map_err(|m| Error::Config { key: format!("pipelines.{}.connection", p.name), message: m })?;
+        let conn = self
+            .config
+            .connection(&p.connection)
+            .map_err(|m| Error::Config { key: format!("pipelines.{}.connection", p.name), message: m })?;
         let settings = conn.settings().map_err(|e| Error::Config { key: e.key, message: e.message })?;
         let table = TableName::parse(&p.source, conn.default_catalog.as_deref())
             .map_err(|e| Error::Config { key: format!("pipelines.{}.source", p.name), message: e.to_string() })?;
@@ -244,16 +250,8 @@ impl Engine {
         };
         self.store.begin_run(&run).await?;
         tracing::info!(pipeline = %p.name, run_id = %run_id, trigger = trigger.as_str(), "sync run started");
-        let ctx = Ctx {
-            pipeline: p,
-            table,
-            client,
-            store: self.store.as_ref(),
-            options: &self.options,
-            cancel,
-            run_id,
-            started: Instant::now(),
-        };
+        let ctx =
+            Ctx { pipeline: p, table, client, store: self.store.as_ref(), options: &self.options, cancel, run_id, started: Instant::now() };
         let result = match &p.spec {
             PipelineSpec::Events(spec) => events::run(&ctx, spec, trigger, &mut run).await,
             PipelineSpec::Attributes(spec) => attributes::run(&ctx, spec, trigger, &mut run).await,

@@ -1,0 +1,600 @@
+//! The sync engine end to end: the emulator in-process over real HTTP, a
+//! fresh SQLite file per test. Expectations are computed from the source
+//! with plain HTTP calls to the Statement API (not through our client).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use databricks::{ClientOptions, RetryPolicy};
+use databricks_emulator::demo::{self, DemoOptions};
+use databricks_emulator::{EmulatorConfig, RunningEmulator};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use trig_config::Config;
+use trig_store::sqlite::FailAction;
+use trig_store::{Export, Slot, SqliteStore, Store, SyncRun};
+use trig_sync::{Engine, EngineOptions, Finished, Query, Trigger};
+
+static N: AtomicU32 = AtomicU32::new(0);
+
+const ORGS: &str = r#"
+[pipelines.orgs]
+connection = "emu"
+kind = "organisations"
+source = "crm.organisations"
+id = "organisation_id"
+name = "name"
+domain = "domain"
+"#;
+
+const PEOPLE: &str = r#"
+[pipelines.people]
+connection = "emu"
+kind = "people"
+source = "crm.people"
+id = "user_id"
+name = "name"
+email = "email"
+organisation_id = "organisation_id"
+"#;
+
+const EVENTS: &str = r#"
+[pipelines.events]
+connection = "emu"
+kind = "events"
+source = "product.events_v"
+event_id = "event_id"
+event_name = "event_name"
+timestamp = "event_ts"
+user_id = "user_id"
+email = "email"
+properties = ["plan", "platform"]
+lookback = "2h"
+"#;
+
+struct Env {
+    emu: RunningEmulator,
+    dir: PathBuf,
+    config: Config,
+    store: Arc<SqliteStore>,
+    token: String,
+    http: reqwest::Client,
+}
+
+fn quick_client() -> ClientOptions {
+    ClientOptions {
+        retry: RetryPolicy {
+            initial_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(200),
+            max_attempts: 5,
+            max_elapsed: Duration::from_secs(20),
+        },
+        ..Default::default()
+    }
+}
+
+impl Env {
+    async fn start(events: u64, pipelines: &str) -> Env {
+        let loaded = demo::workspace(&DemoOptions { events, start_delay_ms: Some(50), running: true, ..Default::default() })
+            .await
+            .expect("demo workspace loads");
+        let token = loaded.tokens["service_principal"].clone();
+        let emu = databricks_emulator::start(loaded.workspace, EmulatorConfig::default(), "127.0.0.1:0").await.expect("emulator starts");
+        let dir = std::env::temp_dir().join(format!("trig-sync-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("token"), &token).unwrap();
+        let text = format!(
+            "[store]\nurl = \"sqlite://trig.db\"\n\n[connections.emu]\nworkspace_url = \"{}\"\nhttp_path = \"/sql/1.0/warehouses/{}\"\ntoken = {{ file = \"token\" }}\ndefault_catalog = \"main\"\nallow_hosts = [\"{}\"]\n{pipelines}",
+            emu.base_url(),
+            demo::WAREHOUSE_ID,
+            emu.addr()
+        );
+        let path = dir.join("trig.toml");
+        std::fs::write(&path, text).unwrap();
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let store = Arc::new(SqliteStore::open(dir.join("trig.db").to_str().unwrap()).unwrap());
+        Env { emu, dir, config, store, token, http: reqwest::Client::new() }
+    }
+
+    fn engine(&self, options: EngineOptions) -> Engine {
+        Engine::new(self.config.clone(), self.store.clone(), EngineOptions { client: quick_client(), ..options })
+    }
+
+    async fn run(&self, pipeline: &str, trigger: Trigger) -> Finished {
+        self.run_with(EngineOptions::default(), pipeline, trigger).await
+    }
+
+    async fn run_with(&self, options: EngineOptions, pipeline: &str, trigger: Trigger) -> Finished {
+        self.engine(options).run(pipeline, trigger, &CancellationToken::new()).await.expect("the run is recorded")
+    }
+
+    async fn ok(&self, pipeline: &str, trigger: Trigger) -> SyncRun {
+        let f = self.run(pipeline, trigger).await;
+        assert!(f.error.is_none(), "{pipeline} failed: {:?}", f.error);
+        assert_eq!(f.run.status, "succeeded");
+        f.run
+    }
+
+    /// A statement over plain HTTP (INLINE, JSON_ARRAY): the source's truth.
+    async fn sql(&self, statement: &str) -> Vec<Vec<Option<String>>> {
+        let body = json!({"statement": statement, "warehouse_id": demo::WAREHOUSE_ID, "wait_timeout": "30s", "disposition": "INLINE", "format": "JSON_ARRAY"});
+        let v: Value = self
+            .http
+            .post(format!("{}/api/2.0/sql/statements", self.emu.base_url()))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["status"]["state"], "SUCCEEDED", "{statement}: {v}");
+        let rows = v["result"]["data_array"].as_array().cloned().unwrap_or_default();
+        rows.iter().map(|r| r.as_array().unwrap().iter().map(|c| c.as_str().map(str::to_string)).collect()).collect()
+    }
+
+    async fn admin(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let r = self
+            .http
+            .request(method, format!("{}{path}", self.emu.base_url()))
+            .bearer_auth(self.emu.admin_token())
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "admin {path}: {}", r.status());
+        r.json().await.unwrap_or(Value::Null)
+    }
+
+    async fn append(&self, table: &str, rows: Value) {
+        self.admin(reqwest::Method::POST, &format!("/emulator/v1/tables/{table}/rows"), json!({ "rows": rows })).await;
+    }
+
+    async fn export(&self, what: Export) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut after = 0;
+        loop {
+            let (page, last) = self.store.export_page(what, after, 1000).await.unwrap();
+            if page.is_empty() {
+                return out;
+            }
+            out.extend(page);
+            after = last;
+        }
+    }
+
+    async fn ids(&self, what: Export) -> Vec<String> {
+        self.export(what).await.iter().map(|v| v["event_id"].as_str().unwrap().to_string()).collect()
+    }
+
+    /// The event ids that must be stored once (in events or parked): every id
+    /// with at least one valid row at or before the live cursor.
+    async fn expected_ids(&self, pipeline: &str) -> BTreeSet<String> {
+        let cursor = self.store.cursor(pipeline, Slot::Live).await.unwrap().expect("a cursor");
+        let rows = self
+            .sql(&format!(
+                "SELECT DISTINCT event_id FROM main.product.events_v WHERE event_id IS NOT NULL AND event_name IS NOT NULL \
+                 AND user_id IS NOT NULL AND event_ts IS NOT NULL AND event_ts <= TIMESTAMP'{}'",
+                trig_store::sqlite::rfc3339(cursor)
+            ))
+            .await;
+        rows.into_iter().map(|r| r[0].clone().unwrap()).collect()
+    }
+
+    /// Every expected id is stored exactly once, in events or parked, and nothing else is.
+    async fn assert_exactly_once(&self, pipeline: &str) {
+        let expected = self.expected_ids(pipeline).await;
+        let events = self.ids(Export::Events).await;
+        let parked = self.ids(Export::Parked).await;
+        let mut seen = BTreeSet::new();
+        for id in events.iter().chain(parked.iter()) {
+            assert!(seen.insert(id.clone()), "{id} is stored twice");
+        }
+        let missing: Vec<_> = expected.difference(&seen).take(5).collect();
+        let extra: Vec<_> = seen.difference(&expected).take(5).collect();
+        assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, extra {extra:?}");
+        assert!(expected.len() > 100, "the test reads a real amount of data: {}", expected.len());
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn ago(d: Duration) -> String {
+    (chrono::Utc::now() - chrono::Duration::from_std(d).unwrap()).to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+fn event(id: &str, user: &str, ts: &str, ingested: &str) -> Value {
+    json!({"event_id": id, "event_name": "signed_in", "event_ts": ts, "user_id": user, "email": null, "plan": "growth",
+           "platform": "web", "properties": {}, "ingested_at": ingested, "event_ts_local": null, "environment": "production"})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_land_exactly_once_matched_to_people_with_bad_rows_quarantined() {
+    let env = Env::start(4000, &format!("{ORGS}{PEOPLE}{EVENTS}")).await;
+    let orgs = env.ok("orgs", Trigger::Schedule).await;
+    assert_eq!((orgs.counts.rows_read, orgs.counts.inserted, orgs.counts.quarantined), (20, 20, 0));
+    let people = env.ok("people", Trigger::Schedule).await;
+    assert_eq!(people.counts.inserted, 160);
+    let first = env.ok("events", Trigger::Schedule).await;
+    env.assert_exactly_once("events").await;
+
+    // The figures add up: every row read was stored, deduplicated, parked or quarantined.
+    let c = first.counts;
+    assert_eq!(c.rows_read, c.inserted + c.deduplicated + c.parked + c.quarantined, "{c:?}");
+    assert!(c.deduplicated > 0 && c.parked > 0 && c.quarantined > 0, "{c:?}");
+    assert_eq!(c.late, 0, "a first sync has no watermark to be late against");
+    assert_eq!(first.trigger, "schedule");
+    let totals = env.store.totals().await.unwrap();
+    assert_eq!(totals.events, totals.backfilled_events, "the first sync is a backfill");
+
+    // Matched to the right people; parked ones belong to nobody known.
+    let people_ids: BTreeSet<String> = env.export(Export::People).await.iter().map(|p| p["id"].as_str().unwrap().to_string()).collect();
+    let source: BTreeMap<String, String> = env
+        .sql("SELECT event_id, min(user_id) FROM main.product.events_v WHERE event_id IS NOT NULL AND user_id IS NOT NULL GROUP BY event_id HAVING count(DISTINCT user_id) = 1")
+        .await
+        .into_iter()
+        .map(|r| (r[0].clone().unwrap(), r[1].clone().unwrap()))
+        .collect();
+    for e in env.export(Export::Events).await {
+        let id = e["event_id"].as_str().unwrap();
+        if let Some(user) = source.get(id) {
+            assert_eq!(e["person_id"].as_str(), Some(user.as_str()), "{e}");
+        }
+        assert_eq!(e["properties"].as_object().unwrap().len(), 2, "{e}");
+    }
+    for p in env.export(Export::Parked).await {
+        assert!(!people_ids.contains(p["user_key"].as_str().unwrap()), "{p} was parked but its person exists");
+    }
+    // Each kind of bad row is quarantined with its reason, once.
+    let reasons: Vec<String> = env.export(Export::Quarantine).await.iter().map(|q| q["reason"].as_str().unwrap().to_string()).collect();
+    for want in [
+        "event id (`event_id`) is NULL",
+        "event name (`event_name`) is NULL",
+        "timestamp (`event_ts`) is NULL",
+        "user identifier (`user_id`) is NULL",
+    ] {
+        assert!(reasons.iter().any(|r| r.starts_with(want)), "no `{want}` in {reasons:?}");
+    }
+
+    // Every statement carries the run id in its query tags.
+    let history = env.admin(reqwest::Method::GET, "/emulator/v1/statements", Value::Null).await;
+    let tagged = history["statements"].as_array().unwrap().iter().filter(|s| s.to_string().contains(&first.run_id)).count();
+    assert_eq!(tagged, first.statement_ids.len() + 1, "the window statements and the min(cursor) probe: {history}");
+
+    // Running again stores nothing new and re-quarantines nothing.
+    let quarantined = env.store.totals().await.unwrap().quarantined;
+    let second = env.ok("events", Trigger::Schedule).await;
+    assert_eq!(second.counts.inserted + second.counts.parked, 0, "{:?}", second.counts);
+    assert_eq!(env.store.totals().await.unwrap().quarantined, quarantined);
+    assert!(second.window_from.unwrap() < first.window_to.unwrap(), "the lookback re-reads the last two hours");
+    env.assert_exactly_once("events").await;
+    let runs = env.store.runs(Some("events"), 10).await.unwrap();
+    assert_eq!(runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), [second.run_id.as_str(), first.run_id.as_str()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_writing_and_committing_loses_and_duplicates_nothing() {
+    let env = Env::start(6000, &format!("{PEOPLE}{EVENTS}")).await;
+    env.ok("people", Trigger::Schedule).await;
+    // Small windows: the backfill commits a cursor every two days.
+    let options = || EngineOptions { max_window: Duration::from_secs(2 * 86_400), ..Default::default() };
+    let mut cursors = Vec::new();
+    for nth in [3, 2, 4] {
+        env.store.set_failpoint(nth, FailAction::Error);
+        let f = env.run_with(options(), "events", Trigger::Schedule).await;
+        let e = f.error.expect("the failpoint fails the run");
+        assert_eq!((f.run.status.as_str(), e.kind()), ("failed", "store"));
+        cursors.push(env.store.cursor("events", Slot::Live).await.unwrap());
+    }
+    // Each crash resumed from the last checkpoint and got further.
+    assert!(cursors[0].is_some() && cursors[0] < cursors[1] && cursors[1] < cursors[2], "{cursors:?}");
+    let resumed = env.run_with(options(), "events", Trigger::Schedule).await;
+    assert!(resumed.error.is_none(), "{:?}", resumed.error);
+    assert!(resumed.run.window_from.unwrap() >= cursors[2].unwrap() - 2 * 3600 * 1_000_000, "resumed, not restarted");
+    env.assert_exactly_once("events").await;
+    let runs = env.store.runs(Some("events"), 10).await.unwrap();
+    assert_eq!(runs.iter().filter(|r| r.status == "failed" && r.error_kind.as_deref() == Some("store")).count(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_rows_within_the_lookback_are_stored_and_counted() {
+    let ingest = EVENTS.replace("[pipelines.events]", "[pipelines.by_ingestion]") + "cursor = \"ingested_at\"\n";
+    let env = Env::start(2000, &format!("{PEOPLE}{EVENTS}{ingest}")).await;
+    env.ok("people", Trigger::Schedule).await;
+    env.ok("events", Trigger::Schedule).await;
+    env.ok("by_ingestion", Trigger::Schedule).await;
+    let now_ish = ago(Duration::from_secs(120));
+    let mut rows = Vec::new();
+    for i in 0..10 {
+        // Within the two-hour lookback of the timestamp cursor.
+        rows.push(event(&format!("late90_{i}"), "u_000001", &ago(Duration::from_secs(90 * 60)), &now_ish));
+    }
+    for i in 0..5 {
+        // Beyond it: only an ingestion-time cursor sees these.
+        rows.push(event(&format!("late5h_{i}"), "u_000002", &ago(Duration::from_secs(5 * 3600)), &now_ish));
+    }
+    env.append(demo::EVENTS_TABLE, Value::Array(rows)).await;
+    let by_ts = env.ok("events", Trigger::Schedule).await;
+    assert_eq!((by_ts.counts.inserted, by_ts.counts.late), (10, 10), "{:?}", by_ts.counts);
+    let by_ingestion = env.ok("by_ingestion", Trigger::Schedule).await;
+    assert_eq!((by_ingestion.counts.inserted, by_ingestion.counts.late), (15, 15), "{:?}", by_ingestion.counts);
+    let live: Vec<Value> =
+        env.export(Export::Events).await.into_iter().filter(|e| e["event_id"].as_str().unwrap().starts_with("late")).collect();
+    assert_eq!(live.len(), 25);
+    assert!(live.iter().all(|e| e["backfill"] == false), "incremental rows are live rows");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_rules_park_rematch_create_and_expire() {
+    let by_email = r#"
+[pipelines.by_email]
+connection = "emu"
+kind = "events"
+source = "product.events_v"
+event_id = "event_id"
+event_name = "event_name"
+timestamp = "event_ts"
+user_id = "email"
+user_id_kind = "email"
+"#;
+    let external = EVENTS.replace("email = \"email\"\n", "");
+    let env = Env::start(2000, &format!("{PEOPLE}{external}{by_email}")).await;
+    // Events before people: external ids match nobody, so everything is parked.
+    let first = env.ok("events", Trigger::Schedule).await;
+    assert_eq!(first.counts.inserted, 0);
+    assert!(first.counts.parked > 1000, "{:?}", first.counts);
+    // People arrive: their parked events land.
+    let people = env.ok("people", Trigger::Schedule).await;
+    let parked_left = env.store.totals().await.unwrap().parked;
+    assert_eq!(people.counts.rematched + parked_left, first.counts.parked);
+    assert!(parked_left > 0 && parked_left < first.counts.parked / 5, "only unknown users stay parked: {parked_left}");
+    env.assert_exactly_once("events").await;
+
+    // Email-keyed events match people by email or create them (normalised); NULL emails are quarantined.
+    env.append(
+        demo::EVENTS_TABLE,
+        json!([{"event_id": "mail-1", "event_name": "signed_in", "event_ts": ago(Duration::from_secs(600)), "user_id": "x",
+                "email": "  New.Person@Example.COM ", "plan": null, "platform": null, "properties": {}, "ingested_at": ago(Duration::from_secs(600)),
+                "event_ts_local": null, "environment": "production"}]),
+    )
+    .await;
+    let before = env.store.totals().await.unwrap().people;
+    let mail = env.ok("by_email", Trigger::Schedule).await;
+    assert!(mail.counts.people_created >= 1 && mail.counts.quarantined > 0, "{:?}", mail.counts);
+    assert_eq!(env.store.totals().await.unwrap().people, before + mail.counts.people_created);
+    let people = env.export(Export::People).await;
+    assert!(people.iter().any(|p| p["email"] == "new.person@example.com" && p["id"].is_null()), "created by email");
+
+    // Parked events wait for their retention, then are dropped and counted.
+    let expired = env.run_with(EngineOptions { parked_retention: Duration::ZERO, ..Default::default() }, "events", Trigger::Schedule).await;
+    assert_eq!(expired.run.counts.dropped, parked_left);
+    assert_eq!(env.store.totals().await.unwrap().parked, expired.run.counts.parked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attributes_diff_by_hash_clear_nulls_link_people_and_never_delete() {
+    let env = Env::start(2000, &format!("{ORGS}{PEOPLE}")).await;
+    env.ok("orgs", Trigger::Schedule).await;
+    let first = env.ok("people", Trigger::Schedule).await;
+    assert_eq!((first.counts.inserted, first.counts.updated), (160, 0));
+    let again = env.ok("people", Trigger::Schedule).await;
+    assert_eq!((again.counts.unchanged, again.counts.updated, again.counts.inserted), (160, 0, 0), "unchanged records are not rewritten");
+
+    // u_000001 changes name and loses its role; u_000002 vanishes from the source.
+    let path = format!("/emulator/v1/tables/{}/rows", demo::PEOPLE);
+    env.admin(reqwest::Method::DELETE, &path, json!({"column": "user_id", "equals": "u_000001"})).await;
+    env.admin(reqwest::Method::DELETE, &path, json!({"column": "user_id", "equals": "u_000002"})).await;
+    env.append(
+        demo::PEOPLE,
+        json!([{"user_id": "u_000001", "email": "Grace@Example.com", "name": "Grace Hopper", "organisation_id": "org_00003",
+                "role": null, "signup_date": "2025-01-02", "updated_at": ago(Duration::from_secs(60))}]),
+    )
+    .await;
+    let changed = env.ok("people", Trigger::Schedule).await;
+    assert_eq!((changed.counts.updated, changed.counts.unchanged, changed.counts.rows_read), (1, 158, 159));
+    let people = env.export(Export::People).await;
+    assert_eq!(people.len(), 160, "a vanished row never deletes");
+    let grace = people.iter().find(|p| p["id"] == "u_000001").unwrap();
+    assert_eq!(grace["name"], "Grace Hopper");
+    assert_eq!(grace["email"], "grace@example.com");
+    assert_eq!(grace["organisation_id"], "org_00003");
+    let attrs = grace["attributes"]["people"].as_object().unwrap();
+    assert!(attrs.get("role").is_none(), "NULL cleared the role: {attrs:?}");
+    assert_eq!(attrs["signup_date"], "2025-01-02");
+    let orgs = env.export(Export::Organisations).await;
+    assert!(orgs.iter().any(|o| o["id"] == "org_00003" && o["domain"].as_str().is_some_and(|d| d.ends_with(".example.com"))));
+
+    // With updated_at, a scheduled run reads only the recently changed rows.
+    let incremental = PEOPLE.replace("[pipelines.people]", "[pipelines.people_inc]") + "updated_at = \"updated_at\"\n";
+    let env2 = Env::start(2000, &incremental).await;
+    let full = env2.ok("people_inc", Trigger::Schedule).await;
+    assert_eq!(full.counts.rows_read, 160);
+    env2.append(
+        demo::PEOPLE,
+        json!([{"user_id": "u_999999", "email": "late.joiner@example.com", "name": "Late Joiner", "organisation_id": null,
+                "role": "member", "signup_date": null, "updated_at": ago(Duration::from_secs(120))}]),
+    )
+    .await;
+    let inc = env2.ok("people_inc", Trigger::Schedule).await;
+    assert_eq!((inc.counts.rows_read, inc.counts.inserted), (1, 1));
+    let refresh = env2.ok("people_inc", Trigger::FullRefresh).await;
+    assert_eq!((refresh.counts.rows_read, refresh.counts.unchanged), (161, 161));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_drift_fails_naming_the_column_and_keeps_the_cursor() {
+    let base = EVENTS.replace("product.events_v", "product.events") + "where = \"environment = 'production'\"\n";
+    let env = Env::start(1000, &format!("{PEOPLE}{base}")).await;
+    env.ok("events", Trigger::Schedule).await;
+    let cursor = env.store.cursor("events", Slot::Live).await.unwrap();
+    let cols = format!("/emulator/v1/tables/{}/columns", demo::EVENTS_TABLE);
+    env.admin(reqwest::Method::POST, &cols, json!({"action": "rename", "from": "event_name", "to": "event_type"})).await;
+    let f = env.run("events", Trigger::Schedule).await;
+    let e = f.error.expect("drift fails the run");
+    assert_eq!((e.kind(), e.class()), ("schema_drift", trig_sync::Class::User));
+    let msg = e.to_string();
+    assert!(
+        msg.contains("`event_name`") && msg.contains("did you mean `event_type`") && msg.contains("pipelines.events.event_name"),
+        "{msg}"
+    );
+    assert_eq!(f.run.status, "failed");
+    assert_eq!(f.run.error_kind.as_deref(), Some("schema_drift"));
+    assert!(f.run.statement_ids.is_empty(), "nothing was read");
+    assert_eq!(env.store.cursor("events", Slot::Live).await.unwrap(), cursor, "the cursor did not move");
+    // Renamed back and a new column added: fine.
+    env.admin(reqwest::Method::POST, &cols, json!({"action": "rename", "from": "event_type", "to": "event_name"})).await;
+    env.admin(reqwest::Method::POST, &cols, json!({"action": "add", "name": "experiment", "type": "STRING"})).await;
+    env.ok("events", Trigger::Schedule).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_and_full_refresh_flag_backfill_and_keep_the_live_cursor() {
+    let env = Env::start(2000, &format!("{PEOPLE}{EVENTS}")).await;
+    env.ok("people", Trigger::Schedule).await;
+    env.ok("events", Trigger::Schedule).await;
+    let live = env.store.cursor("events", Slot::Live).await.unwrap().unwrap();
+    // Rows three days old arrive: beyond the lookback, a scheduled run misses them.
+    let old = ago(Duration::from_secs(3 * 86_400));
+    env.append(demo::EVENTS_TABLE, json!([event("old-1", "u_000003", &old, &old), event("old-2", "u_000004", &old, &old)])).await;
+    let missed = env.ok("events", Trigger::Schedule).await;
+    assert_eq!(missed.counts.inserted, 0);
+    let live = env.store.cursor("events", Slot::Live).await.unwrap().unwrap().max(live);
+
+    let now = chrono::Utc::now().timestamp_micros();
+    let day = 86_400 * 1_000_000;
+    let replay = env.ok("events", Trigger::Replay { from: now - 4 * day, to: now - 2 * day }).await;
+    assert_eq!(replay.counts.inserted, 2);
+    assert_eq!(env.store.cursor("events", Slot::Live).await.unwrap(), Some(live), "a replay never moves the live cursor");
+    let replayed: Vec<Value> =
+        env.export(Export::Events).await.into_iter().filter(|e| e["event_id"].as_str().unwrap().starts_with("old-")).collect();
+    assert!(replayed.len() == 2 && replayed.iter().all(|e| e["backfill"] == true), "{replayed:?}");
+
+    // A full refresh crashes half-way, then resumes from its own checkpoint.
+    let small = || EngineOptions { max_window: Duration::from_secs(3 * 86_400), ..Default::default() };
+    env.store.set_failpoint(4, FailAction::Error);
+    assert!(env.run_with(small(), "events", Trigger::FullRefresh).await.error.is_some());
+    let checkpoint = env.store.cursor("events", Slot::FullRefresh).await.unwrap().expect("a full-refresh checkpoint");
+    let resumed = env.run_with(small(), "events", Trigger::FullRefresh).await;
+    assert!(resumed.error.is_none(), "{:?}", resumed.error);
+    assert_eq!(resumed.run.window_from, Some(checkpoint), "resumed where it stopped");
+    assert_eq!(resumed.run.counts.inserted, 0, "everything was already stored");
+    assert_eq!(env.store.cursor("events", Slot::FullRefresh).await.unwrap(), None);
+    assert!(env.store.cursor("events", Slot::Live).await.unwrap().unwrap() >= live);
+    env.assert_exactly_once("events").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_failures_fail_with_their_kind_and_throttling_is_survived() {
+    let env = Env::start(1000, &format!("{PEOPLE}{EVENTS}")).await;
+    env.ok("people", Trigger::Schedule).await;
+    env.ok("events", Trigger::Schedule).await;
+    let cursor = env.store.cursor("events", Slot::Live).await.unwrap();
+
+    // Throttled twice, then served: the run succeeds.
+    env.admin(
+        reqwest::Method::POST,
+        "/emulator/v1/faults",
+        json!({"kind": "status", "status": 429, "retry_after_secs": 0, "path_prefix": "/api/2.0/sql/statements", "times": 2}),
+    )
+    .await;
+    env.ok("events", Trigger::Schedule).await;
+
+    // A revoked grant: the run fails with the privilege and the GRANT to run.
+    let grant =
+        json!({"principal": demo::SERVICE_PRINCIPAL, "securable_type": "schema", "full_name": "main.product", "privileges": ["SELECT"]});
+    env.admin(reqwest::Method::DELETE, "/emulator/v1/grants", grant.clone()).await;
+    let cursor_before = env.store.cursor("events", Slot::Live).await.unwrap();
+    let f = env.run("events", Trigger::Schedule).await;
+    let e = f.error.expect("no SELECT fails");
+    assert_eq!((e.kind(), e.class()), ("missing_privilege", trig_sync::Class::User));
+    assert!(e.hint().unwrap().contains("GRANT SELECT"), "{:?}", e.hint());
+    assert_eq!(env.store.cursor("events", Slot::Live).await.unwrap(), cursor_before);
+    env.admin(reqwest::Method::POST, "/emulator/v1/grants", grant).await;
+
+    // A stopped warehouse that only starts manually.
+    env.admin(
+        reqwest::Method::POST,
+        &format!("/emulator/v1/warehouses/{}", demo::WAREHOUSE_ID),
+        json!({"state": "STOPPED", "auto_resume": false}),
+    )
+    .await;
+    let f = env.run("events", Trigger::Schedule).await;
+    assert_eq!(f.error.as_ref().map(|e| e.kind()), Some("warehouse_stopped"), "{:?}", f.error);
+    assert_eq!(f.run.warehouse_state.as_deref(), Some("STOPPED"));
+    env.admin(reqwest::Method::POST, &format!("/emulator/v1/warehouses/{}", demo::WAREHOUSE_ID), json!({"auto_resume": true})).await;
+
+    // A warehouse that keeps answering 503: transient, the next run retries.
+    env.admin(
+        reqwest::Method::POST,
+        "/emulator/v1/faults",
+        json!({"kind": "status", "status": 503, "path_prefix": "/api/2.0/sql/statements"}),
+    )
+    .await;
+    let f = env.run("events", Trigger::Schedule).await;
+    let e = f.error.expect("503s fail the run");
+    assert_eq!((e.kind(), e.class()), ("unavailable", trig_sync::Class::Remote));
+    env.admin(reqwest::Method::DELETE, "/emulator/v1/faults", Value::Null).await;
+
+    // An expired token.
+    env.admin(reqwest::Method::POST, &format!("/emulator/v1/tokens/{}/expire", env.token), Value::Null).await;
+    let f = env.run("events", Trigger::Schedule).await;
+    assert_eq!(f.error.as_ref().map(|e| e.kind()), Some("token_invalid"), "{:?}", f.error);
+    assert!(cursor <= env.store.cursor("events", Slot::Live).await.unwrap());
+    let runs = env.store.runs(Some("events"), 10).await.unwrap();
+    let kinds: Vec<Option<&str>> = runs.iter().map(|r| r.error_kind.as_deref()).collect();
+    assert_eq!(kinds[..4], [Some("token_invalid"), Some("unavailable"), Some("warehouse_stopped"), Some("missing_privilege")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_shows_the_statement_a_real_run_sends_and_writes_nothing() {
+    let env = Env::start(1000, &format!("{PEOPLE}{EVENTS}")).await;
+    let engine = env.engine(EngineOptions::default());
+    let dry = engine.dry_run("events", Trigger::Schedule, 20).await.unwrap();
+    assert!(
+        dry.sql.starts_with(
+            "SELECT `event_id`, `event_name`, `event_ts`, `user_id`, `email`, `plan`, `platform`\nFROM `main`.`product`.`events_v`"
+        ),
+        "{}",
+        dry.sql
+    );
+    let names: Vec<&str> = dry.parameters.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["window_from", "window_to"]);
+    assert!(dry.parameters.iter().all(|p| p.type_name == "TIMESTAMP"));
+    assert_eq!(dry.rows.len(), 20);
+    let t = env.store.totals().await.unwrap();
+    assert_eq!((t.events, t.parked, t.quarantined, t.runs, t.people), (0, 0, 0, 0, 0), "a dry run writes nothing");
+
+    // The first statement of a real run is the one the dry run showed.
+    let seen: Arc<Mutex<Vec<Query>>> = Arc::default();
+    let sink = seen.clone();
+    let options =
+        EngineOptions { on_statement: Some(Arc::new(move |q: &Query| sink.lock().unwrap().push(q.clone()))), ..Default::default() };
+    let f = env.run_with(options, "events", Trigger::Schedule).await;
+    assert!(f.error.is_none());
+    let sent = seen.lock().unwrap();
+    let first_window = sent.iter().find(|q| q.sql.starts_with("SELECT `event_id`")).unwrap();
+    assert_eq!(first_window.sql, dry.sql);
+    assert_eq!(first_window.parameters[0], dry.parameters[0], "same window start");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_run_is_recorded_and_the_next_one_completes() {
+    let env = Env::start(3000, &format!("{PEOPLE}{EVENTS}")).await;
+    env.ok("people", Trigger::Schedule).await;
+    let cancel = CancellationToken::new();
+    cancel.cancel();
+    let f = env.engine(EngineOptions::default()).run("events", Trigger::Schedule, &cancel).await.unwrap();
+    assert_eq!(f.run.status, "cancelled");
+    assert_eq!(f.error.map(|e| e.kind()), Some("cancelled"));
+    env.ok("events", Trigger::Schedule).await;
+    env.assert_exactly_once("events").await;
+}
