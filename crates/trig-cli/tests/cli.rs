@@ -245,3 +245,219 @@ fn a_taken_port_is_explained() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("cannot listen on {addr}")) && err.contains("--addr"), "{err}");
 }
+
+// ---------------------------------------------------------------------------
+// sync, runs, export, demo.
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("trig-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A config against a running emulator, its token in a file beside it.
+fn sync_config(dir: &std::path::Path, info: &Value, token: &str, extra: &str) -> std::path::PathBuf {
+    std::fs::write(dir.join("token"), info["tokens"][token].as_str().unwrap()).unwrap();
+    let text = format!(
+        r#"[store]
+url = "sqlite://trig.db"
+
+[connections.demo]
+workspace_url = "{url}"
+http_path = "{path}"
+token = {{ file = "token" }}
+default_catalog = "main"
+allow_hosts = ["{host}"]
+
+[pipelines.people]
+connection = "demo"
+kind = "people"
+source = "crm.people"
+id = "user_id"
+name = "name"
+email = "email"
+organisation_id = "organisation_id"
+
+[pipelines.events]
+connection = "demo"
+kind = "events"
+source = "product.events_v"
+event_id = "event_id"
+event_name = "event_name"
+timestamp = "event_ts"
+user_id = "user_id"
+properties = ["plan", "platform"]
+lookback = "2h"
+{extra}"#,
+        url = info["workspace_url"].as_str().unwrap(),
+        path = info["http_path"].as_str().unwrap(),
+        host = host_of(info)
+    );
+    let file = dir.join("trig.toml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).env_remove("TRIG_FAILPOINT").output().unwrap()
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn ndjson(o: &std::process::Output) -> Vec<Value> {
+    String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect()
+}
+
+async fn source_ids(info: &Value, cursor: &str) -> std::collections::BTreeSet<String> {
+    let statement = format!(
+        "SELECT DISTINCT event_id FROM main.product.events_v WHERE event_id IS NOT NULL AND event_name IS NOT NULL \
+         AND user_id IS NOT NULL AND event_ts IS NOT NULL AND event_ts <= TIMESTAMP'{cursor}'"
+    );
+    let s: Value = reqwest::Client::new()
+        .post(format!("{}/api/2.0/sql/statements", info["workspace_url"].as_str().unwrap()))
+        .bearer_auth(info["tokens"]["service_principal"].as_str().unwrap())
+        .json(&json!({"statement": statement, "warehouse_id": info["warehouse_id"], "wait_timeout": "30s"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    s["result"]["data_array"].as_array().unwrap().iter().map(|r| r[0].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test]
+async fn a_killed_sync_resumes_and_stores_every_event_once() {
+    let (_emu, info) = demo_emulator().await;
+    let dir = temp_dir("crash");
+    let config = sync_config(&dir, &info, "service_principal", "");
+    let c = config.to_str().unwrap();
+    assert_eq!(cli(&["sync", "people", "--config", c]).status.code(), Some(0));
+    // The third batch's rows are written, then the process dies before the commit.
+    let killed = Command::new(BIN).args(["sync", "events", "--config", c]).env("TRIG_FAILPOINT", "events_before_commit:3").output().unwrap();
+    assert_eq!(killed.status.code(), None, "killed by a signal: {}", text(&killed));
+    let resumed = cli(&["sync", "events", "--config", c, "--json"]);
+    assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed));
+    let run: Value = serde_json::from_slice(&resumed.stdout).unwrap();
+    assert_eq!(run["status"], "succeeded");
+    let runs: Value = serde_json::from_slice(&cli(&["runs", "--config", c, "--pipeline", "events", "--json"]).stdout).unwrap();
+    assert_eq!(runs[1]["status"], "interrupted", "{runs}");
+    // Every valid source event is stored once (matched or parked).
+    let cursor = run["window_to"].as_i64().unwrap();
+    let cursor = chrono::DateTime::from_timestamp_micros(cursor).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let expected = source_ids(&info, &cursor).await;
+    let mut stored = Vec::new();
+    for what in ["events", "parked"] {
+        let out = cli(&["export", what, "--config", c]);
+        stored.extend(ndjson(&out).iter().map(|e| e["event_id"].as_str().unwrap().to_string()));
+    }
+    let unique: std::collections::BTreeSet<String> = stored.iter().cloned().collect();
+    assert_eq!(unique.len(), stored.len(), "nothing is stored twice");
+    assert_eq!(unique, expected);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test]
+async fn sync_dry_run_json_exit_codes_and_no_secret_printed() {
+    let (_emu, info) = demo_emulator().await;
+    let dir = temp_dir("sync");
+    let config = sync_config(&dir, &info, "service_principal", "");
+    let c = config.to_str().unwrap();
+    let token = info["tokens"]["service_principal"].as_str().unwrap();
+
+    // Dry run: the statement, its parameters and 20 mapped rows; nothing written.
+    let dry = cli(&["sync", "events", "--config", c, "--dry-run", "--json"]);
+    assert_eq!(dry.status.code(), Some(0), "{}", text(&dry));
+    let d: Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert!(d["sql"].as_str().unwrap().contains("FROM `main`.`product`.`events_v`"), "{d}");
+    assert_eq!(d["parameters"][0]["name"], "window_from");
+    assert_eq!(d["parameters"][0]["type"], "TIMESTAMP");
+    assert_eq!(d["rows"].as_array().unwrap().len(), 20);
+    assert!(ndjson(&cli(&["export", "events", "--config", c])).is_empty(), "a dry run writes nothing");
+
+    // A real run prints its record; export has the documented keys.
+    assert_eq!(cli(&["sync", "people", "--config", c]).status.code(), Some(0));
+    let run = cli(&["sync", "events", "--config", c, "--json", "--print-sql"]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run));
+    let r: Value = serde_json::from_slice(&run.stdout).unwrap();
+    for k in ["run_id", "pipeline", "trigger", "status", "started_at", "ended_at", "window_from", "window_to", "statement_ids", "counts", "warehouse_state"] {
+        assert!(r.get(k).is_some(), "{k} in {r}");
+    }
+    assert!(String::from_utf8_lossy(&run.stderr).contains("-- parameters: :window_from = "), "--print-sql shows each statement");
+    let events = ndjson(&cli(&["export", "events", "--config", c]));
+    assert!(events.len() as u64 == r["counts"]["inserted"].as_u64().unwrap() && !events.is_empty());
+    for k in ["event_id", "event_name", "timestamp", "person_id", "email", "properties", "backfill", "pipeline"] {
+        assert!(events[0].get(k).is_some(), "{k} in {}", events[0]);
+    }
+    assert!(events[0]["timestamp"].as_str().unwrap().ends_with('Z'));
+    let people = ndjson(&cli(&["export", "people", "--config", c]));
+    for k in ["id", "name", "email", "organisation_id", "attributes"] {
+        assert!(people[0].get(k).is_some(), "{k} in {}", people[0]);
+    }
+    let runs = cli(&["runs", "--config", c]);
+    assert!(String::from_utf8_lossy(&runs.stdout).contains("events (manual): succeeded"), "{}", text(&runs));
+
+    // Bad input: named, with the fix, exit 2.
+    let bad = sync_config(&dir, &info, "service_principal", "").with_file_name("bad.toml");
+    std::fs::write(&bad, std::fs::read_to_string(&config).unwrap().replace("lookback = \"2h\"", "lookback = \"2 hours\"")).unwrap();
+    let out = cli(&["sync", "events", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("pipelines.events.lookback") && text(&out).contains("30s, 15m, 2h, 1d"), "{}", text(&out));
+    let out = cli(&["sync", "nope", "--config", c]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("the pipelines are: events, people"), "{}", text(&out));
+    let out = cli(&["sync", "events", "--config", c, "--from", "yesterday", "--to", "2026-01-01T00:00:00Z"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("--from `yesterday` is not an RFC 3339 time"), "{}", text(&out));
+
+    // A missing grant: exit 2 with the GRANT to run.
+    let denied = sync_config(&dir, &info, "no_select", "");
+    let out = cli(&["sync", "events", "--config", denied.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("fix: Run: GRANT SELECT ON"), "{}", text(&out));
+
+    // Databricks keeps failing: exit 3 (transient).
+    let ok = sync_config(&dir, &info, "service_principal", "");
+    reqwest::Client::new()
+        .post(format!("{}/emulator/v1/faults", info["workspace_url"].as_str().unwrap()))
+        .bearer_auth(info["admin_token"].as_str().unwrap())
+        .json(&json!({"kind": "status", "status": 503, "path_prefix": "/api/2.0/sql/statements"}))
+        .send()
+        .await
+        .unwrap();
+    let out = cli(&["sync", "events", "--config", ok.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(!text(&out).contains(token) && !text(&run).contains(token) && !text(&dry).contains(token), "a secret was printed");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn the_demo_syncs_everything_and_leaves_a_config_and_a_database() {
+    let dir = temp_dir("demo");
+    let out = Command::new(BIN).args(["demo", "--dir", dir.to_str().unwrap(), "--events", "5000"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for want in ["Connection OK.", "First sync", "Second sync", "Report", "deduplicated", "late           40", "parked", "quarantined"] {
+        assert!(stdout.contains(want), "`{want}` in {stdout}");
+    }
+    let config = dir.join("trig-demo.toml");
+    let token = std::fs::read_to_string(dir.join("trig-demo.token")).unwrap();
+    assert!(!std::fs::read_to_string(&config).unwrap().contains(&token), "the config references the token, never holds it");
+    assert!(!stdout.contains(&token));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(dir.join("trig-demo.token")).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let c = config.to_str().unwrap();
+    let runs: Value = serde_json::from_slice(&cli(&["runs", "--config", c, "--json"]).stdout).unwrap();
+    assert_eq!(runs.as_array().unwrap().len(), 4);
+    let live = ndjson(&cli(&["export", "events", "--config", c])).into_iter().filter(|e| e["backfill"] == false).count();
+    assert_eq!(live, 250, "200 new + 40 late + 10 for new people; duplicates and broken rows are not stored");
+    let orgs = ndjson(&cli(&["export", "organisations", "--config", c]));
+    assert!(orgs.iter().all(|o| o.get("domain").is_some() && o.get("attributes").is_some()));
+    std::fs::remove_dir_all(dir).ok();
+}
