@@ -337,7 +337,8 @@ async fn a_killed_sync_resumes_and_stores_every_event_once() {
     let c = config.to_str().unwrap();
     assert_eq!(cli(&["sync", "people", "--config", c]).status.code(), Some(0));
     // The third batch's rows are written, then the process dies before the commit.
-    let killed = Command::new(BIN).args(["sync", "events", "--config", c]).env("TRIG_FAILPOINT", "events_before_commit:3").output().unwrap();
+    let killed =
+        Command::new(BIN).args(["sync", "events", "--config", c]).env("TRIG_FAILPOINT", "events_before_commit:3").output().unwrap();
     assert_eq!(killed.status.code(), None, "killed by a signal: {}", text(&killed));
     let resumed = cli(&["sync", "events", "--config", c, "--json"]);
     assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed));
@@ -383,7 +384,19 @@ async fn sync_dry_run_json_exit_codes_and_no_secret_printed() {
     let run = cli(&["sync", "events", "--config", c, "--json", "--print-sql"]);
     assert_eq!(run.status.code(), Some(0), "{}", text(&run));
     let r: Value = serde_json::from_slice(&run.stdout).unwrap();
-    for k in ["run_id", "pipeline", "trigger", "status", "started_at", "ended_at", "window_from", "window_to", "statement_ids", "counts", "warehouse_state"] {
+    for k in [
+        "run_id",
+        "pipeline",
+        "trigger",
+        "status",
+        "started_at",
+        "ended_at",
+        "window_from",
+        "window_to",
+        "statement_ids",
+        "counts",
+        "warehouse_state",
+    ] {
         assert!(r.get(k).is_some(), "{k} in {r}");
     }
     assert!(String::from_utf8_lossy(&run.stderr).contains("-- parameters: :window_from = "), "--print-sql shows each statement");

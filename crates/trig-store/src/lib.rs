@@ -195,20 +195,23 @@ pub struct RunCounts {
     pub bytes: u64,
 }
 
-impl RunCounts {
-    pub fn add_events(&mut self, o: &EventOutcome) {
-        self.inserted += o.inserted;
-        self.deduplicated += o.deduplicated;
-        self.parked += o.parked;
-        self.people_created += o.people_created;
-        self.late += o.late;
-        self.quarantined += o.quarantined;
+impl From<EventOutcome> for RunCounts {
+    fn from(o: EventOutcome) -> RunCounts {
+        RunCounts {
+            inserted: o.inserted,
+            deduplicated: o.deduplicated,
+            parked: o.parked,
+            people_created: o.people_created,
+            late: o.late,
+            quarantined: o.quarantined,
+            ..Default::default()
+        }
     }
-    pub fn add_records(&mut self, o: &RecordOutcome) {
-        self.inserted += o.inserted;
-        self.updated += o.updated;
-        self.unchanged += o.unchanged;
-        self.quarantined += o.quarantined;
+}
+
+impl From<RecordOutcome> for RunCounts {
+    fn from(o: RecordOutcome) -> RunCounts {
+        RunCounts { inserted: o.inserted, updated: o.updated, unchanged: o.unchanged, quarantined: o.quarantined, ..Default::default() }
     }
 }
 

@@ -4,12 +4,12 @@
 //! diffed against stored hashes so unchanged records are not rewritten.
 
 use arrow_array::{ArrayRef, RecordBatch as ArrowBatch};
-use futures::StreamExt;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use trig_config::{AttributeKind, AttributesSpec, Zone};
-use trig_store::{Checkpoint, Entity, Quarantined, RecordBatch, RecordRow, Slot, SyncRun};
+use trig_store::{Checkpoint, Entity, Quarantined, RecordBatch, RecordRow, RunCounts, Slot, SyncRun};
 
+use crate::pump::{self, Sink};
 use crate::query::{self, Query, Select};
 use crate::values::{json_at, normalise_email, text_at};
 use crate::window::{Window, incremental_start, upper_bound};
@@ -146,6 +146,30 @@ fn utc() -> Zone {
     Zone::Fixed(chrono::FixedOffset::east_opt(0).expect("UTC"))
 }
 
+struct RecordsSink<'a> {
+    ctx: &'a Ctx<'a>,
+    mapper: Mapper<'a>,
+    entity: Entity,
+}
+
+impl Sink for RecordsSink<'_> {
+    type Row = RecordRow;
+    fn map(&self, batch: &ArrowBatch) -> (Vec<RecordRow>, Vec<Quarantined>) {
+        self.mapper.map(batch)
+    }
+    async fn write(&self, rows: Vec<RecordRow>, quarantine: Vec<Quarantined>, checkpoints: Vec<Checkpoint>) -> Result<RunCounts, Error> {
+        let batch = RecordBatch {
+            pipeline: self.ctx.pipeline.name.clone(),
+            run_id: self.ctx.run_id.clone(),
+            entity: self.entity,
+            rows,
+            quarantine,
+            checkpoints,
+        };
+        Ok(self.ctx.store.write_records(batch).await?.into())
+    }
+}
+
 pub(crate) async fn run(ctx: &Ctx<'_>, spec: &AttributesSpec, trigger: Trigger, run: &mut SyncRun) -> Result<(), Error> {
     let source_columns = ctx.preflight(&wanted(spec)).await?;
     let layout = layout(spec, &source_columns);
@@ -158,46 +182,11 @@ pub(crate) async fn run(ctx: &Ctx<'_>, spec: &AttributesSpec, trigger: Trigger, 
         AttributeKind::People => Entity::People,
         AttributeKind::Organisations => Entity::Organisations,
     };
-    let batch_of = |rows, quarantine, checkpoints| RecordBatch {
-        pipeline: ctx.pipeline.name.clone(),
-        run_id: ctx.run_id.clone(),
-        entity,
-        rows,
-        quarantine,
-        checkpoints,
-    };
-    let mapper = Mapper { spec, layout: &layout, zone: utc() };
-    let mut stream = ctx.query(&q, None).await?;
-    run.statement_ids.push(stream.statement_id().to_string());
-    run.counts.bytes += stream.manifest().total_byte_count.unwrap_or(0);
-    let mut pending: Option<RecordBatch> = None;
-    loop {
-        let next = tokio::select! {
-            b = stream.next() => b,
-            _ = ctx.cancel.cancelled() => return Err(Error::Cancelled),
-        };
-        let Some(batch) = next else { break };
-        let batch = batch?;
-        run.counts.rows_read += batch.num_rows() as u64;
-        let write = async {
-            match pending.take() {
-                Some(p) => ctx.store.write_records(p).await.map(Some),
-                None => Ok(None),
-            }
-        };
-        let (written, (rows, bad)) = tokio::join!(write, async { mapper.map(&batch) });
-        if let Some(o) = written? {
-            run.counts.add_records(&o);
-        }
-        pending = Some(batch_of(rows, bad, Vec::new()));
-        ctx.progress(run.counts.rows_read, None, 0, 1);
-    }
-    let mut last = pending.unwrap_or_else(|| batch_of(Vec::new(), Vec::new(), Vec::new()));
-    if !matches!(trigger, Trigger::Replay { .. }) {
-        last.checkpoints = vec![Checkpoint { slot: Slot::Live, value: Some(live) }];
-    }
-    let o = ctx.store.write_records(last).await?;
-    run.counts.add_records(&o);
+    let sink = RecordsSink { ctx, mapper: Mapper { spec, layout: &layout, zone: utc() }, entity };
+    let stream = ctx.query(&q, None).await?;
+    let checkpoints =
+        if matches!(trigger, Trigger::Replay { .. }) { Vec::new() } else { vec![Checkpoint { slot: Slot::Live, value: Some(live) }] };
+    pump::pump(ctx, &sink, stream, run, checkpoints, |rows| ctx.progress(rows, None, 0, 1)).await?;
     if entity == Entity::People {
         // People appeared: events parked for them can land now.
         let rematched = ctx.store.rematch_parked().await?;

@@ -1,11 +1,11 @@
 //! The events pipeline.
 
 use arrow_array::{ArrayRef, RecordBatch};
-use futures::StreamExt;
 use serde_json::{Map, Value};
 use trig_config::{EventsSpec, UserIdKind};
-use trig_store::{Checkpoint, EventBatch, EventRow, IdentityRule, Micros, Quarantined, Slot, SyncRun};
+use trig_store::{Checkpoint, EventBatch, EventRow, IdentityRule, Micros, Quarantined, RunCounts, Slot, SyncRun};
 
+use crate::pump::{self, Sink};
 use crate::query::{self, Query, Select};
 use crate::values::{instant_at, json_at, normalise_email, text_at};
 use crate::window::{Window, incremental_start, split, upper_bound};
@@ -245,6 +245,32 @@ fn select<'a>(ctx: &'a Ctx<'_>, spec: &'a EventsSpec, layout: &'a Layout, w: Win
     })
 }
 
+struct EventsSink<'a> {
+    ctx: &'a Ctx<'a>,
+    mapper: Mapper<'a>,
+    rule: IdentityRule,
+    backfill: bool,
+}
+
+impl Sink for EventsSink<'_> {
+    type Row = EventRow;
+    fn map(&self, batch: &RecordBatch) -> (Vec<EventRow>, Vec<Quarantined>) {
+        self.mapper.map(batch)
+    }
+    async fn write(&self, rows: Vec<EventRow>, quarantine: Vec<Quarantined>, checkpoints: Vec<Checkpoint>) -> Result<RunCounts, Error> {
+        let batch = EventBatch {
+            pipeline: self.ctx.pipeline.name.clone(),
+            run_id: self.ctx.run_id.clone(),
+            rule: self.rule,
+            backfill: self.backfill,
+            rows,
+            quarantine,
+            checkpoints,
+        };
+        Ok(self.ctx.store.write_events(batch).await?.into())
+    }
+}
+
 pub(crate) async fn run(ctx: &Ctx<'_>, spec: &EventsSpec, trigger: Trigger, run: &mut SyncRun) -> Result<(), Error> {
     let name = &ctx.pipeline.name;
     let now = now_micros();
@@ -260,56 +286,20 @@ pub(crate) async fn run(ctx: &Ctx<'_>, spec: &EventsSpec, trigger: Trigger, run:
     let layout = Layout::new(spec);
     run.window_from = plan.windows.first().map(|w| w.from);
     run.window_to = plan.windows.last().map(|w| w.to);
-    let rule = rule(spec);
-    let batch_of = |rows, quarantine, checkpoints| EventBatch {
-        pipeline: name.clone(),
-        run_id: ctx.run_id.clone(),
-        rule,
-        backfill: plan.backfill,
-        rows,
-        quarantine,
-        checkpoints,
-    };
+    let tolerance = micros(ctx.options.future_tolerance);
+    let sink =
+        |now| EventsSink { ctx, mapper: Mapper { spec, layout: &layout, now, tolerance, prev }, rule: rule(spec), backfill: plan.backfill };
     if plan.windows.is_empty() {
-        let o = ctx.store.write_events(batch_of(Vec::new(), Vec::new(), plan.empty.clone())).await?;
-        run.counts.add_events(&o);
+        let c = sink(now).write(Vec::new(), Vec::new(), plan.empty.clone()).await?;
+        pump::add(&mut run.counts, &c);
         return Ok(());
     }
     let total = plan.windows.len();
     for (wi, w) in plan.windows.iter().enumerate() {
-        let mapper = Mapper { spec, layout: &layout, now: now_micros(), tolerance: micros(ctx.options.future_tolerance), prev };
         let q = select(ctx, spec, &layout, *w, wi == 0 && plan.include_null_first);
-        let mut stream = ctx.query(&q, None).await?;
-        run.statement_ids.push(stream.statement_id().to_string());
-        run.counts.bytes += stream.manifest().total_byte_count.unwrap_or(0);
-        // One batch is held back so the window's last rows commit with its cursor.
-        let mut pending: Option<EventBatch> = None;
-        loop {
-            let next = tokio::select! {
-                b = stream.next() => b,
-                _ = ctx.cancel.cancelled() => return Err(Error::Cancelled),
-            };
-            let Some(batch) = next else { break };
-            let batch = batch?;
-            run.counts.rows_read += batch.num_rows() as u64;
-            // Map this batch while the previous one is written.
-            let write = async {
-                match pending.take() {
-                    Some(p) => ctx.store.write_events(p).await.map(Some),
-                    None => Ok(None),
-                }
-            };
-            let (written, (rows, bad)) = tokio::join!(write, async { mapper.map(&batch) });
-            if let Some(o) = written? {
-                run.counts.add_events(&o);
-            }
-            pending = Some(batch_of(rows, bad, Vec::new()));
-            ctx.progress(run.counts.rows_read, Some(*w), wi, total);
-        }
-        let mut last = pending.unwrap_or_else(|| batch_of(Vec::new(), Vec::new(), Vec::new()));
-        last.checkpoints = (plan.checkpoints)(wi, w);
-        let o = ctx.store.write_events(last).await?;
-        run.counts.add_events(&o);
+        let stream = ctx.query(&q, None).await?;
+        let checkpoints = (plan.checkpoints)(wi, w);
+        pump::pump(ctx, &sink(now_micros()), stream, run, checkpoints, |rows| ctx.progress(rows, Some(*w), wi, total)).await?;
         ctx.progress(run.counts.rows_read, Some(*w), wi + 1, total);
     }
     Ok(())

@@ -18,6 +18,7 @@
 mod attributes;
 mod error;
 mod events;
+mod pump;
 pub mod query;
 pub mod values;
 pub mod window;
@@ -86,6 +87,8 @@ pub struct EngineOptions {
     pub parked_retention: Duration,
     /// The longest window one statement reads; a backfill is cut into these and checkpointed after each.
     pub max_window: Duration,
+    /// Rows per store transaction (mapped rows are gathered up to about this many).
+    pub write_batch_rows: usize,
     pub client: ClientOptions,
     pub query: QueryOptions,
     pub progress: Option<ProgressFn>,
@@ -100,6 +103,7 @@ impl Default for EngineOptions {
             future_tolerance: Duration::from_secs(3600),
             parked_retention: Duration::from_secs(7 * 86_400),
             max_window: Duration::from_secs(7 * 86_400),
+            write_batch_rows: 50_000,
             client: ClientOptions::default(),
             query: QueryOptions::default(),
             progress: None,
