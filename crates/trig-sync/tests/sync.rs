@@ -327,11 +327,26 @@ async fn late_rows_within_the_lookback_are_stored_and_counted() {
         // Beyond it: only an ingestion-time cursor sees these.
         rows.push(event(&format!("late5h_{i}"), "u_000002", &ago(Duration::from_secs(5 * 3600)), &now_ish));
     }
+    // A clock three days ahead: quarantined, and it never pushes the cursor ahead.
+    let future = (chrono::Utc::now() + chrono::Duration::days(3)).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    rows.push(event("future_1", "u_000003", &future, &now_ish));
     env.append(demo::EVENTS_TABLE, Value::Array(rows)).await;
     let by_ts = env.ok("events", Trigger::Schedule).await;
     assert_eq!((by_ts.counts.inserted, by_ts.counts.late), (10, 10), "{:?}", by_ts.counts);
     let by_ingestion = env.ok("by_ingestion", Trigger::Schedule).await;
-    assert_eq!((by_ingestion.counts.inserted, by_ingestion.counts.late), (15, 15), "{:?}", by_ingestion.counts);
+    assert_eq!(
+        (by_ingestion.counts.inserted, by_ingestion.counts.late, by_ingestion.counts.quarantined),
+        (15, 15, 1),
+        "{:?}",
+        by_ingestion.counts
+    );
+    let q = env.export(Export::Quarantine).await;
+    let future_row = q.iter().find(|r| r["key"] == "future_1").expect("the future row is quarantined");
+    assert!(future_row["reason"].as_str().unwrap().contains("in the future"), "{future_row}");
+    for p in ["events", "by_ingestion"] {
+        let cursor = env.store.cursor(p, Slot::Live).await.unwrap().unwrap();
+        assert!(cursor <= chrono::Utc::now().timestamp_micros(), "{p}: the cursor never passes now");
+    }
     let live: Vec<Value> =
         env.export(Export::Events).await.into_iter().filter(|e| e["event_id"].as_str().unwrap().starts_with("late")).collect();
     assert_eq!(live.len(), 25);
