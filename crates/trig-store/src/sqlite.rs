@@ -215,12 +215,13 @@ fn write_events_tx(tx: &Transaction, b: &EventBatch) -> Result<EventOutcome, Err
     let mut out = EventOutcome::default();
     let any_parked: bool =
         tx.prepare_cached("SELECT EXISTS (SELECT 1 FROM parked_events WHERE pipeline = ?1)")?.query_row([&b.pipeline], |r| r.get(0))?;
-    let mut people: HashMap<(String, Option<String>), Option<i64>> = HashMap::new();
+    // People found (or created) in this transaction, by identifier. Misses are
+    // not cached: a later row with the same identifier may carry an email.
+    let mut people: HashMap<String, i64> = HashMap::new();
     let mut insert = tx.prepare_cached(
         "INSERT OR IGNORE INTO events (pipeline, event_id, name, ts, person_id, properties, backfill, ingested_at, run_id)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
-    let mut unpark = tx.prepare_cached("DELETE FROM parked_events WHERE pipeline = ?1 AND event_id = ?2")?;
     let mut stored = tx.prepare_cached("SELECT EXISTS (SELECT 1 FROM events WHERE pipeline = ?1 AND event_id = ?2)")?;
     let mut park = tx.prepare_cached(
         "INSERT OR IGNORE INTO parked_events (pipeline, event_id, name, ts, key_kind, user_key, email, properties, backfill, parked_at, run_id)
@@ -231,21 +232,19 @@ fn write_events_tx(tx: &Transaction, b: &EventBatch) -> Result<EventOutcome, Err
         IdentityRule::Email => "email",
     };
     for r in &b.rows {
-        let cache_key = (r.user_key.clone(), r.email.clone());
-        let person = match people.get(&cache_key) {
-            Some(p) => *p,
+        let person = match people.get(&r.user_key) {
+            Some(p) => Some(*p),
             None => {
                 let p = resolve_person(tx, b.rule, &r.user_key, r.email.as_deref(), now, &mut out.people_created)?;
-                people.insert(cache_key, p);
+                if let Some(id) = p {
+                    people.insert(r.user_key.clone(), id);
+                }
                 p
             }
         };
         let new = match person {
             Some(pid) => {
                 let n = insert.execute(params![b.pipeline, r.event_id, r.name, r.ts, pid, r.properties, b.backfill, now, b.run_id])?;
-                if n == 1 && any_parked {
-                    unpark.execute(params![b.pipeline, r.event_id])?;
-                }
                 out.inserted += n as u64;
                 n == 1
             }
@@ -276,6 +275,16 @@ fn write_events_tx(tx: &Transaction, b: &EventBatch) -> Result<EventOutcome, Err
         } else if r.late {
             out.late += 1;
         }
+    }
+    // An event parked earlier (unknown person) that is now stored (a later row
+    // with the same id matched): it leaves the parked set. One pass over the
+    // parked rows, which the retention keeps small, instead of a probe per row.
+    if out.inserted > 0 && (any_parked || out.parked > 0) {
+        tx.prepare_cached(
+            "DELETE FROM parked_events WHERE pipeline = ?1
+               AND EXISTS (SELECT 1 FROM events e WHERE e.pipeline = ?1 AND e.event_id = parked_events.event_id)",
+        )?
+        .execute([&b.pipeline])?;
     }
     out.quarantined = write_quarantine(tx, &b.pipeline, &b.run_id, &b.quarantine)?;
     write_checkpoints(tx, &b.pipeline, &b.checkpoints)?;
@@ -803,6 +812,21 @@ mod tests {
         assert_eq!(s.rematch_parked().await.unwrap().get("p"), Some(&1));
         let t = s.totals().await.unwrap();
         assert_eq!((t.events, t.parked, t.people), (3, 0, 3));
+    }
+
+    #[tokio::test]
+    async fn a_parked_event_whose_id_later_matches_is_stored_once() {
+        let s = SqliteStore::open(":memory:").unwrap();
+        // The same id twice in one batch: first for nobody known, then with an email that creates the person.
+        let o = s.write_events(batch(vec![ev("e9", "u9", None), ev("e9", "u9", Some("n@x.com"))], IdentityRule::ExternalId)).await.unwrap();
+        assert_eq!((o.parked, o.inserted), (1, 1));
+        let t = s.totals().await.unwrap();
+        assert_eq!((t.events, t.parked), (1, 0), "stored once, no longer parked");
+        // Across batches too.
+        s.write_events(batch(vec![ev("e10", "u10", None)], IdentityRule::ExternalId)).await.unwrap();
+        s.write_events(batch(vec![ev("e10", "u9", None)], IdentityRule::ExternalId)).await.unwrap();
+        let t = s.totals().await.unwrap();
+        assert_eq!((t.events, t.parked), (2, 0));
     }
 
     #[tokio::test]
