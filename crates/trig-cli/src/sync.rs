@@ -154,14 +154,8 @@ fn progress_bar(pipeline: &str) -> trig_sync::ProgressFn {
             .map(|w| format!(" · window {} → {}", &trig_store::sqlite::rfc3339(w.from)[..16], &trig_store::sqlite::rfc3339(w.to)[..16]))
             .unwrap_or_default();
         let mut err = std::io::stderr().lock();
-        let _ = write!(
-            err,
-            "\r\x1b[2K{name}: {} rows · {} rows/s{window} · {}/{}",
-            human(p.rows_read),
-            human(rate as u64),
-            p.windows_done,
-            p.windows_total
-        );
+        let _ =
+            write!(err, "\r\x1b[2K{name}: {} rows · {} rows/s{window} · {:.0}%", human(p.rows_read), human(rate as u64), p.covered * 100.0);
         let _ = err.flush();
     })
 }

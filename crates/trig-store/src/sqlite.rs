@@ -19,6 +19,9 @@ use crate::{
 };
 
 const SCHEMA_VERSION: i64 = 1;
+
+/// SQLite's page cache, in KiB: bounded, whatever the size of the database.
+pub const PAGE_CACHE_KIB: i64 = 8 * 1024;
 const SCHEMA: &str = include_str!("schema.sql");
 
 /// What a failpoint does when it fires.
@@ -76,7 +79,7 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
-        conn.pragma_update(None, "cache_size", -65536).map_err(open_err)?;
+        conn.pragma_update(None, "cache_size", -PAGE_CACHE_KIB).map_err(open_err)?;
         migrate(&mut conn, path)?;
         let failpoint = std::env::var("TRIG_FAILPOINT").ok().and_then(|v| {
             let n = v.strip_prefix("events_before_commit:")?.parse().ok()?;

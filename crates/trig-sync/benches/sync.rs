@@ -31,7 +31,10 @@ use trig_config::Config;
 use trig_store::SqliteStore;
 use trig_sync::{Engine, EngineOptions, Trigger};
 
-const WRITE_BATCH: usize = 50_000;
+/// Rows per transaction, for the sync and the ceiling alike (BENCH_WRITE_BATCH changes it).
+fn write_batch() -> usize {
+    std::env::var("BENCH_WRITE_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(EngineOptions::default().write_batch_rows)
+}
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
@@ -43,7 +46,7 @@ fn main() {
     let sizes: Vec<u64> =
         std::env::var("BENCH_SIZES").unwrap_or_else(|_| "100000,1000000".into()).split(',').filter_map(|s| s.trim().parse().ok()).collect();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    println!("sync of the events pipeline's first run (a backfill) into SQLite; {cores} cores; write batches of {WRITE_BATCH} rows");
+    println!("sync of the events pipeline's first run (a backfill) into SQLite; {cores} cores; write batches of {} rows", write_batch());
     let mut results = Vec::new();
     for n in sizes {
         let mut emu = child("serve", n, None);
@@ -158,7 +161,14 @@ properties = ["plan", "platform", "properties"]
     let config = Config::load(&dir.join("trig.toml")).expect("config");
     let db = dir.join("trig.db");
     let store = Arc::new(SqliteStore::open(db.to_str().unwrap()).unwrap());
-    let engine = Engine::new(config, store.clone(), EngineOptions { write_batch_rows: WRITE_BATCH, ..Default::default() });
+    let mut options = EngineOptions { write_batch_rows: write_batch(), ..Default::default() };
+    if let Some(n) = std::env::var("BENCH_CHUNKS").ok().and_then(|v| v.parse().ok()) {
+        options.query.max_concurrent_chunks = n;
+    }
+    if let Some(d) = std::env::var("BENCH_WINDOW_HOURS").ok().and_then(|v| v.parse::<u64>().ok()) {
+        options.max_window = std::time::Duration::from_secs(d * 3600);
+    }
+    let engine = Engine::new(config, store.clone(), options);
     let cancel = CancellationToken::new();
     let people = engine.run("people", Trigger::Schedule, &cancel).await.unwrap();
     assert!(people.error.is_none());
@@ -194,7 +204,7 @@ fn ceiling(synced: &std::path::Path, fresh: &std::path::Path) -> (u64, f64) {
     let mut c = rusqlite::Connection::open(fresh).unwrap();
     c.pragma_update(None, "synchronous", "NORMAL").unwrap();
     c.pragma_update(None, "foreign_keys", "ON").unwrap();
-    c.pragma_update(None, "cache_size", -65536).unwrap();
+    c.pragma_update(None, "cache_size", -trig_store::sqlite::PAGE_CACHE_KIB).unwrap();
     c.execute("ATTACH DATABASE ?1 AS src", [synced.to_str().unwrap()]).unwrap();
     c.execute("INSERT INTO people SELECT * FROM src.people", []).unwrap();
     type Row = (String, String, String, i64, i64, String, bool, i64, String);
@@ -211,7 +221,7 @@ fn ceiling(synced: &std::path::Path, fresh: &std::path::Path) -> (u64, f64) {
     };
     c.execute("DETACH DATABASE src", []).unwrap();
     let t = Instant::now();
-    for chunk in rows.chunks(WRITE_BATCH) {
+    for chunk in rows.chunks(write_batch()) {
         let tx = c.transaction().unwrap();
         {
             let mut s = tx

@@ -183,16 +183,14 @@ pub(crate) async fn run(ctx: &Ctx<'_>, spec: &AttributesSpec, trigger: Trigger, 
         AttributeKind::Organisations => Entity::Organisations,
     };
     let sink = RecordsSink { ctx, mapper: Mapper { spec, layout: &layout, zone: utc() }, entity };
-    let stream = ctx.query(&q, None).await?;
     let checkpoints =
         if matches!(trigger, Trigger::Replay { .. }) { Vec::new() } else { vec![Checkpoint { slot: Slot::Live, value: Some(live) }] };
-    pump::pump(ctx, &sink, stream, run, checkpoints, |rows| ctx.progress(rows, None, 0, 1)).await?;
+    pump::pump(ctx, &sink, &mut pump::Once(Some(pump::Step { query: q, checkpoints, window: None })), run).await?;
     if entity == Entity::People {
         // People appeared: events parked for them can land now.
         let rematched = ctx.store.rematch_parked().await?;
         run.counts.rematched += rematched.values().sum::<u64>();
     }
-    ctx.progress(run.counts.rows_read, None, 1, 1);
     Ok(())
 }
 

@@ -5,10 +5,10 @@ use serde_json::{Map, Value};
 use trig_config::{EventsSpec, UserIdKind};
 use trig_store::{Checkpoint, EventBatch, EventRow, IdentityRule, Micros, Quarantined, RunCounts, Slot, SyncRun};
 
-use crate::pump::{self, Sink};
+use crate::pump::{self, Plan, Sink, Step};
 use crate::query::{self, Query, Select};
 use crate::values::{instant_at, json_at, normalise_email, text_at};
-use crate::window::{Window, incremental_start, split, upper_bound};
+use crate::window::{self, Window, incremental_start, upper_bound};
 use crate::{Ctx, DryRun, Error, Trigger, micros, now_micros};
 
 /// Where each mapped column is in the projection.
@@ -38,18 +38,61 @@ impl Layout {
     }
 }
 
-type CheckpointsFn = Box<dyn Fn(usize, &Window) -> Vec<Checkpoint> + Send + Sync>;
+type CheckpointsFn = Box<dyn Fn(bool, &Window) -> Vec<Checkpoint> + Send + Sync>;
 
-/// One window's plan: what to read and which cursors its last batch moves.
-struct Plan {
-    windows: Vec<Window>,
+/// What a run reads: the range `(start, end]` of the cursor, and which
+/// cursors each window's last transaction moves.
+struct Range {
+    /// `None`: the source is empty; nothing to read.
+    start: Option<Micros>,
+    end: Micros,
     backfill: bool,
     /// Also read NULL-cursor rows in the first window (so they are quarantined, not invisible).
     include_null_first: bool,
-    /// The checkpoints to commit with each window's last batch.
+    /// The checkpoints a window commits with its last rows; `true` for the range's last window.
     checkpoints: CheckpointsFn,
     /// When there is nothing to read, the checkpoints to commit anyway.
     empty: Vec<Checkpoint>,
+}
+
+/// The range cut into windows as the run goes, each sized from the density
+/// of the one before to hold about `window_rows` rows.
+struct Windows<'a> {
+    range: Range,
+    from: Micros,
+    len: Micros,
+    target: u64,
+    max: Micros,
+    first: bool,
+    query: Box<dyn Fn(Window, bool) -> Query + Send + 'a>,
+}
+
+/// The shortest window: finer than this is not worth a statement.
+const MIN_WINDOW: Micros = 60_000_000;
+
+impl Plan for Windows<'_> {
+    fn next(&mut self, last_rows: Option<u64>) -> Option<Step> {
+        if let Some(rows) = last_rows {
+            self.len = window::next_len(self.len, rows, self.target, MIN_WINDOW, self.max);
+        }
+        if self.from >= self.range.end {
+            return None;
+        }
+        let w = Window { from: self.from, to: self.from.saturating_add(self.len).min(self.range.end) };
+        self.from = w.to;
+        let include_null = std::mem::take(&mut self.first) && self.range.include_null_first;
+        Some(Step {
+            query: (self.query)(w, include_null),
+            checkpoints: (self.range.checkpoints)(w.to == self.range.end, &w),
+            window: Some(w),
+        })
+    }
+    fn covered(&self) -> f64 {
+        match self.range.start {
+            Some(s) if self.range.end > s => (self.from - s) as f64 / (self.range.end - s) as f64,
+            _ => 1.0,
+        }
+    }
 }
 
 async fn source_start(ctx: &Ctx<'_>, spec: &EventsSpec) -> Result<Option<Micros>, Error> {
@@ -74,59 +117,51 @@ async fn source_start(ctx: &Ctx<'_>, spec: &EventsSpec) -> Result<Option<Micros>
     }
 }
 
-async fn plan(ctx: &Ctx<'_>, spec: &EventsSpec, trigger: Trigger, prev: Option<Micros>) -> Result<Plan, Error> {
+async fn range(ctx: &Ctx<'_>, spec: &EventsSpec, trigger: Trigger, prev: Option<Micros>) -> Result<Range, Error> {
     let now = now_micros();
     let upper = upper_bound(now, micros(ctx.options.settle));
-    let max = micros(ctx.options.max_window);
-    let store = ctx.store;
     Ok(match (trigger, prev) {
-        (Trigger::Schedule | Trigger::Manual, Some(cursor)) => {
-            let start = incremental_start(cursor, micros(spec.lookback));
-            let live = move |_: usize, w: &Window| vec![Checkpoint { slot: Slot::Live, value: Some(w.to.max(cursor)) }];
-            Plan {
-                windows: split(start, upper, max),
-                backfill: false,
-                include_null_first: false,
-                checkpoints: Box::new(live),
-                empty: vec![Checkpoint { slot: Slot::Live, value: Some(upper.max(cursor)) }],
-            }
-        }
-        (Trigger::Schedule | Trigger::Manual, None) => {
-            // The first sync is a backfill, checkpointed window by window.
-            let start = source_start(ctx, spec).await?;
-            Plan {
-                windows: start.map(|s| split(s, upper, max)).unwrap_or_default(),
-                backfill: true,
-                include_null_first: true,
-                checkpoints: Box::new(|_, w: &Window| vec![Checkpoint { slot: Slot::Live, value: Some(w.to) }]),
-                empty: vec![Checkpoint { slot: Slot::Live, value: Some(upper) }],
-            }
-        }
+        (Trigger::Schedule | Trigger::Manual, Some(cursor)) => Range {
+            start: Some(incremental_start(cursor, micros(spec.lookback))),
+            end: upper,
+            backfill: false,
+            include_null_first: false,
+            checkpoints: Box::new(move |_, w: &Window| vec![Checkpoint { slot: Slot::Live, value: Some(w.to.max(cursor)) }]),
+            empty: vec![Checkpoint { slot: Slot::Live, value: Some(upper.max(cursor)) }],
+        },
+        // The first sync is a backfill, checkpointed window by window.
+        (Trigger::Schedule | Trigger::Manual, None) => Range {
+            start: source_start(ctx, spec).await?,
+            end: upper,
+            backfill: true,
+            include_null_first: true,
+            checkpoints: Box::new(|_, w: &Window| vec![Checkpoint { slot: Slot::Live, value: Some(w.to) }]),
+            empty: vec![Checkpoint { slot: Slot::Live, value: Some(upper) }],
+        },
         (Trigger::FullRefresh, _) => {
-            let resume = store.cursor(&ctx.pipeline.name, Slot::FullRefresh).await?;
+            // A full refresh keeps its own checkpoint, so a crash resumes it.
+            let resume = ctx.store.cursor(&ctx.pipeline.name, Slot::FullRefresh).await?;
             let start = match resume {
                 Some(r) => Some(r),
                 None => source_start(ctx, spec).await?,
             };
-            let windows = start.map(|s| split(s, upper, max)).unwrap_or_default();
-            let last = windows.len().saturating_sub(1);
             let live = prev.map_or(upper, |p| p.max(upper));
-            Plan {
-                windows,
+            let done = vec![Checkpoint { slot: Slot::FullRefresh, value: None }, Checkpoint { slot: Slot::Live, value: Some(live) }];
+            let finished = done.clone();
+            Range {
+                start,
+                end: upper,
                 backfill: true,
                 include_null_first: resume.is_none(),
-                checkpoints: Box::new(move |i, w: &Window| {
-                    if i == last {
-                        vec![Checkpoint { slot: Slot::FullRefresh, value: None }, Checkpoint { slot: Slot::Live, value: Some(live) }]
-                    } else {
-                        vec![Checkpoint { slot: Slot::FullRefresh, value: Some(w.to) }]
-                    }
+                checkpoints: Box::new(move |last, w: &Window| {
+                    if last { finished.clone() } else { vec![Checkpoint { slot: Slot::FullRefresh, value: Some(w.to) }] }
                 }),
-                empty: vec![Checkpoint { slot: Slot::FullRefresh, value: None }, Checkpoint { slot: Slot::Live, value: Some(live) }],
+                empty: done,
             }
         }
-        (Trigger::Replay { from, to }, _) => Plan {
-            windows: split(from, to.min(upper), max),
+        (Trigger::Replay { from, to }, _) => Range {
+            start: Some(from),
+            end: to.min(upper),
             backfill: true,
             include_null_first: false,
             checkpoints: Box::new(|_, _| Vec::new()),
@@ -235,9 +270,9 @@ fn wanted(spec: &EventsSpec) -> Vec<(String, String)> {
     w
 }
 
-fn select<'a>(ctx: &'a Ctx<'_>, spec: &'a EventsSpec, layout: &'a Layout, w: Window, include_null: bool) -> Query {
+fn select(table: &databricks::TableName, spec: &EventsSpec, layout: &Layout, w: Window, include_null: bool) -> Query {
     query::build(&Select {
-        table: &ctx.table,
+        table,
         columns: &layout.columns,
         filter: spec.filter.as_deref(),
         window: Some((spec.cursor_column(), w)),
@@ -282,39 +317,53 @@ pub(crate) async fn run(ctx: &Ctx<'_>, spec: &EventsSpec, trigger: Trigger, run:
 
     ctx.preflight(&wanted(spec)).await?;
     let prev = ctx.store.cursor(name, Slot::Live).await?;
-    let plan = plan(ctx, spec, trigger, prev).await?;
+    let range = range(ctx, spec, trigger, prev).await?;
     let layout = Layout::new(spec);
-    run.window_from = plan.windows.first().map(|w| w.from);
-    run.window_to = plan.windows.last().map(|w| w.to);
-    let tolerance = micros(ctx.options.future_tolerance);
-    let sink =
-        |now| EventsSink { ctx, mapper: Mapper { spec, layout: &layout, now, tolerance, prev }, rule: rule(spec), backfill: plan.backfill };
-    if plan.windows.is_empty() {
-        let c = sink(now).write(Vec::new(), Vec::new(), plan.empty.clone()).await?;
+    let sink = EventsSink {
+        ctx,
+        mapper: Mapper { spec, layout: &layout, now, tolerance: micros(ctx.options.future_tolerance), prev },
+        rule: rule(spec),
+        backfill: range.backfill,
+    };
+    let Some(start) = range.start.filter(|s| *s < range.end) else {
+        let c = sink.write(Vec::new(), Vec::new(), range.empty).await?;
         pump::add(&mut run.counts, &c);
         return Ok(());
+    };
+    run.window_from = Some(start);
+    run.window_to = Some(range.end);
+    let mut windows = windows(ctx, spec, &layout, range, start);
+    pump::pump(ctx, &sink, &mut windows, run).await
+}
+
+fn windows<'a>(ctx: &'a Ctx<'_>, spec: &'a EventsSpec, layout: &'a Layout, range: Range, start: Micros) -> Windows<'a> {
+    let max = micros(ctx.options.max_window).max(MIN_WINDOW);
+    Windows {
+        range,
+        from: start,
+        // A day to begin with; later windows follow the data's density.
+        len: (24 * 3600 * 1_000_000).min(max),
+        target: ctx.options.window_rows,
+        max,
+        first: true,
+        query: Box::new(move |w, include_null| select(&ctx.table, spec, layout, w, include_null)),
     }
-    let total = plan.windows.len();
-    for (wi, w) in plan.windows.iter().enumerate() {
-        let q = select(ctx, spec, &layout, *w, wi == 0 && plan.include_null_first);
-        let stream = ctx.query(&q, None).await?;
-        let checkpoints = (plan.checkpoints)(wi, w);
-        pump::pump(ctx, &sink(now_micros()), stream, run, checkpoints, |rows| ctx.progress(rows, Some(*w), wi, total)).await?;
-        ctx.progress(run.counts.rows_read, Some(*w), wi + 1, total);
-    }
-    Ok(())
 }
 
 pub(crate) async fn dry_run(ctx: &Ctx<'_>, spec: &EventsSpec, trigger: Trigger, limit: u64) -> Result<DryRun, Error> {
     ctx.preflight(&wanted(spec)).await?;
     let prev = ctx.store.cursor(&ctx.pipeline.name, Slot::Live).await?;
-    let plan = plan(ctx, spec, trigger, prev).await?;
+    let range = range(ctx, spec, trigger, prev).await?;
     let layout = Layout::new(spec);
-    let Some(w) = plan.windows.first() else {
-        let q = select(ctx, spec, &layout, Window { from: now_micros(), to: now_micros() }, false);
+    let backfill = range.backfill;
+    let Some(start) = range.start.filter(|s| *s < range.end) else {
+        let q = select(&ctx.table, spec, &layout, Window { from: range.end, to: range.end }, false);
         return Ok(DryRun { sql: q.sql, parameters: q.parameters, rows: Vec::new() });
     };
-    let q = select(ctx, spec, &layout, *w, plan.include_null_first);
+    // The first statement of the plan a real run follows.
+    let Some(Step { query: q, .. }) = windows(ctx, spec, &layout, range, start).next(None) else {
+        return Ok(DryRun { sql: String::new(), parameters: Vec::new(), rows: Vec::new() });
+    };
     let stream = ctx.query(&q, Some(limit)).await?;
     let batches = stream.collect_batches().await?;
     let mapper = Mapper { spec, layout: &layout, now: now_micros(), tolerance: micros(ctx.options.future_tolerance), prev };
@@ -330,7 +379,7 @@ pub(crate) async fn dry_run(ctx: &Ctx<'_>, spec: &EventsSpec, trigger: Trigger, 
                     "email": r.email,
                     "properties": serde_json::from_str::<Value>(&r.properties).unwrap_or(Value::Null),
                     "late": r.late,
-                    "backfill": plan.backfill,
+                    "backfill": backfill,
                 }),
                 Err((_, reason)) => serde_json::json!({
                     "quarantined": reason,

@@ -69,8 +69,8 @@ pub struct Progress {
     pub rows_read: u64,
     pub elapsed: Duration,
     pub window: Option<Window>,
-    pub windows_done: usize,
-    pub windows_total: usize,
+    /// How much of the run's range is read, 0 to 1.
+    pub covered: f64,
 }
 
 pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
@@ -85,8 +85,13 @@ pub struct EngineOptions {
     pub future_tolerance: Duration,
     /// How long an unmatched event waits for its person before it is dropped (and counted).
     pub parked_retention: Duration,
-    /// The longest window one statement reads; a backfill is cut into these and checkpointed after each.
+    /// The longest window one statement reads. A backfill is cut into windows
+    /// sized to hold about `window_rows` rows each (from the density of the
+    /// previous one), each checkpointed when its rows commit.
     pub max_window: Duration,
+    /// The rows one statement should return: bounds a statement's memory and
+    /// the work a crash can lose.
+    pub window_rows: u64,
     /// Rows per store transaction (mapped rows are gathered up to about this many).
     pub write_batch_rows: usize,
     pub client: ClientOptions,
@@ -103,6 +108,7 @@ impl Default for EngineOptions {
             future_tolerance: Duration::from_secs(3600),
             parked_retention: Duration::from_secs(7 * 86_400),
             max_window: Duration::from_secs(7 * 86_400),
+            window_rows: 50_000,
             write_batch_rows: 50_000,
             client: ClientOptions::default(),
             query: QueryOptions::default(),
@@ -155,16 +161,9 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    pub fn progress(&self, rows_read: u64, window: Option<Window>, windows_done: usize, windows_total: usize) {
+    pub fn progress(&self, rows_read: u64, window: Option<Window>, covered: f64) {
         if let Some(p) = &self.options.progress {
-            p(&Progress {
-                pipeline: self.pipeline.name.clone(),
-                rows_read,
-                elapsed: self.started.elapsed(),
-                window,
-                windows_done,
-                windows_total,
-            });
+            p(&Progress { pipeline: self.pipeline.name.clone(), rows_read, elapsed: self.started.elapsed(), window, covered });
         }
     }
 

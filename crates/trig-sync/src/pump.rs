@@ -1,14 +1,16 @@
-//! Moves one statement's result into the store: record batches are mapped
-//! while the previous transaction is being written, rows are gathered into
-//! transactions of about `write_batch_rows`, and the last transaction of the
-//! result carries the checkpoints (the cursor moves with the rows it covers).
-//! Memory holds at most two transactions of mapped rows, whatever the result's size.
+//! Moves a run's statements into the store: record batches are mapped
+//! while earlier transactions are being written, rows are gathered into
+//! transactions of about `write_batch_rows`, and the last transaction of
+//! each statement carries its checkpoints (the cursor moves with the rows it
+//! covers). Memory holds at most three transactions of mapped rows plus the
+//! client's chunks in flight, whatever the size of the source.
 
 use arrow_array::RecordBatch;
-use databricks::ResultStream;
 use futures::StreamExt;
 use trig_store::{Checkpoint, Quarantined, RunCounts, SyncRun};
 
+use crate::query::Query;
+use crate::window::Window;
 use crate::{Ctx, Error};
 
 /// What a pipeline does with rows: map them, and write one transaction.
@@ -35,52 +37,115 @@ pub(crate) fn add(total: &mut RunCounts, c: &RunCounts) {
     total.quarantined += c.quarantined;
 }
 
-/// Reads `stream` to its end into the store through `sink`.
-pub(crate) async fn pump<S: Sink + Sync>(
-    ctx: &Ctx<'_>,
-    sink: &S,
-    mut stream: ResultStream,
-    run: &mut SyncRun,
-    checkpoints: Vec<Checkpoint>,
-    progress: impl Fn(u64),
-) -> Result<(), Error> {
+/// One store transaction's worth.
+type Txn<R> = (Vec<R>, Vec<Quarantined>, Vec<Checkpoint>);
+
+/// One statement to read, and the checkpoints its last transaction commits.
+pub(crate) struct Step {
+    pub query: Query,
+    pub checkpoints: Vec<Checkpoint>,
+    pub window: Option<Window>,
+}
+
+/// The statements of a run, decided one at a time (so a window can be sized
+/// by how many rows the previous one held).
+pub(crate) trait Plan: Send {
+    fn next(&mut self, last_rows: Option<u64>) -> Option<Step>;
+    /// How much of the run's range is read, 0 to 1.
+    fn covered(&self) -> f64;
+}
+
+/// A plan of exactly one statement.
+pub(crate) struct Once(pub Option<Step>);
+
+impl Plan for Once {
+    fn next(&mut self, _: Option<u64>) -> Option<Step> {
+        self.0.take()
+    }
+    fn covered(&self) -> f64 {
+        if self.0.is_some() { 0.0 } else { 1.0 }
+    }
+}
+
+/// Reads every statement of `plan` into the store through `sink`.
+///
+/// Two futures run side by side: the reader runs the statements one after
+/// another, maps their batches and hands full transactions over a channel
+/// of one; the writer commits them in order (on the store's blocking
+/// thread). Mapping and the next statement never wait for a commit unless
+/// a whole transaction is already queued, and at most three transactions
+/// of rows exist at once (being written, queued, being built). Each
+/// statement ends with a transaction that carries its checkpoints.
+pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut impl Plan, run: &mut SyncRun) -> Result<(), Error> {
     let target = ctx.options.write_batch_rows.max(1);
-    run.statement_ids.push(stream.statement_id().to_string());
-    run.counts.bytes += stream.manifest().total_byte_count.unwrap_or(0);
-    let mut ready: Option<(Vec<S::Row>, Vec<Quarantined>)> = None;
-    let mut rows: Vec<S::Row> = Vec::new();
-    let mut bad: Vec<Quarantined> = Vec::new();
-    loop {
-        let next = tokio::select! {
-            b = stream.next() => b,
-            _ = ctx.cancel.cancelled() => return Err(Error::Cancelled),
-        };
-        let Some(batch) = next else { break };
-        let batch = batch?;
-        run.counts.rows_read += batch.num_rows() as u64;
-        let write = async {
-            match ready.take() {
-                Some((r, q)) => sink.write(r, q, Vec::new()).await.map(Some),
-                None => Ok(None),
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Txn<S::Row>>(1);
+    let already_read = run.counts.rows_read;
+    let mut read_into = Reading { rows_read: already_read, statement_ids: Vec::new(), bytes: 0 };
+    let reading = &mut read_into;
+    // The reader owns the sender: when it finishes, the writer sees the end.
+    let reader = async move {
+        let mut last_rows = None;
+        while let Some(step) = plan.next(last_rows) {
+            let mut stream = ctx.query(&step.query, None).await?;
+            reading.statement_ids.push(stream.statement_id().to_string());
+            reading.bytes += stream.manifest().total_byte_count.unwrap_or(0);
+            let mut rows: Vec<S::Row> = Vec::with_capacity(target.min(stream.total_rows() as usize));
+            let mut bad: Vec<Quarantined> = Vec::new();
+            let mut in_step = 0u64;
+            loop {
+                let next = tokio::select! {
+                    b = stream.next() => b,
+                    _ = ctx.cancel.cancelled() => return Err(Error::Cancelled),
+                };
+                let Some(batch) = next else { break };
+                let batch = batch?;
+                in_step += batch.num_rows() as u64;
+                reading.rows_read += batch.num_rows() as u64;
+                let (mapped, quarantined) = sink.map(&batch);
+                drop(batch);
+                rows.extend(mapped);
+                bad.extend(quarantined);
+                if rows.len() + bad.len() >= target {
+                    let full = (std::mem::replace(&mut rows, Vec::with_capacity(target)), std::mem::take(&mut bad), Vec::new());
+                    // A closed channel means the writer failed; it reports why.
+                    if tx.send(full).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                ctx.progress(reading.rows_read, step.window, plan.covered());
             }
-        };
-        let (written, (mapped, quarantined)) = tokio::join!(write, async { sink.map(&batch) });
-        if let Some(c) = written? {
-            add(&mut run.counts, &c);
+            // The statement's last rows and the cursor that covers them: one transaction.
+            if tx.send((rows, bad, step.checkpoints)).await.is_err() {
+                return Ok(());
+            }
+            ctx.progress(reading.rows_read, step.window, plan.covered());
+            last_rows = Some(in_step);
         }
-        rows.extend(mapped);
-        bad.extend(quarantined);
-        if rows.len() + bad.len() >= target {
-            ready = Some((std::mem::take(&mut rows), std::mem::take(&mut bad)));
+        Ok(())
+    };
+    // The writer owns the receiver: when it fails, the reader's sends fail.
+    let writer = async move {
+        let mut counts = RunCounts::default();
+        while let Some((rows, bad, checkpoints)) = rx.recv().await {
+            match sink.write(rows, bad, checkpoints).await {
+                Ok(c) => add(&mut counts, &c),
+                Err(e) => return (counts, Err(e)),
+            }
         }
-        progress(run.counts.rows_read);
-    }
-    if let Some((r, q)) = ready.take() {
-        let c = sink.write(r, q, Vec::new()).await?;
-        add(&mut run.counts, &c);
-    }
-    // The last rows and the cursor that covers them: one transaction.
-    let c = sink.write(rows, bad, checkpoints).await?;
-    add(&mut run.counts, &c);
-    Ok(())
+        (counts, Ok(()))
+    };
+    let (read, (written, wrote)) = tokio::join!(reader, writer);
+    // What was read and what committed are counted, even when the run then fails.
+    run.counts.rows_read = read_into.rows_read;
+    run.counts.bytes += read_into.bytes;
+    run.statement_ids.extend(read_into.statement_ids);
+    add(&mut run.counts, &written);
+    wrote?;
+    read
+}
+
+struct Reading {
+    rows_read: u64,
+    statement_ids: Vec<String>,
+    bytes: u64,
 }

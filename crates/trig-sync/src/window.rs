@@ -34,6 +34,16 @@ pub fn split(from: Micros, to: Micros, max_len: Micros) -> Vec<Window> {
     out
 }
 
+/// The next window's length: sized so it holds about `target` rows at the
+/// density the last one had (`rows` in `len`), growing at most 8× at a time,
+/// within `[min, max]`.
+pub fn next_len(len: Micros, rows: u64, target: u64, min: Micros, max: Micros) -> Micros {
+    let (min, max) = (min.max(1), max.max(min.max(1)));
+    let len = len.clamp(min, max);
+    let wanted = if rows == 0 { len.saturating_mul(8) } else { (len as i128 * target.max(1) as i128 / rows as i128) as i64 };
+    wanted.min(len.saturating_mul(8)).clamp(min, max)
+}
+
 /// Where an incremental read starts: `cursor − lookback`, never before the epoch floor.
 pub fn incremental_start(cursor: Micros, lookback: Micros) -> Micros {
     cursor.saturating_sub(lookback.max(0))
@@ -79,6 +89,19 @@ mod tests {
             let start = incremental_start(cursor, lookback);
             let row = cursor - age;
             prop_assert_eq!(row > start, age < lookback);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn window_lengths_adapt_within_bounds(len in 1i64..1_000_000_000_000, rows in 0u64..10_000_000, target in 1u64..1_000_000, min in 1i64..1_000_000, span in 0i64..1_000_000_000_000) {
+            let max = min + span;
+            let next = next_len(len, rows, target, min, max);
+            prop_assert!(next >= min && next <= max);
+            let len = len.clamp(min, max);
+            if rows > target { prop_assert!(next <= len, "too many rows: never longer"); }
+            if rows < target { prop_assert!(next >= len, "too few rows: never shorter"); }
+            prop_assert!(next <= len.saturating_mul(8).max(min));
         }
     }
 

@@ -618,3 +618,16 @@ async fn a_cancelled_run_is_recorded_and_the_next_one_completes() {
     env.ok("events", Trigger::Schedule).await;
     env.assert_exactly_once("events").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_windows_follow_the_data_density() {
+    let env = Env::start(4000, &format!("{PEOPLE}{EVENTS}")).await;
+    env.ok("people", Trigger::Schedule).await;
+    // About 130 rows a day: windows of ~400 rows are about three days long.
+    let options = EngineOptions { window_rows: 400, write_batch_rows: 100, ..Default::default() };
+    let f = env.run_with(options, "events", Trigger::Schedule).await;
+    assert!(f.error.is_none(), "{:?}", f.error);
+    let statements = f.run.statement_ids.len();
+    assert!((7..=20).contains(&statements), "{statements} statements for ~4000 rows in windows of ~400");
+    env.assert_exactly_once("events").await;
+}
