@@ -1,7 +1,7 @@
 //! The embedded store: one SQLite file, created and migrated on first use.
 //!
-//! One connection behind a mutex; every call runs on the blocking pool and
-//! is one transaction (WAL, `synchronous = NORMAL`: a killed process loses
+//! One connection owned by one thread that runs the calls in turn; every
+//! call is one transaction (WAL, `synchronous = NORMAL`: a killed process loses
 //! nothing that committed).
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,7 +21,7 @@ use crate::{
 const SCHEMA_VERSION: i64 = 1;
 
 /// SQLite's page cache, in KiB: bounded, whatever the size of the database.
-pub const PAGE_CACHE_KIB: i64 = 8 * 1024;
+pub const PAGE_CACHE_KIB: i64 = 16 * 1024;
 const SCHEMA: &str = include_str!("schema.sql");
 
 /// What a failpoint does when it fires.
@@ -42,10 +42,13 @@ struct Failpoint {
     action: FailAction,
 }
 
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
 /// The SQLite store.
 #[derive(Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    /// Jobs for the thread that owns the connection.
+    jobs: std::sync::mpsc::Sender<Job>,
     path: String,
     failpoint: Arc<Mutex<Option<(Failpoint, u64)>>>,
 }
@@ -85,7 +88,19 @@ impl SqliteStore {
             let n = v.strip_prefix("events_before_commit:")?.parse().ok()?;
             Some((Failpoint { nth: n, action: FailAction::Abort }, 0))
         });
-        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), path: path.to_string(), failpoint: Arc::new(Mutex::new(failpoint)) })
+        // One thread owns the connection and runs every call in turn: SQLite
+        // sees one thread, and its memory stays in one allocator arena.
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("trig-store".into())
+            .spawn(move || {
+                while let Ok(job) = queue.recv() {
+                    // A panic is a bug; it fails that call (its answer is dropped), not the store.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn)));
+                }
+            })
+            .map_err(|e| Error::Open { path: path.to_string(), reason: format!("cannot start the store's thread: {e}") })?;
+        Ok(SqliteStore { jobs, path: path.to_string(), failpoint: Arc::new(Mutex::new(failpoint)) })
     }
 
     /// The database file.
@@ -99,13 +114,13 @@ impl SqliteStore {
     }
 
     async fn with<T: Send + 'static>(&self, f: impl FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut c)
-        })
-        .await
-        .map_err(|e| Error::Database(format!("store task failed: {e}")))?
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move |c: &mut Connection| {
+                let _ = answer.send(f(c));
+            }))
+            .map_err(|_| Error::Database("the store's thread has stopped".into()))?;
+        answered.await.map_err(|_| Error::Database("a store call failed unexpectedly (a bug); see the log".into()))?
     }
 
     fn fire_failpoint(&self) -> Option<FailAction> {

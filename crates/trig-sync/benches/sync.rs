@@ -165,6 +165,9 @@ properties = ["plan", "platform", "properties"]
     if let Some(n) = std::env::var("BENCH_CHUNKS").ok().and_then(|v| v.parse().ok()) {
         options.query.max_concurrent_chunks = n;
     }
+    if let Some(n) = std::env::var("BENCH_WINDOW_ROWS").ok().and_then(|v| v.parse().ok()) {
+        options.window_rows = n;
+    }
     if let Some(d) = std::env::var("BENCH_WINDOW_HOURS").ok().and_then(|v| v.parse::<u64>().ok()) {
         options.max_window = std::time::Duration::from_secs(d * 3600);
     }

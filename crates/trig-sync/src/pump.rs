@@ -2,7 +2,7 @@
 //! while earlier transactions are being written, rows are gathered into
 //! transactions of about `write_batch_rows`, and the last transaction of
 //! each statement carries its checkpoints (the cursor moves with the rows it
-//! covers). Memory holds at most three transactions of mapped rows plus the
+//! covers). Memory holds at most two transactions of mapped rows plus the
 //! client's chunks in flight, whatever the size of the source.
 
 use arrow_array::RecordBatch;
@@ -70,12 +70,12 @@ impl Plan for Once {
 /// Reads every statement of `plan` into the store through `sink`.
 ///
 /// Two futures run side by side: the reader runs the statements one after
-/// another, maps their batches and hands full transactions over a channel
-/// of one; the writer commits them in order (on the store's blocking
-/// thread). Mapping and the next statement never wait for a commit unless
-/// a whole transaction is already queued, and at most three transactions
-/// of rows exist at once (being written, queued, being built). Each
-/// statement ends with a transaction that carries its checkpoints.
+/// another, maps their batches and hands full transactions to the writer,
+/// which commits them in order (on the store's thread). The reader builds
+/// the next transaction while the writer commits the last, and waits only
+/// when it has a whole one ready before the writer is free: at most two
+/// transactions of rows exist at once. Each statement ends with a
+/// transaction that carries its checkpoints.
 pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut impl Plan, run: &mut SyncRun) -> Result<(), Error> {
     let target = ctx.options.write_batch_rows.max(1);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Txn<S::Row>>(1);
@@ -85,6 +85,9 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
     // The reader owns the sender: when it finishes, the writer sees the end.
     let reader = async move {
         let mut last_rows = None;
+        // A transaction is only built once the writer has taken the previous
+        // one (the channel's slot is free): at most two exist at once.
+        let Ok(mut slot) = tx.reserve().await else { return Ok(()) };
         while let Some(step) = plan.next(last_rows) {
             let mut stream = ctx.query(&step.query, None).await?;
             reading.statement_ids.push(stream.statement_id().to_string());
@@ -106,18 +109,17 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
                 rows.extend(mapped);
                 bad.extend(quarantined);
                 if rows.len() + bad.len() >= target {
-                    let full = (std::mem::replace(&mut rows, Vec::with_capacity(target)), std::mem::take(&mut bad), Vec::new());
+                    slot.send((std::mem::replace(&mut rows, Vec::with_capacity(target)), std::mem::take(&mut bad), Vec::new()));
                     // A closed channel means the writer failed; it reports why.
-                    if tx.send(full).await.is_err() {
-                        return Ok(());
-                    }
+                    let Ok(next) = tx.reserve().await else { return Ok(()) };
+                    slot = next;
                 }
                 ctx.progress(reading.rows_read, step.window, plan.covered());
             }
             // The statement's last rows and the cursor that covers them: one transaction.
-            if tx.send((rows, bad, step.checkpoints)).await.is_err() {
-                return Ok(());
-            }
+            slot.send((rows, bad, step.checkpoints));
+            let Ok(next) = tx.reserve().await else { return Ok(()) };
+            slot = next;
             ctx.progress(reading.rows_read, step.window, plan.covered());
             last_rows = Some(in_step);
         }
