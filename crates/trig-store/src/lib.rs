@@ -49,7 +49,7 @@ impl Slot {
 }
 
 /// How an events pipeline finds the person an event belongs to (trig-notes: identity rules).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IdentityRule {
     /// Match existing people by external id; an event with an email may
     /// match by email or create the person.

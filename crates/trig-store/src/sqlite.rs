@@ -42,7 +42,19 @@ struct Failpoint {
     action: FailAction,
 }
 
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+type Job = Box<dyn FnOnce(&mut Worker) + Send>;
+
+/// What the store's thread owns: the connection, and the people already
+/// resolved by identifier. People are never deleted and an external id never
+/// moves, so a hit stays right; emails can change, so a people write clears
+/// the email half. Entries are added only after their transaction commits.
+struct Worker {
+    conn: Connection,
+    people: HashMap<(IdentityRule, String), i64>,
+}
+
+/// The most identifiers the resolved-people cache holds before it starts over.
+const PEOPLE_CACHE_MAX: usize = 200_000;
 
 /// The SQLite store.
 #[derive(Clone)]
@@ -94,9 +106,10 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("trig-store".into())
             .spawn(move || {
+                let mut worker = Worker { conn, people: HashMap::new() };
                 while let Ok(job) = queue.recv() {
                     // A panic is a bug; it fails that call (its answer is dropped), not the store.
-                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn)));
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut worker)));
                 }
             })
             .map_err(|e| Error::Open { path: path.to_string(), reason: format!("cannot start the store's thread: {e}") })?;
@@ -114,10 +127,14 @@ impl SqliteStore {
     }
 
     async fn with<T: Send + 'static>(&self, f: impl FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+        self.with_worker(move |w| f(&mut w.conn)).await
+    }
+
+    async fn with_worker<T: Send + 'static>(&self, f: impl FnOnce(&mut Worker) -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
         let (answer, answered) = tokio::sync::oneshot::channel();
         self.jobs
-            .send(Box::new(move |c: &mut Connection| {
-                let _ = answer.send(f(c));
+            .send(Box::new(move |w: &mut Worker| {
+                let _ = answer.send(f(w));
             }))
             .map_err(|_| Error::Database("the store's thread has stopped".into()))?;
         answered.await.map_err(|_| Error::Database("a store call failed unexpectedly (a bug); see the log".into()))?
@@ -228,14 +245,21 @@ fn resolve_person(
     }
 }
 
-fn write_events_tx(tx: &Transaction, b: &EventBatch) -> Result<EventOutcome, Error> {
+fn write_events_tx(
+    tx: &Transaction,
+    b: &EventBatch,
+    known: &HashMap<(IdentityRule, String), i64>,
+    found: &mut Vec<(String, i64)>,
+) -> Result<EventOutcome, Error> {
     let now = now_micros();
     let mut out = EventOutcome::default();
     let any_parked: bool =
         tx.prepare_cached("SELECT EXISTS (SELECT 1 FROM parked_events WHERE pipeline = ?1)")?.query_row([&b.pipeline], |r| r.get(0))?;
-    // People found (or created) in this transaction, by identifier. Misses are
-    // not cached: a later row with the same identifier may carry an email.
-    let mut people: HashMap<String, i64> = HashMap::new();
+    // People found (or created) in this transaction, by identifier, on top of
+    // those known from committed ones. Misses are not remembered: a later row
+    // with the same identifier may carry an email.
+    let mut people: HashMap<&str, i64> = HashMap::new();
+    let mut key = (b.rule, String::new());
     let mut insert = tx.prepare_cached(
         "INSERT OR IGNORE INTO events (pipeline, event_id, name, ts, person_id, properties, backfill, ingested_at, run_id)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -250,12 +274,18 @@ fn write_events_tx(tx: &Transaction, b: &EventBatch) -> Result<EventOutcome, Err
         IdentityRule::Email => "email",
     };
     for r in &b.rows {
-        let person = match people.get(&r.user_key) {
-            Some(p) => Some(*p),
+        let cached = people.get(r.user_key.as_str()).copied().or_else(|| {
+            key.1.clear();
+            key.1.push_str(&r.user_key);
+            known.get(&key).copied()
+        });
+        let person = match cached {
+            Some(p) => Some(p),
             None => {
                 let p = resolve_person(tx, b.rule, &r.user_key, r.email.as_deref(), now, &mut out.people_created)?;
                 if let Some(id) = p {
-                    people.insert(r.user_key.clone(), id);
+                    people.insert(&r.user_key, id);
+                    found.push((r.user_key.clone(), id));
                 }
                 p
             }
@@ -627,9 +657,10 @@ impl Store for SqliteStore {
 
     async fn write_events(&self, batch: EventBatch) -> Result<EventOutcome, Error> {
         let fire = self.fire_failpoint();
-        self.with(move |c| {
-            let tx = c.transaction()?;
-            let out = write_events_tx(&tx, &batch)?;
+        self.with_worker(move |w| {
+            let tx = w.conn.transaction()?;
+            let mut found = Vec::new();
+            let out = write_events_tx(&tx, &batch, &w.people, &mut found)?;
             match fire {
                 Some(FailAction::Abort) => {
                     // The rows are written, the commit has not happened: a kill here must lose nothing.
@@ -639,16 +670,25 @@ impl Store for SqliteStore {
                 None => {}
             }
             tx.commit()?;
+            // Only what committed is remembered.
+            if w.people.len() + found.len() > PEOPLE_CACHE_MAX {
+                w.people.clear();
+            }
+            w.people.extend(found.into_iter().map(|(k, id)| ((batch.rule, k), id)));
             Ok(out)
         })
         .await
     }
 
     async fn write_records(&self, batch: RecordBatch) -> Result<RecordOutcome, Error> {
-        self.with(move |c| {
-            let tx = c.transaction()?;
+        self.with_worker(move |w| {
+            let tx = w.conn.transaction()?;
             let out = write_records_tx(&tx, &batch)?;
             tx.commit()?;
+            if batch.entity == Entity::People && out.inserted + out.updated > 0 {
+                // An email may have moved to another person.
+                w.people.retain(|(rule, _), _| *rule == IdentityRule::ExternalId);
+            }
             Ok(out)
         })
         .await

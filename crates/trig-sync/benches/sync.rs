@@ -160,7 +160,7 @@ properties = ["plan", "platform", "properties"]
     std::fs::write(dir.join("trig.toml"), text).unwrap();
     let config = Config::load(&dir.join("trig.toml")).expect("config");
     let db = dir.join("trig.db");
-    let store = Arc::new(SqliteStore::open(db.to_str().unwrap()).unwrap());
+    let store = Arc::new(Timed { inner: SqliteStore::open(db.to_str().unwrap()).unwrap(), busy_us: Default::default() });
     let mut options = EngineOptions { write_batch_rows: write_batch(), ..Default::default() };
     if let Some(n) = std::env::var("BENCH_CHUNKS").ok().and_then(|v| v.parse().ok()) {
         options.query.max_concurrent_chunks = n;
@@ -194,6 +194,7 @@ properties = ["plan", "platform", "properties"]
             "sync_rows_per_s": c.rows_read as f64 / elapsed, "sync_stored_per_s": stored as f64 / elapsed,
             "ceiling_rows": ceiling.0, "ceiling_s": ceiling.1, "ceiling_rows_per_s": ceiling.0 as f64 / ceiling.1,
             "peak_rss_mib": peak,
+            "store_busy_s": store.busy_us.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6,
         })
     );
     drop(store);
@@ -240,4 +241,47 @@ fn ceiling(synced: &std::path::Path, fresh: &std::path::Path) -> (u64, f64) {
         tx.commit().unwrap();
     }
     (rows.len() as u64, t.elapsed().as_secs_f64())
+}
+
+/// The store, timing its event writes: how much of the sync the destination was busy.
+struct Timed {
+    inner: SqliteStore,
+    busy_us: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl trig_store::Store for Timed {
+    async fn cursor(&self, p: &str, s: trig_store::Slot) -> Result<Option<i64>, trig_store::Error> {
+        self.inner.cursor(p, s).await
+    }
+    async fn write_events(&self, b: trig_store::EventBatch) -> Result<trig_store::EventOutcome, trig_store::Error> {
+        let t = Instant::now();
+        let r = self.inner.write_events(b).await;
+        self.busy_us.fetch_add(t.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+        r
+    }
+    async fn write_records(&self, b: trig_store::RecordBatch) -> Result<trig_store::RecordOutcome, trig_store::Error> {
+        self.inner.write_records(b).await
+    }
+    async fn rematch_parked(&self) -> Result<std::collections::BTreeMap<String, u64>, trig_store::Error> {
+        self.inner.rematch_parked().await
+    }
+    async fn expire_parked(&self, before: i64) -> Result<std::collections::BTreeMap<String, u64>, trig_store::Error> {
+        self.inner.expire_parked(before).await
+    }
+    async fn begin_run(&self, r: &trig_store::SyncRun) -> Result<(), trig_store::Error> {
+        self.inner.begin_run(r).await
+    }
+    async fn finish_run(&self, r: &trig_store::SyncRun) -> Result<(), trig_store::Error> {
+        self.inner.finish_run(r).await
+    }
+    async fn runs(&self, p: Option<&str>, n: usize) -> Result<Vec<trig_store::SyncRun>, trig_store::Error> {
+        self.inner.runs(p, n).await
+    }
+    async fn export_page(&self, w: trig_store::Export, a: i64, n: usize) -> Result<(Vec<Value>, i64), trig_store::Error> {
+        self.inner.export_page(w, a, n).await
+    }
+    async fn totals(&self) -> Result<trig_store::Totals, trig_store::Error> {
+        self.inner.totals().await
+    }
 }
