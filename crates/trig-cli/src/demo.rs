@@ -29,6 +29,10 @@ pub struct Args {
     /// Events in the demo dataset.
     #[arg(long, default_value_t = 100_000)]
     events: u64,
+    /// Keep the local workspace serving after the report (until Ctrl-C), so
+    /// `sync`, `runs` and `export` can be tried with the config the demo wrote.
+    #[arg(long)]
+    serve: bool,
 }
 
 const DB: &str = "trig-demo.db";
@@ -260,6 +264,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     writeln!(out, "Try: trig-databricks runs --config {}", config_path.display())?;
     writeln!(out, "     trig-databricks export events --config {} | head", config_path.display())?;
     writeln!(out, "Done in {:.1}s.", started.elapsed().as_secs_f64())?;
+    if args.serve {
+        writeln!(out, "\nThe local workspace keeps serving at {} (Ctrl-C stops it). In another terminal:", emulator.base_url())?;
+        writeln!(out, "     trig-databricks sync demo_events --config {}", config_path.display())?;
+        out.flush()?;
+        drop(out);
+        let _ = tokio::signal::ctrl_c().await;
+    } else {
+        writeln!(out, "The local workspace stopped with the demo; `--serve` keeps it running for `sync`.")?;
+    }
     emulator.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
