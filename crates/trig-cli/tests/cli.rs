@@ -450,9 +450,27 @@ async fn sync_dry_run_json_exit_codes_and_no_secret_printed() {
 #[test]
 fn the_demo_syncs_everything_and_leaves_a_config_and_a_database() {
     let dir = temp_dir("demo");
-    let out = Command::new(BIN).args(["demo", "--dir", dir.to_str().unwrap(), "--events", "5000"]).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // --serve: the demo keeps its workspace up after the report, until interrupted.
+    let mut child = Command::new(BIN)
+        .args(["demo", "--dir", dir.to_str().unwrap(), "--events", "5000", "--serve"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let guard = Child(child);
+    let mut stdout = String::new();
+    while !stdout.contains("keeps serving") {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "the demo ended early: {stdout}");
+        stdout.push_str(&line);
+    }
+    // The config it wrote works against the workspace it serves.
+    let again = cli(&["sync", "demo_events", "--config", dir.join("trig-demo.toml").to_str().unwrap(), "--json"]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    let run: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(run["counts"]["inserted"], 0, "everything was stored by the demo: {run}");
+    drop(guard);
     for want in ["Connection OK.", "First sync", "Second sync", "Report", "deduplicated", "late           40", "parked", "quarantined"] {
         assert!(stdout.contains(want), "`{want}` in {stdout}");
     }
@@ -467,7 +485,7 @@ fn the_demo_syncs_everything_and_leaves_a_config_and_a_database() {
     }
     let c = config.to_str().unwrap();
     let runs: Value = serde_json::from_slice(&cli(&["runs", "--config", c, "--json"]).stdout).unwrap();
-    assert_eq!(runs.as_array().unwrap().len(), 4);
+    assert_eq!(runs.as_array().unwrap().len(), 5, "four by the demo, one by hand");
     let live = ndjson(&cli(&["export", "events", "--config", c])).into_iter().filter(|e| e["backfill"] == false).count();
     assert_eq!(live, 250, "200 new + 40 late + 10 for new people; duplicates and broken rows are not stored");
     let orgs = ndjson(&cli(&["export", "organisations", "--config", c]));
