@@ -301,8 +301,8 @@ impl Engine {
     }
 }
 
-/// Runs every pipeline of `kind` order for a full sync: organisations, people, then events
-/// (so events find their people). Used by the demo.
+/// Every pipeline of a config in the order a complete sync runs them:
+/// organisations, then people, then events (so events find their people).
 pub fn ordered_pipelines(config: &Config) -> Vec<String> {
     let rank = |p: &PipelineConfig| match p.kind() {
         "organisations" => 0,
