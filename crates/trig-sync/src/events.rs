@@ -390,3 +390,68 @@ pub(crate) async fn dry_run(ctx: &Ctx<'_>, spec: &EventsSpec, trigger: Trigger, 
     }
     Ok(DryRun { sql: q.sql, parameters: q.parameters, rows })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn plan(start: Micros, end: Micros, target: u64, max: Micros) -> Windows<'static> {
+        Windows {
+            range: Range {
+                start: Some(start),
+                end,
+                backfill: true,
+                include_null_first: true,
+                checkpoints: Box::new(|last, w: &Window| {
+                    vec![Checkpoint { slot: Slot::Live, value: Some(if last { -w.to } else { w.to }) }]
+                }),
+                empty: Vec::new(),
+            },
+            from: start,
+            len: 86_400_000_000i64.min(max),
+            target,
+            max,
+            first: true,
+            query: Box::new(|w, include_null| Query {
+                sql: if include_null { "first".into() } else { String::new() },
+                parameters: vec![crate::QueryParameter { name: "to".into(), value: Some(w.to.to_string()), type_name: "TIMESTAMP".into() }],
+            }),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Whatever the density, the windows are contiguous, each within the
+        /// bounds, cover `(start, end]` exactly once, only the first reads NULL
+        /// cursors, and only the last carries the range's final checkpoint.
+        #[test]
+        fn adaptive_windows_cover_the_range_exactly_once(
+            start in 0i64..1_000_000_000_000_000,
+            span in 1i64..30 * 86_400_000_000,
+            rows in proptest::collection::vec(0u64..200_000, 1..400),
+            target in 1u64..100_000,
+        ) {
+            let max = 7 * 86_400_000_000;
+            let end = start + span;
+            let mut p = plan(start, end, target, max);
+            let mut at = start;
+            let mut last_rows = None;
+            let mut n = 0;
+            while let Some(step) = p.next(last_rows) {
+                let w = step.window.unwrap();
+                prop_assert_eq!(w.from, at);
+                prop_assert!(w.to > w.from && w.to - w.from <= max && w.to <= end);
+                prop_assert_eq!(step.query.sql == "first", n == 0);
+                let last = step.checkpoints[0].value.unwrap() < 0;
+                prop_assert_eq!(last, w.to == end);
+                at = w.to;
+                last_rows = Some(rows[n % rows.len()]);
+                n += 1;
+                prop_assert!(n < 1_000_000, "terminates");
+            }
+            prop_assert_eq!(at, end);
+            prop_assert!((p.covered() - 1.0).abs() < 1e-9);
+        }
+    }
+}

@@ -2,8 +2,9 @@
 //!
 //! A window is the half-open interval `(from, to]` of cursor values, in
 //! microseconds since the epoch. An incremental run reads
-//! `(cursor − lookback, now − settle]`; a long range is cut into windows of
-//! at most `max_len` so each one can be checkpointed.
+//! `(cursor − lookback, now − settle]`; a long range is cut into windows
+//! whose length follows the data's density, so each holds about the same
+//! number of rows and can be checkpointed.
 
 use trig_store::Micros;
 
@@ -18,20 +19,6 @@ impl Window {
     pub fn contains(&self, t: Micros) -> bool {
         t > self.from && t <= self.to
     }
-}
-
-/// Cuts `(from, to]` into consecutive windows of at most `max_len`
-/// (the last may be shorter). Empty when `to <= from`.
-pub fn split(from: Micros, to: Micros, max_len: Micros) -> Vec<Window> {
-    let max_len = max_len.max(1);
-    let mut out = Vec::new();
-    let mut start = from;
-    while start < to {
-        let end = start.saturating_add(max_len).min(to);
-        out.push(Window { from: start, to: end });
-        start = end;
-    }
-    out
 }
 
 /// The next window's length: sized so it holds about `target` rows at the
@@ -61,28 +48,6 @@ mod tests {
 
     proptest! {
         #[test]
-        fn windows_cover_the_range_exactly_once(from in -1_000_000_000i64..1_000_000_000, len in 0i64..5_000_000_000, max in 1i64..2_000_000_000) {
-            let to = from + len;
-            let ws = split(from, to, max);
-            // Contiguous, each bounded, covering (from, to].
-            let mut at = from;
-            for w in &ws {
-                prop_assert_eq!(w.from, at);
-                prop_assert!(w.to > w.from);
-                prop_assert!(w.to - w.from <= max);
-                at = w.to;
-            }
-            prop_assert_eq!(at, if len > 0 { to } else { from });
-            // Every instant in the range lies in exactly one window.
-            for t in [from + 1, to, from + len / 2 + 1] {
-                if t > from && t <= to {
-                    prop_assert_eq!(ws.iter().filter(|w| w.contains(t)).count(), 1);
-                }
-            }
-            prop_assert!(!ws.iter().any(|w| w.contains(from)));
-        }
-
-        #[test]
         fn the_lookback_reaches_every_late_row(cursor in 0i64..1_000_000_000_000, lookback in 0i64..100_000_000_000, age in 0i64..100_000_000_000) {
             // A row whose cursor value is `age` before the cursor is re-read
             // exactly when it is within the lookback.
@@ -107,9 +72,9 @@ mod tests {
 
     #[test]
     fn empty_and_edges() {
-        assert!(split(10, 10, 5).is_empty());
-        assert!(split(10, 5, 5).is_empty());
-        assert_eq!(split(0, 10, 4), vec![Window { from: 0, to: 4 }, Window { from: 4, to: 8 }, Window { from: 8, to: 10 }]);
+        assert!(Window { from: 0, to: 10 }.contains(10) && !Window { from: 0, to: 10 }.contains(0));
+        assert_eq!(next_len(100, 0, 10, 1, 10_000), 800, "an empty window grows 8×");
+        assert_eq!(next_len(100, 1000, 10, 5, 10_000), 5, "a dense one shrinks, not below the minimum");
         assert_eq!(upper_bound(100, 30), 70);
         assert_eq!(incremental_start(i64::MIN + 1, 10), i64::MIN);
     }
