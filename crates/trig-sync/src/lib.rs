@@ -180,6 +180,11 @@ impl Ctx<'_> {
         }
     }
 
+    /// [`Ctx::query`] for a statement the future owns.
+    pub async fn query_owned(&self, q: Query) -> Result<databricks::ResultStream, Error> {
+        self.query(&q, None).await
+    }
+
     /// The source's columns, checked against the mapping: a configured column
     /// that is missing fails with its key and the closest existing name.
     pub async fn preflight(&self, wanted: &[(String, String)]) -> Result<Vec<String>, Error> {

@@ -6,6 +6,7 @@
 //! client's chunks in flight, whatever the size of the source.
 
 use arrow_array::RecordBatch;
+use databricks::ResultStream;
 use futures::StreamExt;
 use trig_store::{Checkpoint, Quarantined, RunCounts, SyncRun};
 
@@ -83,26 +84,35 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
     let mut read_into = Reading { rows_read: already_read, statement_ids: Vec::new(), bytes: 0 };
     let reading = &mut read_into;
     // The reader owns the sender: when it finishes, the writer sees the end.
+    // Sends a step's statement; the future runs only when polled.
+    let start = |step: Step| -> Pending<'_> { (step.checkpoints, step.window, Box::pin(ctx.query_owned(step.query))) };
     let reader = async move {
-        let mut last_rows = None;
         // A transaction is only built once the writer has taken the previous
         // one (the channel's slot is free): at most two exist at once.
         let Ok(mut slot) = tx.reserve().await else { return Ok(()) };
-        while let Some(step) = plan.next(last_rows) {
-            let mut stream = ctx.query(&step.query, None).await?;
+        let mut up_next = plan.next(None).map(start);
+        while let Some((checkpoints, window, statement)) = up_next.take() {
+            let mut stream = statement.await?;
             reading.statement_ids.push(stream.statement_id().to_string());
             reading.bytes += stream.manifest().total_byte_count.unwrap_or(0);
+            // The next window (sized from this one's row count) runs on the
+            // warehouse while this one is read; its chunks wait until it is.
+            let mut following = plan.next(Some(stream.total_rows())).map(start);
+            let mut following_done: Option<Result<ResultStream, Error>> = None;
             let mut rows: Vec<S::Row> = Vec::with_capacity(target.min(stream.total_rows() as usize));
             let mut bad: Vec<Quarantined> = Vec::new();
-            let mut in_step = 0u64;
             loop {
                 let next = tokio::select! {
-                    b = stream.next() => b,
+                    b = stream.next() => Some(b),
+                    r = async { following.as_mut().expect("guarded").2.as_mut().await }, if following.is_some() && following_done.is_none() => {
+                        following_done = Some(r);
+                        None
+                    }
                     _ = ctx.cancel.cancelled() => return Err(Error::Cancelled),
                 };
+                let Some(next) = next else { continue };
                 let Some(batch) = next else { break };
                 let batch = batch?;
-                in_step += batch.num_rows() as u64;
                 reading.rows_read += batch.num_rows() as u64;
                 let (mapped, quarantined) = sink.map(&batch);
                 drop(batch);
@@ -114,14 +124,19 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
                     let Ok(next) = tx.reserve().await else { return Ok(()) };
                     slot = next;
                 }
-                ctx.progress(reading.rows_read, step.window, plan.covered());
+                ctx.progress(reading.rows_read, window, plan.covered());
             }
             // The statement's last rows and the cursor that covers them: one transaction.
-            slot.send((rows, bad, step.checkpoints));
+            slot.send((rows, bad, checkpoints));
             let Ok(next) = tx.reserve().await else { return Ok(()) };
             slot = next;
-            ctx.progress(reading.rows_read, step.window, plan.covered());
-            last_rows = Some(in_step);
+            ctx.progress(reading.rows_read, window, plan.covered());
+            up_next = following.map(|(c, w, statement)| -> Pending<'_> {
+                match following_done {
+                    Some(done) => (c, w, Box::pin(async move { done })),
+                    None => (c, w, statement),
+                }
+            });
         }
         Ok(())
     };
@@ -145,6 +160,9 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
     wrote?;
     read
 }
+
+/// A step whose statement has been sent (or will be when polled).
+type Pending<'a> = (Vec<Checkpoint>, Option<Window>, futures::future::BoxFuture<'a, Result<ResultStream, Error>>);
 
 struct Reading {
     rows_read: u64,
