@@ -18,8 +18,6 @@
 mod error;
 pub mod sqlite;
 
-use std::collections::BTreeMap;
-
 use async_trait::async_trait;
 use serde::Serialize;
 
@@ -195,6 +193,23 @@ pub struct RunCounts {
     pub bytes: u64,
 }
 
+impl std::ops::AddAssign for RunCounts {
+    fn add_assign(&mut self, o: RunCounts) {
+        self.rows_read += o.rows_read;
+        self.inserted += o.inserted;
+        self.updated += o.updated;
+        self.unchanged += o.unchanged;
+        self.deduplicated += o.deduplicated;
+        self.parked += o.parked;
+        self.rematched += o.rematched;
+        self.dropped += o.dropped;
+        self.quarantined += o.quarantined;
+        self.late += o.late;
+        self.people_created += o.people_created;
+        self.bytes += o.bytes;
+    }
+}
+
 impl From<EventOutcome> for RunCounts {
     fn from(o: EventOutcome) -> RunCounts {
         RunCounts {
@@ -241,11 +256,11 @@ pub trait Store: Send + Sync + 'static {
     /// and the checkpoints, in one transaction.
     async fn write_records(&self, batch: RecordBatch) -> Result<RecordOutcome, Error>;
 
-    /// Moves parked events whose person now exists into events; returns how many.
-    async fn rematch_parked(&self) -> Result<BTreeMap<String, u64>, Error>;
+    /// Moves parked events (of one pipeline, or all) whose person now exists into events; returns how many.
+    async fn rematch_parked(&self, pipeline: Option<&str>) -> Result<u64, Error>;
 
-    /// Drops parked events parked before `before`; returns how many per pipeline.
-    async fn expire_parked(&self, before: Micros) -> Result<BTreeMap<String, u64>, Error>;
+    /// Drops a pipeline's events parked before `before`; returns how many.
+    async fn expire_parked(&self, pipeline: &str, before: Micros) -> Result<u64, Error>;
 
     /// Records a run as started; marks earlier runs of the pipeline still
     /// `running` (a crashed process) as `interrupted`.

@@ -4,7 +4,7 @@
 //! call is one transaction (WAL, `synchronous = NORMAL`: a killed process loses
 //! nothing that committed).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -114,11 +114,6 @@ impl SqliteStore {
             })
             .map_err(|e| Error::Open { path: path.to_string(), reason: format!("cannot start the store's thread: {e}") })?;
         Ok(SqliteStore { jobs, path: path.to_string(), failpoint: Arc::new(Mutex::new(failpoint)) })
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &str {
-        &self.path
     }
 
     /// Arms the failpoint in `write_events` for the `nth` call from now (tests).
@@ -469,7 +464,7 @@ fn write_records_tx(tx: &Transaction, b: &RecordBatch) -> Result<RecordOutcome, 
     Ok(out)
 }
 
-fn rematch_tx(tx: &Transaction) -> Result<BTreeMap<String, u64>, Error> {
+fn rematch_tx(tx: &Transaction, pipeline: Option<&str>) -> Result<u64, Error> {
     let now = now_micros();
     // Parked rows whose person now exists, by the key they were parked under
     // or by their email.
@@ -477,14 +472,14 @@ fn rematch_tx(tx: &Transaction) -> Result<BTreeMap<String, u64>, Error> {
             CASE p.key_kind WHEN 'email' THEN (SELECT id FROM people WHERE email = p.user_key)
                             ELSE (SELECT id FROM people WHERE external_id = p.user_key) END,
             (SELECT id FROM people WHERE email = p.email)) AS person
-        FROM parked_events p";
+        FROM parked_events p WHERE ?1 IS NULL OR p.pipeline = ?1";
     let rows: Vec<(i64, String, Option<i64>)> = {
         let mut stmt = tx.prepare(matched)?;
-        let it = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        let it = stmt.query_map([pipeline], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         it.collect::<Result<_, _>>()?
     };
-    let mut out = BTreeMap::new();
-    for (parked, pipeline, person) in rows {
+    let mut out = 0;
+    for (parked, _, person) in rows {
         let Some(person) = person else { continue };
         tx.prepare_cached(
             "INSERT OR IGNORE INTO events (pipeline, event_id, name, ts, person_id, properties, backfill, ingested_at, run_id)
@@ -492,7 +487,7 @@ fn rematch_tx(tx: &Transaction) -> Result<BTreeMap<String, u64>, Error> {
         )?
         .execute(params![person, now, parked])?;
         tx.prepare_cached("DELETE FROM parked_events WHERE id = ?1")?.execute([parked])?;
-        *out.entry(pipeline).or_insert(0) += 1;
+        out += 1;
     }
     Ok(out)
 }
@@ -694,31 +689,21 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn rematch_parked(&self) -> Result<BTreeMap<String, u64>, Error> {
-        self.with(|c| {
+    async fn rematch_parked(&self, pipeline: Option<&str>) -> Result<u64, Error> {
+        let pipeline = pipeline.map(str::to_string);
+        self.with(move |c| {
             let tx = c.transaction()?;
-            let out = rematch_tx(&tx)?;
+            let out = rematch_tx(&tx, pipeline.as_deref())?;
             tx.commit()?;
             Ok(out)
         })
         .await
     }
 
-    async fn expire_parked(&self, before: Micros) -> Result<BTreeMap<String, u64>, Error> {
+    async fn expire_parked(&self, pipeline: &str, before: Micros) -> Result<u64, Error> {
+        let pipeline = pipeline.to_string();
         self.with(move |c| {
-            let tx = c.transaction()?;
-            let mut out = BTreeMap::new();
-            {
-                let mut s = tx.prepare("SELECT pipeline, count(*) FROM parked_events WHERE parked_at < ?1 GROUP BY pipeline")?;
-                let rows = s.query_map([before], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
-                for r in rows {
-                    let (p, n) = r?;
-                    out.insert(p, n);
-                }
-            }
-            tx.execute("DELETE FROM parked_events WHERE parked_at < ?1", [before])?;
-            tx.commit()?;
-            Ok(out)
+            Ok(c.execute("DELETE FROM parked_events WHERE pipeline = ?1 AND parked_at < ?2", params![pipeline, before])? as u64)
         })
         .await
     }
@@ -867,7 +852,8 @@ mod tests {
             checkpoints: vec![],
         };
         assert_eq!(s.write_records(r).await.unwrap().inserted, 1);
-        assert_eq!(s.rematch_parked().await.unwrap().get("p"), Some(&1));
+        assert_eq!(s.rematch_parked(Some("other")).await.unwrap(), 0);
+        assert_eq!(s.rematch_parked(Some("p")).await.unwrap(), 1);
         let t = s.totals().await.unwrap();
         assert_eq!((t.events, t.parked, t.people), (3, 0, 3));
     }

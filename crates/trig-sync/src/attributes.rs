@@ -11,7 +11,7 @@ use trig_store::{Checkpoint, Entity, Quarantined, RecordBatch, RecordRow, RunCou
 
 use crate::pump::{self, Sink};
 use crate::query::{self, Query, Select};
-use crate::values::{json_at, normalise_email, text_at};
+use crate::values::{json_at, map_batch, normalise_email, row_json, text_at};
 use crate::window::{Window, incremental_start, upper_bound};
 use crate::{Ctx, DryRun, Error, Trigger, micros, now_micros};
 
@@ -67,14 +67,6 @@ struct Mapper<'a> {
 }
 
 impl Mapper<'_> {
-    fn row_json(&self, cols: &[ArrayRef], i: usize) -> String {
-        let mut m = Map::new();
-        for (name, c) in self.layout.columns.iter().zip(cols) {
-            m.insert(name.clone(), json_at(c, i, Some(&self.zone)));
-        }
-        Value::Object(m).to_string()
-    }
-
     fn row(&self, cols: &[ArrayRef], i: usize) -> Result<RecordRow, (Option<String>, String)> {
         let (l, s) = (self.layout, self.spec);
         let id = match text_at(&cols[l.id], i) {
@@ -114,16 +106,7 @@ impl Mapper<'_> {
     }
 
     fn map(&self, batch: &ArrowBatch) -> (Vec<RecordRow>, Vec<Quarantined>) {
-        let cols = batch.columns();
-        let mut rows = Vec::with_capacity(batch.num_rows());
-        let mut bad = Vec::new();
-        for i in 0..batch.num_rows() {
-            match self.row(cols, i) {
-                Ok(r) => rows.push(r),
-                Err((key, reason)) => bad.push(Quarantined { key, reason, row: self.row_json(cols, i) }),
-            }
-        }
-        (rows, bad)
+        map_batch(batch, &self.layout.columns, &self.zone, |cols, i| self.row(cols, i))
     }
 }
 
@@ -188,8 +171,7 @@ pub(crate) async fn run(ctx: &Ctx<'_>, spec: &AttributesSpec, trigger: Trigger, 
     pump::pump(ctx, &sink, &mut pump::Once(Some(pump::Step { query: q, checkpoints, window: None })), run).await?;
     if entity == Entity::People {
         // People appeared: events parked for them can land now.
-        let rematched = ctx.store.rematch_parked().await?;
-        run.counts.rematched += rematched.values().sum::<u64>();
+        run.counts.rematched += ctx.store.rematch_parked(None).await?;
     }
     Ok(())
 }
@@ -213,7 +195,7 @@ pub(crate) async fn dry_run(ctx: &Ctx<'_>, spec: &AttributesSpec, trigger: Trigg
                 }),
                 Err((_, reason)) => json!({
                     "quarantined": reason,
-                    "row": serde_json::from_str::<Value>(&mapper.row_json(b.columns(), i)).unwrap_or(Value::Null),
+                    "row": row_json(&layout.columns, b.columns(), i, &mapper.zone),
                 }),
             });
         }

@@ -7,7 +7,7 @@ use trig_store::{Checkpoint, EventBatch, EventRow, IdentityRule, Micros, Quarant
 
 use crate::pump::{self, Plan, Sink, Step};
 use crate::query::{self, Query, Select};
-use crate::values::{instant_at, json_at, normalise_email, text_at};
+use crate::values::{instant_at, json_at, map_batch, normalise_email, row_json, text_at};
 use crate::window::{self, Window, incremental_start, upper_bound};
 use crate::{Ctx, DryRun, Error, Trigger, micros, now_micros};
 
@@ -180,25 +180,8 @@ struct Mapper<'a> {
 }
 
 impl Mapper<'_> {
-    fn row_json(&self, cols: &[ArrayRef], i: usize) -> String {
-        let mut m = Map::new();
-        for (name, c) in self.layout.columns.iter().zip(cols) {
-            m.insert(name.clone(), json_at(c, i, Some(&self.spec.timezone)));
-        }
-        Value::Object(m).to_string()
-    }
-
     fn map(&self, batch: &RecordBatch) -> (Vec<EventRow>, Vec<Quarantined>) {
-        let cols = batch.columns();
-        let mut rows = Vec::with_capacity(batch.num_rows());
-        let mut bad = Vec::new();
-        for i in 0..batch.num_rows() {
-            match self.row(cols, i) {
-                Ok(r) => rows.push(r),
-                Err((key, reason)) => bad.push(Quarantined { key, reason, row: self.row_json(cols, i) }),
-            }
-        }
-        (rows, bad)
+        map_batch(batch, &self.layout.columns, &self.spec.timezone, |cols, i| self.row(cols, i))
     }
 
     fn row(&self, cols: &[ArrayRef], i: usize) -> Result<EventRow, (Option<String>, String)> {
@@ -310,10 +293,8 @@ pub(crate) async fn run(ctx: &Ctx<'_>, spec: &EventsSpec, trigger: Trigger, run:
     let name = &ctx.pipeline.name;
     let now = now_micros();
     // Parked events: expire the old (counted as dropped), re-match those whose person appeared.
-    let dropped = ctx.store.expire_parked(now - micros(ctx.options.parked_retention)).await?;
-    run.counts.dropped += dropped.get(name).copied().unwrap_or(0);
-    let rematched = ctx.store.rematch_parked().await?;
-    run.counts.rematched += rematched.get(name).copied().unwrap_or(0);
+    run.counts.dropped += ctx.store.expire_parked(name, now - micros(ctx.options.parked_retention)).await?;
+    run.counts.rematched += ctx.store.rematch_parked(Some(name)).await?;
 
     ctx.preflight(&wanted(spec)).await?;
     let prev = ctx.store.cursor(name, Slot::Live).await?;
@@ -327,7 +308,7 @@ pub(crate) async fn run(ctx: &Ctx<'_>, spec: &EventsSpec, trigger: Trigger, run:
     };
     let Some(start) = range.start.filter(|s| *s < range.end) else {
         let c = sink.write(Vec::new(), Vec::new(), range.empty).await?;
-        pump::add(&mut run.counts, &c);
+        run.counts += c;
         return Ok(());
     };
     run.window_from = Some(start);
@@ -361,9 +342,7 @@ pub(crate) async fn dry_run(ctx: &Ctx<'_>, spec: &EventsSpec, trigger: Trigger, 
         return Ok(DryRun { sql: q.sql, parameters: q.parameters, rows: Vec::new() });
     };
     // The first statement of the plan a real run follows.
-    let Some(Step { query: q, .. }) = windows(ctx, spec, &layout, range, start).next(None) else {
-        return Ok(DryRun { sql: String::new(), parameters: Vec::new(), rows: Vec::new() });
-    };
+    let Step { query: q, .. } = windows(ctx, spec, &layout, range, start).next(None).expect("a non-empty range has a first window");
     let stream = ctx.query(&q, Some(limit)).await?;
     let batches = stream.collect_batches().await?;
     let mapper = Mapper { spec, layout: &layout, now: now_micros(), tolerance: micros(ctx.options.future_tolerance), prev };
@@ -383,7 +362,7 @@ pub(crate) async fn dry_run(ctx: &Ctx<'_>, spec: &EventsSpec, trigger: Trigger, 
                 }),
                 Err((_, reason)) => serde_json::json!({
                     "quarantined": reason,
-                    "row": serde_json::from_str::<Value>(&mapper.row_json(b.columns(), i)).unwrap_or(Value::Null),
+                    "row": row_json(&layout.columns, b.columns(), i, &mapper.spec.timezone),
                 }),
             });
         }

@@ -212,14 +212,6 @@ impl Engine {
         Engine { config, store, options }
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
     fn client_for(&self, p: &PipelineConfig) -> Result<(Client, TableName), Error> {
         let conn = self
             .config

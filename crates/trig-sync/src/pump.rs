@@ -27,17 +27,6 @@ pub(crate) trait Sink {
     ) -> impl Future<Output = Result<RunCounts, Error>> + Send;
 }
 
-pub(crate) fn add(total: &mut RunCounts, c: &RunCounts) {
-    total.inserted += c.inserted;
-    total.updated += c.updated;
-    total.unchanged += c.unchanged;
-    total.deduplicated += c.deduplicated;
-    total.parked += c.parked;
-    total.people_created += c.people_created;
-    total.late += c.late;
-    total.quarantined += c.quarantined;
-}
-
 /// One store transaction's worth.
 type Txn<R> = (Vec<R>, Vec<Quarantined>, Vec<Checkpoint>);
 
@@ -145,7 +134,7 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
         let mut counts = RunCounts::default();
         while let Some((rows, bad, checkpoints)) = rx.recv().await {
             match sink.write(rows, bad, checkpoints).await {
-                Ok(c) => add(&mut counts, &c),
+                Ok(c) => counts += c,
                 Err(e) => return (counts, Err(e)),
             }
         }
@@ -156,7 +145,7 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
     run.counts.rows_read = read_into.rows_read;
     run.counts.bytes += read_into.bytes;
     run.statement_ids.extend(read_into.statement_ids);
-    add(&mut run.counts, &written);
+    run.counts += written;
     wrote?;
     read
 }

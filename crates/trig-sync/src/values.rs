@@ -161,6 +161,31 @@ pub fn json_at(a: &ArrayRef, i: usize, zone: Option<&Zone>) -> Value {
     }
 }
 
+/// A source row as a JSON object of its projected columns (what a quarantined row keeps).
+pub fn row_json(columns: &[String], cols: &[ArrayRef], i: usize, zone: &Zone) -> Value {
+    Value::Object(columns.iter().zip(cols).map(|(name, c)| (name.clone(), json_at(c, i, Some(zone)))).collect())
+}
+
+/// A batch mapped row by row: the rows `row` accepts, and the others
+/// quarantined with its reason and the source row.
+pub(crate) fn map_batch<R>(
+    batch: &arrow_array::RecordBatch,
+    columns: &[String],
+    zone: &Zone,
+    row: impl Fn(&[ArrayRef], usize) -> Result<R, (Option<String>, String)>,
+) -> (Vec<R>, Vec<trig_store::Quarantined>) {
+    let cols = batch.columns();
+    let mut rows = Vec::with_capacity(batch.num_rows());
+    let mut bad = Vec::new();
+    for i in 0..batch.num_rows() {
+        match row(cols, i) {
+            Ok(r) => rows.push(r),
+            Err((key, reason)) => bad.push(trig_store::Quarantined { key, reason, row: row_json(columns, cols, i, zone).to_string() }),
+        }
+    }
+    (rows, bad)
+}
+
 /// Trims and lower-cases an email; `None` when it is not one.
 pub fn normalise_email(s: &str) -> Option<String> {
     let e = s.trim().to_lowercase();
