@@ -278,12 +278,115 @@ fn parse_one(sql: &str) -> Result<Statement, SqlError> {
         .find(|p| lowered.starts_with(*p))
         .map(|p| format!("DESCRIBE {}", &sql[p.len()..]))
         .unwrap_or_else(|| sql.to_string());
+    let text = spark_literals(&text).map_err(|at| SqlError::parse_syntax(sql, "'", 1, at))?;
     let mut stmts = Parser::parse_sql(&DatabricksDialect {}, &text).map_err(|e| parse_error(sql, &e.to_string()))?;
     match stmts.len() {
         1 => Ok(stmts.remove(0)),
         0 => Err(SqlError::class("PARSE_EMPTY_STATEMENT", "Syntax error, unexpected empty statement.", "42617")),
         _ => Err(SqlError::parse_syntax(sql, ";", 1, sql.find(';').unwrap_or(0))),
     }
+}
+
+/// Rewrites string literals as Spark reads them into the form sqlparser
+/// reads alike: `'…'` and `"…"` with backslash escapes (`'O\'Connell'`),
+/// raw `r'…'` / `R"…"`, all become `'…'` with quotes doubled and escapes
+/// resolved. Backtick identifiers and comments pass through untouched. `Err`
+/// holds the byte offset of a literal that is not closed.
+fn spark_literals(sql: &str) -> Result<String, usize> {
+    let b = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len());
+    let mut i = 0;
+    let mut plain_from = 0;
+    let ident_byte = |x: u8| x.is_ascii_alphanumeric() || x == b'_' || x >= 0x80;
+    while i < b.len() {
+        let raw = matches!(b[i], b'r' | b'R') && matches!(b.get(i + 1), Some(b'\'' | b'"')) && (i == 0 || !ident_byte(b[i - 1]));
+        match b[i] {
+            _ if raw => {
+                let q = b[i + 1];
+                let end = b[i + 2..].iter().position(|&x| x == q).ok_or(i)? + i + 2;
+                out.push_str(&sql[plain_from..i]);
+                out.push('\'');
+                out.push_str(&sql[i + 2..end].replace('\'', "''"));
+                out.push('\'');
+                i = end + 1;
+                plain_from = i;
+            }
+            q @ (b'\'' | b'"') => {
+                out.push_str(&sql[plain_from..i]);
+                let start = i;
+                let mut value = String::new();
+                let mut chars = sql[i + 1..].char_indices();
+                let close = loop {
+                    let Some((k, c)) = chars.next() else { return Err(start) };
+                    match c {
+                        '\\' => {
+                            let Some((_, e)) = chars.next() else { return Err(start) };
+                            match e {
+                                'n' => value.push('\n'),
+                                't' => value.push('\t'),
+                                'r' => value.push('\r'),
+                                'b' => value.push('\u{8}'),
+                                '0' => value.push('\0'),
+                                'Z' => value.push('\u{1a}'),
+                                '%' | '_' => {
+                                    value.push('\\');
+                                    value.push(e);
+                                }
+                                other => value.push(other),
+                            }
+                        }
+                        c if c as u32 == q as u32 => break i + 1 + k,
+                        c => value.push(c),
+                    }
+                };
+                out.push('\'');
+                out.push_str(&value.replace('\'', "''"));
+                out.push('\'');
+                i = close + 1;
+                plain_from = i;
+            }
+            b'`' => {
+                // Identifiers keep their doubled backticks; skip to the closing one.
+                let mut j = i + 1;
+                while j < b.len() {
+                    if b[j] == b'`' {
+                        if b.get(j + 1) == Some(&b'`') {
+                            j += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    j += 1;
+                }
+                i = j + 1;
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                let mut depth = 0;
+                while i < b.len() {
+                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                        depth += 1;
+                        i += 2;
+                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    out.push_str(&sql[plain_from.min(sql.len())..]);
+    Ok(out)
 }
 
 /// `sql parser error: Expected: ..., found: SELEC at Line: 1, Column: 1`
@@ -738,6 +841,17 @@ type ColumnRow = (String, String, String, String, i64, bool, String, String, Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strings_are_read_as_spark_reads_them() {
+        assert_eq!(spark_literals(r#"SELECT 'O\'Connell', "a\\b""#).unwrap(), "SELECT 'O''Connell', 'a\\b'");
+        assert_eq!(spark_literals(r"SELECT r'C:\n', `it``s` -- 'x").unwrap(), r"SELECT 'C:\n', `it``s` -- 'x");
+        assert_eq!(spark_literals("SELECT 'tab\\there' /* 'q' */").unwrap(), "SELECT 'tab\there' /* 'q' */");
+        assert!(spark_literals(r"SELECT 'open\'").is_err());
+        // The stacked attack is one string to Spark, so one statement here too.
+        let s = parse_one(r"SELECT 'x\'); DROP TABLE t; SELECT (1 --'");
+        assert!(matches!(s, Ok(Statement::Query(_))), "{s:?}");
+    }
 
     #[test]
     fn parse_errors_name_the_token() {

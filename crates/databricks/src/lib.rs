@@ -18,6 +18,7 @@ pub mod check;
 mod client;
 mod error;
 mod metadata;
+pub mod profile;
 pub mod retry;
 mod secret;
 pub mod settings;

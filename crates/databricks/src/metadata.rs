@@ -77,7 +77,7 @@ impl Client {
 
     /// The warehouse's state and settings.
     pub async fn warehouse(&self) -> Result<Warehouse, Error> {
-        let path = format!("/api/2.0/sql/warehouses/{}", self.warehouse_id());
+        let path = format!("/api/2.0/sql/warehouses/{}", crate::sql::percent_encode(self.warehouse_id()));
         match self.call::<Warehouse>(Method::GET, &path, &[], None).await {
             Err(Error::Api { status: 404 | 400, .. }) => Err(Error::WarehouseNotFound { warehouse: self.warehouse_id().to_string() }),
             other => other,
@@ -118,7 +118,7 @@ impl Client {
             #[serde(default)]
             columns: Vec<TableColumn>,
         }
-        let path = format!("/api/2.1/unity-catalog/tables/{}", table.full_name());
+        let path = format!("/api/2.1/unity-catalog/tables/{}", table.path_segment());
         match self.call::<Info>(Method::GET, &path, &[], None).await {
             Ok(i) => Ok(i.columns),
             Err(Error::Api { status: 404, .. }) => Err(Error::TableNotFound { name: table.full_name() }),
@@ -134,7 +134,8 @@ impl Client {
         full_name: &str,
         principal: &str,
     ) -> Result<Vec<EffectivePrivilege>, Error> {
-        let path = format!("/api/2.1/unity-catalog/effective-permissions/{securable_type}/{full_name}");
+        let full_name = full_name.split('.').map(crate::sql::percent_encode).collect::<Vec<_>>().join(".");
+        let path = format!("/api/2.1/unity-catalog/effective-permissions/{}/{full_name}", crate::sql::percent_encode(securable_type));
         let v: Value = self.call(Method::GET, &path, &[("principal", principal.to_string())], None).await?;
         let mut out = Vec::new();
         for a in v.get("privilege_assignments").and_then(Value::as_array).into_iter().flatten() {

@@ -63,6 +63,17 @@ pub(crate) fn is_internal_addr(ip: &IpAddr) -> bool {
     is_internal(ip)
 }
 
+/// `input` with any `user:password@` before the host replaced by `***@`, so
+/// that an error can quote the URL without its credentials.
+pub fn without_userinfo(input: &str) -> String {
+    let start = input.find("://").map_or(0, |i| i + 3);
+    let end = input[start..].find(['/', '?', '#']).map_or(input.len(), |i| start + i);
+    match input[start..end].rfind('@') {
+        Some(at) => format!("{}***{}", &input[..start], &input[start + at..]),
+        None => input.to_string(),
+    }
+}
+
 /// A validated workspace URL: scheme, host, optional port, the workspace id
 /// when the URL carried one (`?o=`), and the cloud.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +89,9 @@ impl WorkspaceUrl {
     /// Parses what a customer pasted: with or without `https://`, with a
     /// trailing slash or path, with a `?o=<workspace id>` query.
     pub fn parse(input: &str, allow: &AllowHosts) -> Result<WorkspaceUrl, Error> {
-        let bad = |reason: &str| Error::InvalidUrl { input: input.to_string(), reason: reason.to_string() };
+        // What is quoted back never carries a user name or password.
+        let shown = without_userinfo(input);
+        let bad = |reason: &str| Error::InvalidUrl { input: shown.clone(), reason: reason.to_string() };
         let text = input.trim();
         if text.is_empty() {
             return Err(bad("it is empty; paste your workspace URL, e.g. https://dbc-a1b2c3d4-e5f6.cloud.databricks.com"));
@@ -287,10 +300,15 @@ impl WarehouseId {
             return Err(bad("it does not name a SQL warehouse; it should look like /sql/1.0/warehouses/<id>"));
         };
         let id = id.split(['?', '&', '/']).next().unwrap_or("");
-        if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad("the warehouse id must be 16 hexadecimal characters, as in /sql/1.0/warehouses/a1b2c3d4e5f60718"));
+        // Databricks' own ids are 16 hexadecimal characters; compatible
+        // services use others (`bhw-…`). Test connection finds a wrong one.
+        if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(bad(
+                "the warehouse id is letters, digits, `-` and `_`, as in /sql/1.0/warehouses/a1b2c3d4e5f60718; copy the HTTP path from the SQL warehouse's Connection details tab",
+            ));
         }
-        Ok(WarehouseId(id.to_ascii_lowercase()))
+        let hex16 = id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit());
+        Ok(WarehouseId(if hex16 { id.to_ascii_lowercase() } else { id.to_string() }))
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -360,7 +378,7 @@ mod tests {
                 }
             }
             if let Ok(w) = WarehouseId::from_http_path(&input) {
-                assert_eq!(w.as_str().len(), 16, "{input}");
+                assert!(w.as_str().bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{input}");
                 assert!(!input.contains("protocolv1"), "{input}");
                 assert_eq!(WarehouseId::from_http_path(&format!("/sql/1.0/warehouses/{w}")).unwrap(), w);
             }
@@ -400,6 +418,11 @@ mod tests {
             ("https://x.cloud.databricks.com/?o=abc", "must be digits"),
             ("https://bad_host!.cloud.databricks.com", "characters"),
         ];
+        // Credentials in a pasted URL are never quoted back.
+        for input in ["https://user:hunter2@x.cloud.databricks.com", "http://u:hunter2@127.0.0.1", "hunter2@x.example.com/p@th"] {
+            let e = WorkspaceUrl::parse(input, &none()).expect_err(input).to_string();
+            assert!(!e.contains("hunter2") && e.contains("***@"), "{e}");
+        }
         for (input, want) in cases {
             let e = WorkspaceUrl::parse(input, &none()).expect_err(input);
             assert_eq!(e.field(), Some("workspace_url"));
@@ -457,7 +480,12 @@ mod tests {
         let e = WarehouseId::from_http_path("sql/protocolv1/o/1234567890123456/0123-456789-abcdefgh").unwrap_err();
         assert_eq!(e.field(), Some("http_path"));
         assert!(e.to_string().contains("all-purpose cluster") && e.to_string().contains("SQL warehouse"), "{e}");
-        assert!(WarehouseId::from_http_path("/sql/1.0/warehouses/nope").unwrap_err().to_string().contains("16 hexadecimal"));
+        // Compatible services use other ids; they are kept as written.
+        assert_eq!(WarehouseId::from_http_path("/sql/1.0/warehouses/bhw-7Kq_x2").unwrap().as_str(), "bhw-7Kq_x2");
+        assert_eq!(WarehouseId::from_http_path("/sql/1.0/endpoints/wh_1").unwrap().as_str(), "wh_1");
+        for bad in ["/sql/1.0/warehouses/a b", "/sql/1.0/warehouses/é", "/sql/1.0/warehouses/x%2fy"] {
+            assert!(WarehouseId::from_http_path(bad).unwrap_err().to_string().contains("letters, digits"), "{bad}");
+        }
         assert!(WarehouseId::from_http_path("/some/other/path").is_err());
         assert!(WarehouseId::from_http_path("").is_err());
     }

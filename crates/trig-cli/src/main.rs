@@ -1,5 +1,6 @@
 //! `trig-databricks`: the one binary. Each subcommand lives in its own module.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -7,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod connection;
 mod demo;
 mod emulator;
+mod problem;
 mod sync;
 
 #[derive(Debug, Parser)]
@@ -33,9 +35,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return bad_arguments(e),
+    };
+    // Colour only for a person at a terminal who has not asked for none.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
@@ -66,4 +74,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A flag clap refused: with `--json` anywhere on the line, the same JSON
+/// error object every command prints (exit 2); otherwise clap's own words.
+fn bad_arguments(e: clap::Error) -> ExitCode {
+    use clap::error::{ContextKind, ErrorKind};
+    let wants_json = std::env::args().any(|a| a == "--json");
+    if !wants_json
+        || matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand)
+    {
+        e.exit();
+    }
+    let key = e.get(ContextKind::InvalidArg).map(|v| v.to_string()).unwrap_or_else(|| "(arguments)".into());
+    let rendered = e.render().to_string();
+    let message = rendered.lines().next().unwrap_or("").trim_start_matches("error: ").to_string();
+    let hint = rendered.lines().find(|l| l.trim_start().starts_with("tip:")).map(|l| l.trim().to_string());
+    let p = problem::Problem { key, message, hint: hint.or_else(|| Some("run the command with --help".into())) };
+    problem::user(true, &[p])
 }

@@ -6,12 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context;
 use clap::{Args as ClapArgs, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use trig_config::Config;
 use trig_store::{Export, Store, SyncRun};
 use trig_sync::{Class, Engine, EngineOptions, Error, Trigger};
+
+use crate::problem::{self, Problem};
 
 /// Exit codes: 0 success, 2 a failure the user must fix, 3 remote or transient, 1 a bug.
 pub fn exit_code(class: Class) -> ExitCode {
@@ -82,24 +83,40 @@ pub struct ExportArgs {
 }
 
 /// Loads the config; a bad one is the user's to fix (exit 2), every problem printed at once.
-pub fn load_config(path: &Path) -> Result<Config, ExitCode> {
+pub fn load_config(path: &Path, json: bool) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| {
-        eprint!("{e}");
-        ExitCode::from(2)
+        if json {
+            problem::user(true, &problem::from_config(&e))
+        } else {
+            eprint!("{e}");
+            ExitCode::from(2)
+        }
     })
 }
 
-pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, ExitCode> {
-    trig_store::open(&config.store_url).map(Arc::from).map_err(|e| {
-        eprintln!("error: [store] url: {e}");
+/// A store error's exit code: 3 when the next try may succeed (busy), 2
+/// when the operator must fix the file or URL, 1 for a bug.
+fn store_exit(e: &trig_store::Error) -> ExitCode {
+    if e.is_transient() {
+        ExitCode::from(3)
+    } else if e.is_user_fixable() {
         ExitCode::from(2)
-    })
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
-fn parse_time(flag: &str, v: &str) -> Result<i64, ExitCode> {
+pub fn open_store(config: &Config, json: bool) -> Result<Arc<dyn Store>, ExitCode> {
+    trig_store::open(&config.store_url).map(Arc::from).map_err(|e| store_failed(&e, json))
+}
+
+fn store_failed(e: &trig_store::Error, json: bool) -> ExitCode {
+    problem::report(json, &[Problem::new("store.url", e.to_string())], store_exit(e))
+}
+
+fn parse_time(flag: &str, v: &str, json: bool) -> Result<i64, ExitCode> {
     chrono::DateTime::parse_from_rfc3339(v).map(|t| t.timestamp_micros()).map_err(|_| {
-        eprintln!("error: {flag} `{v}` is not an RFC 3339 time; write e.g. 2026-11-01T00:00:00Z");
-        ExitCode::from(2)
+        problem::user(json, &[Problem::new(flag, format!("`{v}` is not an RFC 3339 time")).hint("write e.g. 2026-11-01T00:00:00Z")])
     })
 }
 
@@ -120,8 +137,8 @@ pub fn describe(run: &SyncRun) -> String {
     let c = &run.counts;
     let secs = run.ended_at.map(|e| (e - run.started_at) as f64 / 1e6).unwrap_or(0.0);
     let window = match (run.window_from, run.window_to) {
-        (Some(f), Some(t)) => format!(", window {} → {}", trig_store::sqlite::rfc3339(f), trig_store::sqlite::rfc3339(t)),
-        (None, Some(t)) => format!(", up to {}", trig_store::sqlite::rfc3339(t)),
+        (Some(f), Some(t)) => format!(", window {} → {}", trig_store::time::rfc3339(f), trig_store::time::rfc3339(t)),
+        (None, Some(t)) => format!(", up to {}", trig_store::time::rfc3339(t)),
         _ => String::new(),
     };
     let mut s = format!("{} ({}): {} in {secs:.1}s{window}\n", run.pipeline, run.trigger, run.status);
@@ -151,7 +168,7 @@ fn progress_bar(pipeline: &str) -> trig_sync::ProgressFn {
         let rate = p.rows_read as f64 / p.elapsed.as_secs_f64().max(0.001);
         let window = p
             .window
-            .map(|w| format!(" · window {} → {}", &trig_store::sqlite::rfc3339(w.from)[..16], &trig_store::sqlite::rfc3339(w.to)[..16]))
+            .map(|w| format!(" · window {} → {}", &trig_store::time::rfc3339(w.from)[..16], &trig_store::time::rfc3339(w.to)[..16]))
             .unwrap_or_default();
         let mut err = std::io::stderr().lock();
         let _ =
@@ -161,26 +178,28 @@ fn progress_bar(pipeline: &str) -> trig_sync::ProgressFn {
 }
 
 pub async fn sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
-    let config = match load_config(&a.config) {
+    let config = match load_config(&a.config, a.json) {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
     let trigger = match (&a.from, &a.to) {
         (Some(f), Some(t)) => {
-            let (from, to) = match (parse_time("--from", f), parse_time("--to", t)) {
-                (Ok(f), Ok(t)) => (f, t),
-                (Err(c), _) | (_, Err(c)) => return Ok(c),
+            let (from, to) = match parse_time("--from", f, a.json).and_then(|f| parse_time("--to", t, a.json).map(|t| (f, t))) {
+                Ok(range) => range,
+                Err(c) => return Ok(c),
             };
             if to <= from {
-                eprintln!("error: --to must be after --from");
-                return Ok(ExitCode::from(2));
+                return Ok(problem::user(a.json, &[Problem::new("--to", "must be after --from")]));
             }
             Trigger::Replay { from, to }
         }
         _ if a.full_refresh => Trigger::FullRefresh,
         _ => Trigger::Manual,
     };
-    let store = match open_store(&config) {
+    if let Err(m) = config.pipeline(&a.pipeline) {
+        return Ok(problem::user(a.json, &[Problem::new("PIPELINE", m)]));
+    }
+    let store = match open_store(&config, a.json) {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
@@ -212,7 +231,7 @@ pub async fn sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
                 }
                 Ok(ExitCode::SUCCESS)
             }
-            Err(e) => Ok(report_error(&e)),
+            Err(e) => Ok(report_error(&e, a.json)),
         };
     }
     let cancel = CancellationToken::new();
@@ -225,7 +244,7 @@ pub async fn sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
     });
     let finished = match engine.run(&a.pipeline, trigger, &cancel).await {
         Ok(f) => f,
-        Err(e) => return Ok(report_error(&e)),
+        Err(e) => return Ok(report_error(&e, a.json)),
     };
     if tty {
         eprintln!();
@@ -238,34 +257,37 @@ pub async fn sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(match &finished.error {
         None => ExitCode::SUCCESS,
-        Some(e) => report_error(e),
+        // The run's record (printed above, as JSON with --json) holds the error; say it once more
+        // on stderr only for a person reading the text.
+        Some(e) if a.json => exit_code(e.class()),
+        Some(e) => report_error(e, false),
     })
 }
 
-fn report_error(e: &Error) -> ExitCode {
-    eprintln!("error: {e}");
-    if let Some(h) = e.hint() {
-        eprintln!("fix: {h}");
-    }
-    exit_code(e.class())
+/// An error that stopped a command (no run, or a failed run in text mode):
+/// printed once, with its fix.
+fn report_error(e: &Error, json: bool) -> ExitCode {
+    problem::report(json, &[problem::from_sync(e)], exit_code(e.class()))
 }
 
 pub async fn runs(a: RunsArgs) -> anyhow::Result<ExitCode> {
-    let config = match load_config(&a.config) {
+    let config = match load_config(&a.config, a.json) {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
     if let Some(p) = &a.pipeline
         && let Err(m) = config.pipeline(p)
     {
-        eprintln!("error: --pipeline: {m}");
-        return Ok(ExitCode::from(2));
+        return Ok(problem::user(a.json, &[Problem::new("--pipeline", m)]));
     }
-    let store = match open_store(&config) {
+    let store = match open_store(&config, a.json) {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
-    let runs = store.runs(a.pipeline.as_deref(), a.limit).await.context("reading the runs")?;
+    let runs = match store.runs(a.pipeline.as_deref(), a.limit).await {
+        Ok(r) => r,
+        Err(e) => return Ok(store_failed(&e, a.json)),
+    };
     let mut out = std::io::stdout().lock();
     if a.json {
         serde_json::to_writer_pretty(&mut out, &runs)?;
@@ -274,7 +296,7 @@ pub async fn runs(a: RunsArgs) -> anyhow::Result<ExitCode> {
         writeln!(out, "no runs yet")?;
     } else {
         for r in &runs {
-            writeln!(out, "{} {}", trig_store::sqlite::rfc3339(r.started_at), describe(r).trim_end())?;
+            writeln!(out, "{} {}", trig_store::time::rfc3339(r.started_at), describe(r).trim_end())?;
             if let (Some(k), Some(m)) = (&r.error_kind, &r.error_message) {
                 writeln!(out, "  error ({k}): {m}")?;
             }
@@ -284,11 +306,11 @@ pub async fn runs(a: RunsArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
-    let config = match load_config(&a.config) {
+    let config = match load_config(&a.config, false) {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let store = match open_store(&config) {
+    let store = match open_store(&config, false) {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
@@ -302,7 +324,10 @@ pub async fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut after = 0;
     loop {
-        let (page, last) = store.export_page(what, after, 10_000).await.context("reading the store")?;
+        let (page, last) = match store.export_page(what, after, 10_000).await {
+            Ok(p) => p,
+            Err(e) => return Ok(store_failed(&e, false)),
+        };
         if page.is_empty() {
             break;
         }

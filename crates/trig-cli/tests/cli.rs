@@ -345,7 +345,14 @@ async fn a_killed_sync_resumes_and_stores_every_event_once() {
     let run: Value = serde_json::from_slice(&resumed.stdout).unwrap();
     assert_eq!(run["status"], "succeeded");
     let runs: Value = serde_json::from_slice(&cli(&["runs", "--config", c, "--pipeline", "events", "--json"]).stdout).unwrap();
-    assert_eq!(runs[1]["status"], "interrupted", "{runs}");
+    let dead = &runs[1];
+    assert_eq!(dead["status"], "interrupted", "{runs}");
+    // The dead run's record counts the two transactions it committed and ends at the last of them.
+    let committed = dead["counts"]["inserted"].as_u64().unwrap() + dead["counts"]["parked"].as_u64().unwrap();
+    assert!(committed > 0 && dead["counts"]["rows_read"].as_u64().unwrap() >= committed, "{dead}");
+    let (started, ended) = (dead["started_at"].as_i64().unwrap(), dead["ended_at"].as_i64().unwrap());
+    assert!(started < ended && ended < run["started_at"].as_i64().unwrap(), "{dead}");
+    assert_eq!(run["counts"]["late"], 0, "the resumed backfill re-reads nothing as late: {run}");
     // Every valid source event is stored once (matched or parked).
     let cursor = run["window_to"].as_i64().unwrap();
     let cursor = chrono::DateTime::from_timestamp_micros(cursor).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
@@ -358,8 +365,47 @@ async fn a_killed_sync_resumes_and_stores_every_event_once() {
     let unique: std::collections::BTreeSet<String> = stored.iter().cloned().collect();
     assert_eq!(unique.len(), stored.len(), "nothing is stored twice");
     assert_eq!(unique, expected);
+    // The first sync was interrupted, and every event it stored is still a backfilled one.
+    let events = ndjson(&cli(&["export", "events", "--config", c]));
+    let live = events.iter().filter(|e| e["backfill"] != true).count();
+    assert_eq!(live, 0, "{live} of {} events of an interrupted first sync are flagged live", events.len());
+    // Each stored event is counted by exactly one run: the dead one's commits, then the resumed one's.
+    let counted: u64 =
+        [dead, &run].iter().map(|r| r["counts"]["inserted"].as_u64().unwrap() + r["counts"]["rematched"].as_u64().unwrap()).sum();
+    assert_eq!(counted, events.len() as u64, "{runs}");
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[tokio::test]
+async fn two_syncs_at_once_on_one_new_store_both_succeed() {
+    let (_emu, info) = demo_emulator().await;
+    let dir = temp_dir("together");
+    let config = sync_config(&dir, &info, "service_principal", EVENTS_AGAIN);
+    let c = config.to_str().unwrap();
+    // Both open a store that does not exist yet (one migrates it), then write side by side.
+    let spawn = |p: &str| Command::new(BIN).args(["sync", p, "--config", c]).env_remove("TRIG_FAILPOINT").output().unwrap();
+    let (a, b) = std::thread::scope(|sc| {
+        let a = sc.spawn(|| spawn("events"));
+        let b = sc.spawn(|| spawn("events2"));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert_eq!(a.status.code(), Some(0), "{}", text(&a));
+    assert_eq!(b.status.code(), Some(0), "{}", text(&b));
+    let runs: Value = serde_json::from_slice(&cli(&["runs", "--config", c, "--json"]).stdout).unwrap();
+    assert_eq!(runs.as_array().unwrap().iter().filter(|r| r["status"] == "succeeded").count(), 2, "{runs}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+const EVENTS_AGAIN: &str = r#"
+[pipelines.events2]
+connection = "demo"
+kind = "events"
+source = "product.events_v"
+event_id = "event_id"
+event_name = "event_name"
+timestamp = "event_ts"
+user_id = "user_id"
+"#;
 
 #[tokio::test]
 async fn sync_dry_run_json_exit_codes_and_no_secret_printed() {
@@ -415,7 +461,7 @@ async fn sync_dry_run_json_exit_codes_and_no_secret_printed() {
 
     // Bad input: named, with the fix, exit 2.
     let bad = sync_config(&dir, &info, "service_principal", "").with_file_name("bad.toml");
-    std::fs::write(&bad, std::fs::read_to_string(&config).unwrap().replace("lookback = \"2h\"", "lookback = \"2 hours\"")).unwrap();
+    std::fs::write(&bad, std::fs::read_to_string(&config).unwrap().replace("lookback = \"2h\"", "lookback = \"two hours\"")).unwrap();
     let out = cli(&["sync", "events", "--config", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("pipelines.events.lookback") && text(&out).contains("30s, 15m, 2h, 1d"), "{}", text(&out));
@@ -424,7 +470,7 @@ async fn sync_dry_run_json_exit_codes_and_no_secret_printed() {
     assert!(text(&out).contains("the pipelines are: events, people"), "{}", text(&out));
     let out = cli(&["sync", "events", "--config", c, "--from", "yesterday", "--to", "2026-01-01T00:00:00Z"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out).contains("--from `yesterday` is not an RFC 3339 time"), "{}", text(&out));
+    assert!(text(&out).contains("--from: `yesterday` is not an RFC 3339 time"), "{}", text(&out));
 
     // A missing grant: exit 2 with the GRANT to run.
     let denied = sync_config(&dir, &info, "no_select", "");
@@ -490,5 +536,154 @@ fn the_demo_syncs_everything_and_leaves_a_config_and_a_database() {
     assert_eq!(live, 250, "200 new + 40 late + 10 for new people; duplicates and broken rows are not stored");
     let orgs = ndjson(&cli(&["export", "organisations", "--config", c]));
     assert!(orgs.iter().all(|o| o.get("domain").is_some() && o.get("attributes").is_some()));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+// ---------------------------------------------------------------------------
+// Output for scripts and logs, stores that cannot be used, Databricks profiles.
+
+fn json_errors(o: &std::process::Output) -> Vec<Value> {
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(o)));
+    assert_eq!(v["ok"], false, "{v}");
+    let errors = v["errors"].as_array().unwrap().clone();
+    for e in &errors {
+        assert!(e["key"].is_string() && e["message"].is_string() && e.get("hint").is_some(), "{e}");
+    }
+    errors
+}
+
+#[tokio::test]
+async fn json_is_printed_whatever_fails_and_plain_text_has_no_colour_and_no_repeat() {
+    let (_emu, info) = demo_emulator().await;
+    let dir = temp_dir("json");
+    let config = sync_config(&dir, &info, "service_principal", "");
+    let c = config.to_str().unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, std::fs::read_to_string(&config).unwrap().replace("lookback = \"2h\"", "lookback = \"two hours\"")).unwrap();
+    let b = bad.to_str().unwrap();
+    // A bad config, for each command that takes --json: the same error object, exit 2.
+    for args in [
+        vec!["sync", "events", "--config", b, "--json"],
+        vec!["sync", "events", "--config", b, "--json", "--dry-run"],
+        vec!["runs", "--config", b, "--json"],
+        vec!["connection", "test", "--config", b, "--connection", "demo", "--json"],
+    ] {
+        let out = cli(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        let errors = json_errors(&out);
+        assert!(errors.iter().any(|e| e["key"].as_str().unwrap().ends_with("pipelines.events.lookback")), "{args:?}: {errors:?}");
+    }
+    // A bad flag value, a flag clap refuses, an unknown pipeline, missing credentials: JSON too.
+    let out = cli(&["sync", "events", "--config", c, "--json", "--from", "yesterday", "--to", "2026-01-01T00:00:00Z"]);
+    assert_eq!((out.status.code(), json_errors(&out)[0]["key"].as_str()), (Some(2), Some("--from")));
+    let out = cli(&["sync", "events", "--config", c, "--json", "--bogus"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(json_errors(&out)[0]["message"].as_str().unwrap().contains("--bogus"), "{}", text(&out));
+    let out = cli(&["runs", "--config", c, "--pipeline", "nope", "--json"]);
+    assert_eq!((out.status.code(), json_errors(&out)[0]["key"].as_str()), (Some(2), Some("--pipeline")));
+    let out = Command::new(BIN)
+        .args(["connection", "test", "--workspace-url", "dbc-a1b2c3d4-e5f6.cloud.databricks.com", "--json"])
+        .env_remove("DATABRICKS_TOKEN")
+        .env_remove("DATABRICKS_CLIENT_ID")
+        .env_remove("DATABRICKS_CONFIG_PROFILE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let keys: Vec<String> = json_errors(&out).iter().map(|e| e["key"].as_str().unwrap().to_string()).collect();
+    assert_eq!(keys, ["--http-path", "--token-env"], "every missing setting at once");
+
+    // A failed run, captured as a log would be: no escape codes, the error said once.
+    assert_eq!(cli(&["sync", "people", "--config", c]).status.code(), Some(0));
+    let denied = sync_config(&dir, &info, "no_select", "");
+    let out = Command::new(BIN)
+        .args(["sync", "events", "--config", denied.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .env_remove("TRIG_FAILPOINT")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains('\u{1b}'), "escape codes in a captured log: {err:?}");
+    assert_eq!(err.matches("GRANT SELECT ON").count(), 1, "the error is printed once: {err}");
+    // With --json the failed run is its record, and nothing else on stdout.
+    let out = cli(&["sync", "events", "--config", denied.to_str().unwrap(), "--json"]);
+    let run: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    assert_eq!((out.status.code(), run["status"].as_str()), (Some(2), Some("failed")));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test]
+async fn a_store_that_is_not_a_database_is_named_with_what_to_do() {
+    let (_emu, info) = demo_emulator().await;
+    let dir = temp_dir("corrupt");
+    let config = sync_config(&dir, &info, "service_principal", "");
+    let c = config.to_str().unwrap();
+    std::fs::write(dir.join("trig.db"), "not a database, a shopping list\n".repeat(300)).unwrap();
+    for args in [vec!["sync", "events", "--config", c], vec!["runs", "--config", c], vec!["export", "events", "--config", c]] {
+        let out = cli(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        let t = text(&out);
+        assert!(t.contains(&dir.join("trig.db").display().to_string()) && t.contains("restore it from a backup"), "{t}");
+    }
+    let out = cli(&["runs", "--config", c, "--json"]);
+    assert_eq!(json_errors(&out)[0]["key"], "store.url");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test]
+async fn connection_test_reads_databricks_profiles() {
+    let (_emu, info) = demo_emulator().await;
+    let dir = temp_dir("profile");
+    let token = info["tokens"]["service_principal"].as_str().unwrap();
+    let cfg = dir.join("databrickscfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[DEFAULT]\nhost = https://elsewhere.cloud.databricks.com\n\n[demo]\nhost = {}\ntoken = {token}\n",
+            info["workspace_url"].as_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let test = |profile_args: &[&str], env_profile: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["connection", "test", "--http-path", info["http_path"].as_str().unwrap(), "--allow-host", &host_of(&info)])
+            .args(profile_args)
+            .env("DATABRICKS_CONFIG_FILE", &cfg)
+            .env_remove("DATABRICKS_TOKEN")
+            .env_remove("DATABRICKS_HOST")
+            .env_remove("DATABRICKS_CONFIG_PROFILE");
+        if let Some(p) = env_profile {
+            cmd.env("DATABRICKS_CONFIG_PROFILE", p);
+        }
+        cmd.output().unwrap()
+    };
+    let out = test(&["--profile", "demo"], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("Connection OK."), "{}", text(&out));
+    let out = test(&[], Some("demo"));
+    assert_eq!(out.status.code(), Some(0), "DATABRICKS_CONFIG_PROFILE: {}", text(&out));
+    let out = test(&["--profile", "acme"], None);
+    assert_eq!(out.status.code(), Some(2));
+    let t = text(&out);
+    assert!(t.contains(&cfg.display().to_string()) && t.contains("no profile [acme]") && t.contains("demo"), "{t}");
+    assert!(!t.contains(token), "{t}");
+
+    // A config file's connection may name a profile instead of its own keys.
+    let config = dir.join("trig.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\nurl = \"sqlite://trig.db\"\n\n[connections.demo]\nprofile = \"demo\"\nhttp_path = \"{}\"\ndefault_catalog = \"main\"\nallow_hosts = [\"{}\"]\n",
+            info["http_path"].as_str().unwrap(),
+            host_of(&info)
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["connection", "test", "--config", config.to_str().unwrap(), "--connection", "demo"])
+        .env("DATABRICKS_CONFIG_FILE", &cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     std::fs::remove_dir_all(dir).ok();
 }

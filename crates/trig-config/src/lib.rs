@@ -75,7 +75,16 @@ impl SecretRef {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthConfig {
     Token(SecretRef),
-    OAuth { client_id: String, client_secret: SecretRef },
+    OAuth {
+        client_id: String,
+        client_secret: SecretRef,
+    },
+    /// A Databricks configuration profile's token or OAuth client, read from
+    /// the file when the connection is opened.
+    Profile {
+        file: PathBuf,
+        name: String,
+    },
 }
 
 /// `[connections.<name>]`.
@@ -99,6 +108,20 @@ impl ConnectionConfig {
                 client_id: client_id.clone(),
                 client_secret: client_secret.resolve(&format!("{key}.oauth.client_secret"))?,
             },
+            AuthConfig::Profile { file, name } => {
+                let err = |message: String| ConfigError { key: format!("{key}.profile"), message };
+                let p = databricks::profile::load(file, name).map_err(|e| err(e.to_string()))?;
+                match (p.token, p.client_id, p.client_secret) {
+                    (Some(t), _, _) => Credentials::Token(t),
+                    (None, Some(client_id), Some(client_secret)) => Credentials::OAuth { client_id, client_secret },
+                    _ => {
+                        return Err(err(format!(
+                            "profile [{name}] in {} has no token, nor client_id and client_secret; add them to the profile",
+                            file.display()
+                        )));
+                    }
+                }
+            }
         })
     }
     pub fn settings(&self) -> Result<ConnectionSettings, ConfigError> {
@@ -250,12 +273,7 @@ impl Config {
         let mut errs = Vec::new();
         let root: Table = match text.parse::<Table>() {
             Ok(t) => t,
-            Err(e) => {
-                return Err(ConfigErrors {
-                    path: path.display().to_string(),
-                    errors: vec![ConfigError { key: "(syntax)".into(), message: e.to_string().trim().replace('\n', " ") }],
-                });
-            }
+            Err(e) => return Err(ConfigErrors { path: path.display().to_string(), errors: vec![syntax_error(text, &e)] }),
         };
         let mut r = Reader { errs: &mut errs };
         r.unknown(&root, "", &["store", "connections", "pipelines"]);
@@ -270,6 +288,15 @@ impl Config {
             }
         };
         let mut connections = BTreeMap::new();
+        // Each connection's default catalog as written, so that a pipeline on a
+        // connection with another problem is not also told to use full names.
+        let mut written_catalogs: BTreeMap<String, Option<String>> = BTreeMap::new();
+        if let Some(t) = root.get("connections").and_then(Value::as_table) {
+            for (name, v) in t {
+                let catalog = v.get("default_catalog").and_then(Value::as_str).map(str::trim).filter(|c| !c.is_empty());
+                written_catalogs.insert(name.clone(), catalog.map(str::to_string));
+            }
+        }
         if let Some(t) = r.table(&root, "connections", "connections") {
             for (name, v) in t {
                 let key = format!("connections.{name}");
@@ -289,7 +316,7 @@ impl Config {
                 let key = format!("pipelines.{name}");
                 match v.as_table() {
                     Some(p) => {
-                        if let Some(pl) = read_pipeline(&mut r, name, p, &key, &connections) {
+                        if let Some(pl) = read_pipeline(&mut r, name, p, &key, &connections, &written_catalogs) {
                             pipelines.insert(name.clone(), pl);
                         }
                     }
@@ -399,10 +426,10 @@ impl Reader<'_> {
             }
         }
     }
-    fn duration(&mut self, t: &Table, k: &str, key: &str, default: Option<Duration>) -> Option<Duration> {
-        match self.string(t, k, key, default.is_none()) {
-            None => default,
-            Some(s) => match parse_duration(&s) {
+    fn duration(&mut self, t: &Table, k: &str, key: &str, default: Duration, range: (Duration, Duration)) -> Option<Duration> {
+        match self.string(t, k, key, false) {
+            None => Some(default),
+            Some(s) => match parse_duration_in(&s, range) {
                 Ok(d) => Some(d),
                 Err(m) => {
                     self.err(key, m);
@@ -415,7 +442,23 @@ impl Reader<'_> {
         match t.get(k) {
             None => None,
             Some(Value::Table(s)) => match (s.get("env").and_then(Value::as_str), s.get("file").and_then(Value::as_str), s.len()) {
+                // A secret pasted where its variable's name or file belongs is never repeated.
+                (Some(v), None, 1) if looks_like_secret(v) => {
+                    self.err(&format!("{key}.env"), PASTED_SECRET);
+                    None
+                }
+                (Some(v), None, 1) if !v.trim().is_empty() && !is_variable_name(v.trim()) => {
+                    self.err(
+                        &format!("{key}.env"),
+                        "is not an environment variable name (letters, digits and _, not starting with a digit); write the variable's name, e.g. { env = \"ACME_DATABRICKS_TOKEN\" }",
+                    );
+                    None
+                }
                 (Some(v), None, 1) if !v.trim().is_empty() => Some(SecretRef::Env(v.trim().to_string())),
+                (None, Some(f), 1) if looks_like_secret(f) => {
+                    self.err(&format!("{key}.file"), PASTED_SECRET);
+                    None
+                }
                 (None, Some(f), 1) if !f.trim().is_empty() => {
                     let p = Path::new(f.trim());
                     Some(SecretRef::File(if p.is_absolute() { p.to_path_buf() } else { base.join(p) }))
@@ -437,9 +480,41 @@ impl Reader<'_> {
     }
 }
 
+/// `profile = "NAME"`: a profile of the Databricks config file (the host and
+/// credentials the Databricks CLI uses), instead of the connection's own keys.
+fn read_profile(r: &mut Reader, c: &Table, key: &str) -> Option<databricks::profile::Profile> {
+    let pkey = format!("{key}.profile");
+    let name = r.string(c, "profile", &pkey, false)?;
+    let own: Vec<&str> = ["workspace_url", "token", "oauth"].into_iter().filter(|k| c.contains_key(*k)).collect();
+    if !own.is_empty() {
+        r.err(
+            &pkey,
+            format!("a connection takes its host and credentials from a profile or from its own keys, not both; remove {}", own.join(", ")),
+        );
+        return None;
+    }
+    let loaded = databricks::profile::default_file().and_then(|file| databricks::profile::load(&file, &name));
+    match loaded {
+        Ok(p) if p.host.is_none() => {
+            r.err(
+                &pkey,
+                format!("profile [{name}] in {} has no host; add host = https://<workspace>.cloud.databricks.com", p.file.display()),
+            );
+            None
+        }
+        Ok(p) => Some(p),
+        Err(e) => {
+            r.err(&pkey, e.to_string());
+            None
+        }
+    }
+}
+
 fn read_connection(r: &mut Reader, name: &str, c: &Table, key: &str, base: &Path) -> Option<ConnectionConfig> {
-    r.unknown(c, key, &["workspace_url", "http_path", "token", "oauth", "default_catalog", "allow_hosts"]);
+    r.unknown(c, key, &["workspace_url", "http_path", "token", "oauth", "profile", "default_catalog", "allow_hosts"]);
     let before = r.errs.len();
+    let profile = read_profile(r, c, key);
+    let has_profile = c.contains_key("profile");
     let allow_hosts = r.strings(c, "allow_hosts", &format!("{key}.allow_hosts"));
     let allow = match AllowHosts::parse(&allow_hosts) {
         Ok(a) => a,
@@ -448,13 +523,21 @@ fn read_connection(r: &mut Reader, name: &str, c: &Table, key: &str, base: &Path
             AllowHosts::default()
         }
     };
-    let workspace_url = r.string(c, "workspace_url", &format!("{key}.workspace_url"), true);
+    let workspace_url = match &profile {
+        Some(p) => p.host.clone(),
+        None if has_profile => None,
+        None => r.string(c, "workspace_url", &format!("{key}.workspace_url"), true),
+    };
     if let Some(u) = &workspace_url
         && let Err(e) = WorkspaceUrl::parse(u, &allow)
     {
         r.err(&format!("{key}.workspace_url"), e.to_string());
     }
-    let http_path = r.string(c, "http_path", &format!("{key}.http_path"), true);
+    let from_profile = profile.as_ref().and_then(|p| p.warehouse_id.as_ref()).map(|id| format!("/sql/1.0/warehouses/{id}"));
+    let http_path = match r.string(c, "http_path", &format!("{key}.http_path"), from_profile.is_none()) {
+        Some(p) => Some(p),
+        None => from_profile,
+    };
     if let Some(p) = &http_path
         && let Err(e) = WarehouseId::from_http_path(p)
     {
@@ -475,6 +558,7 @@ fn read_connection(r: &mut Reader, name: &str, c: &Table, key: &str, base: &Path
         None => None,
     };
     let auth = match (token, oauth, c.contains_key("token") || c.contains_key("oauth")) {
+        (None, None, false) if has_profile => profile.as_ref().map(|p| AuthConfig::Profile { file: p.file.clone(), name: p.name.clone() }),
         (Some(_), Some(_), _) => {
             r.err(key, "set either token or oauth, not both (OAuth client credentials are recommended for a service principal)");
             None
@@ -530,11 +614,12 @@ fn read_pipeline(
     p: &Table,
     key: &str,
     connections: &BTreeMap<String, ConnectionConfig>,
+    written_catalogs: &BTreeMap<String, Option<String>>,
 ) -> Option<PipelineConfig> {
     let before = r.errs.len();
     let k = |f: &str| format!("{key}.{f}");
     let connection = r.string(p, "connection", &k("connection"), true);
-    let default_catalog = connection.as_ref().and_then(|c| connections.get(c)).and_then(|c| c.default_catalog.clone());
+    let default_catalog = connection.as_ref().and_then(|c| written_catalogs.get(c)).cloned().flatten();
     if let Some(c) = &connection
         && !connections.contains_key(c)
         && !r.errs.iter().any(|e| e.key.starts_with(&format!("connections.{c}")))
@@ -560,7 +645,7 @@ fn read_pipeline(
         None => return None,
     };
     r.unknown(p, key, keys);
-    let schedule = r.duration(p, "schedule", &k("schedule"), Some(default_schedule));
+    let schedule = r.duration(p, "schedule", &k("schedule"), default_schedule, SCHEDULE_RANGE);
     let spec = if kind.as_deref() == Some("events") {
         let event_id = r.string(p, "event_id", &k("event_id"), true);
         let event_name = r.string(p, "event_name", &k("event_name"), true);
@@ -579,12 +664,9 @@ fn read_pipeline(
         let timezone = match r.string(p, "timezone", &k("timezone"), false) {
             None => Some(Zone::Fixed(FixedOffset::east_opt(0).expect("UTC is an offset"))),
             Some(tz) => match Zone::parse(&tz) {
-                Some(z) => Some(z),
-                None => {
-                    r.err(
-                        &k("timezone"),
-                        format!("`{tz}` is not a time zone; use an IANA name such as Europe/Berlin, UTC, or a fixed offset such as +02:00"),
-                    );
+                Ok(z) => Some(z),
+                Err(m) => {
+                    r.err(&k("timezone"), m);
                     None
                 }
             },
@@ -596,7 +678,7 @@ fn read_pipeline(
             r.err(&k("where"), e.to_string());
         }
         let cursor = r.string(p, "cursor", &k("cursor"), false);
-        let lookback = r.duration(p, "lookback", &k("lookback"), Some(Duration::from_secs(2 * 3600)));
+        let lookback = r.duration(p, "lookback", &k("lookback"), Duration::from_secs(2 * 3600), LOOKBACK_RANGE);
         let backfill_from = match r.string(p, "backfill_from", &k("backfill_from"), false) {
             None => None,
             Some(s) => match DateTime::parse_from_rfc3339(&s) {
@@ -646,7 +728,7 @@ fn read_pipeline(
             }
         }
         let updated_at = r.string(p, "updated_at", &k("updated_at"), false);
-        let lookback = r.duration(p, "lookback", &k("lookback"), Some(Duration::from_secs(3600)));
+        let lookback = r.duration(p, "lookback", &k("lookback"), Duration::from_secs(3600), LOOKBACK_RANGE);
         if r.errs.len() > before {
             return None;
         }
@@ -669,21 +751,93 @@ fn read_pipeline(
     Some(PipelineConfig { name: name.to_string(), connection: connection?, source: source?, schedule: schedule?, spec })
 }
 
-/// `30s`, `15m`, `2h`, `1d` (a whole number and one unit).
+/// How often a pipeline may run: from every minute to once a month.
+pub const SCHEDULE_RANGE: (Duration, Duration) = (Duration::from_secs(60), Duration::from_secs(30 * 86_400));
+/// How far back a read may start before the last cursor: up to 30 days.
+pub const LOOKBACK_RANGE: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(30 * 86_400));
+
+/// `30s`, `15m`, `2h`, `1d`, `1h 30m` (humantime's forms), whole seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let bad = || format!("`{s}` is not a duration; write a whole number and a unit: 30s, 15m, 2h, 1d");
-    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().map_err(|_| bad())?;
-    let secs = match unit.trim() {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => return Err(bad()),
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration ({e}); write a number and a unit: 30s, 15m, 2h, 1d, or 1h 30m"))?;
+    if d.subsec_nanos() != 0 {
+        return Err(format!("`{s}` is not a whole number of seconds"));
+    }
+    Ok(d)
+}
+
+/// [`parse_duration`] within `range` (inclusive); out of range names the range.
+pub fn parse_duration_in(s: &str, (min, max): (Duration, Duration)) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < min || d > max {
+        return Err(format!(
+            "`{}` is out of range: it must be between {} and {}",
+            s.trim(),
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(d)
+}
+
+/// What a pasted secret gets instead of an echo.
+const PASTED_SECRET: &str = "this looks like a secret itself, not where to find one (it is not repeated here). Put the secret in an environment variable or a file and write its name, e.g. token = { env = \"ACME_DATABRICKS_TOKEN\" }; and since it was pasted into a file, consider rotating it";
+
+/// A Databricks token or secret by its well-known prefixes (personal access
+/// tokens `dapi…`, OAuth secrets `dose…`, `dkea…`), a JWT, or any long run of
+/// hex or base64 without a path separator.
+pub fn looks_like_secret(v: &str) -> bool {
+    let v = v.trim();
+    let prefixed = ["dapi", "dose", "dkea", "eyJ"].iter().any(|p| v.starts_with(p)) && v.len() >= 20;
+    let opaque = v.len() >= 32
+        && !v.contains(['/', '\\', '.', ' '])
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'+' | b'='))
+        && v.bytes().any(|b| b.is_ascii_digit())
+        && v.bytes().any(|b| b.is_ascii_lowercase());
+    prefixed || opaque
+}
+
+fn is_variable_name(v: &str) -> bool {
+    let mut b = v.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_') && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+/// The keys whose values are secrets: never quoted, whatever their form.
+const SECRET_KEYS: &[&str] = &["token", "client_secret", "password", "secret"];
+
+/// A TOML syntax error with its line and column and without the offending
+/// text: the line may hold a secret pasted unquoted.
+fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let at = e.span().map(|s| s.start).unwrap_or(0).min(text.len());
+    let line_no = text[..at].matches('\n').count() + 1;
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let col = text[line_start..at].chars().count() + 1;
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'"')));
+    let mut message = e.message().trim().replace('\n', " ");
+    // The parser's own words may quote a piece of the value.
+    if let Some((_, value)) = line.split_once('=') {
+        for piece in value.split(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '{' | '}' | '=' | ',')) {
+            if piece.len() >= 4 && message.contains(piece) {
+                message = message.replace(piece, "…");
+            }
+        }
+    }
+    let secret = key.is_some_and(|k| SECRET_KEYS.contains(&k.trim_matches('"')));
+    let about = match key {
+        Some(k) if secret => format!(
+            " in the value of `{}` (not shown: it may be a secret; a secret is never written in the config file — use {} = {{ env = \"VARIABLE\" }} or {{ file = \"path\" }})",
+            k.trim_matches('"'),
+            k.trim_matches('"')
+        ),
+        Some(k) => format!(" in the value of `{}`", k.trim_matches('"')),
+        None => String::new(),
     };
-    Ok(Duration::from_secs(secs))
+    ConfigError { key: "(syntax)".into(), message: format!("line {line_no}, column {col}: {message}{about}") }
 }
 
 /// The time zone hint for zone-less values: an IANA zone or a fixed offset.
@@ -694,12 +848,14 @@ pub enum Zone {
 }
 
 impl Zone {
-    /// `UTC`, `+02:00`, or an IANA name such as `Europe/Berlin`.
-    pub fn parse(s: &str) -> Option<Zone> {
+    /// `UTC`, `+02:00` (within ±18:00), or an IANA name such as `Europe/Berlin`.
+    pub fn parse(s: &str) -> Result<Zone, String> {
         if let Some(o) = parse_offset(s) {
-            return Some(Zone::Fixed(o));
+            return o.map(Zone::Fixed);
         }
-        s.trim().parse::<chrono_tz::Tz>().ok().map(Zone::Named)
+        s.trim().parse::<chrono_tz::Tz>().map(Zone::Named).map_err(|_| {
+            format!("`{}` is not a time zone; use an IANA name such as Europe/Berlin, UTC, or a fixed offset such as +02:00", s.trim())
+        })
     }
 
     /// The instant a wall-clock time in this zone names. In a daylight-saving
@@ -723,19 +879,29 @@ impl fmt::Display for Zone {
     }
 }
 
-fn parse_offset(tz: &str) -> Option<FixedOffset> {
+/// `UTC`, `Z`, or `±HH:MM` within ±18:00 with minutes below 60 (the range
+/// SQL and ISO 8601 allow). `None`: not an offset at all; `Err`: an offset
+/// out of range.
+fn parse_offset(tz: &str) -> Option<Result<FixedOffset, String>> {
     let t = tz.trim();
     if t.eq_ignore_ascii_case("utc") || t == "Z" || t.eq_ignore_ascii_case("etc/utc") {
-        return FixedOffset::east_opt(0);
+        return FixedOffset::east_opt(0).map(Ok);
     }
     let sign = match t.as_bytes().first()? {
         b'+' => 1,
         b'-' => -1,
         _ => return None,
     };
-    let (h, m) = t[1..].split_once(':')?;
-    let secs = h.parse::<i32>().ok()? * 3600 + m.parse::<i32>().ok()? * 60;
-    FixedOffset::east_opt(sign * secs)
+    let bad = || Some(Err(format!("`{t}` is not an offset from -18:00 to +18:00; write ±HH:MM, e.g. +02:00 or -05:30")));
+    let Some((h, m)) = t[1..].split_once(':') else { return bad() };
+    if h.len() != 2 || m.len() != 2 || !h.bytes().chain(m.bytes()).all(|b| b.is_ascii_digit()) {
+        return bad();
+    }
+    let (h, m): (i32, i32) = (h.parse().ok()?, m.parse().ok()?);
+    if m > 59 || h * 60 + m > 18 * 60 {
+        return bad();
+    }
+    FixedOffset::east_opt(sign * (h * 3600 + m * 60)).map(Ok)
 }
 
 #[cfg(test)]
@@ -802,13 +968,15 @@ schedule = "24h"
     #[test]
     fn every_error_is_reported_at_once_with_its_key() {
         let bad = GOOD
-            .replace("lookback = \"2h\"", "lookback = \"2 hours\"")
+            .replace("lookback = \"2h\"", "lookback = \"two hours\"")
             .replace("token = { env = \"ACME_DATABRICKS_TOKEN\" }", "token = \"dapi123\"")
             .replace("kind = \"people\"", "kind = \"persons\"")
             .replace("user_id_kind = \"external_id\"", "user_id_kind = \"external_id\"\nevent_nmae = \"x\"")
             .replace("http_path = \"/sql/1.0/warehouses/abcdef1234567890\"", "http_path = \"/sql/protocolv1/o/1/0123\"");
         let e = Config::parse(&bad, Path::new("trig.toml")).unwrap_err();
         let keys: Vec<&str> = e.errors.iter().map(|e| e.key.as_str()).collect();
+        // The connection's own problem is not repeated as a problem of every pipeline on it.
+        assert!(!keys.iter().any(|k| k.ends_with(".source")), "{keys:?}");
         for want in [
             "connections.acme.http_path",
             "connections.acme.token",
@@ -840,16 +1008,65 @@ schedule = "24h"
     fn durations_and_offsets_parse() {
         assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
         assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86400));
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
         assert!(parse_duration("15").is_err());
         assert!(parse_duration("m").is_err());
-        assert_eq!(parse_offset("+02:00"), FixedOffset::east_opt(7200));
-        assert_eq!(parse_offset("UTC"), FixedOffset::east_opt(0));
+        assert_eq!(parse_offset("+02:00"), FixedOffset::east_opt(7200).map(Ok));
+        assert_eq!(parse_offset("-05:30"), FixedOffset::east_opt(-19800).map(Ok));
+        assert_eq!(parse_offset("UTC"), FixedOffset::east_opt(0).map(Ok));
         assert_eq!(parse_offset("Europe/Berlin"), None);
+        for bad in ["+02:75", "+1193046:29", "+19:00", "-18:01", "+2:00", "+02:0", "+0a:00", "+02"] {
+            let e = Zone::parse(bad).unwrap_err();
+            assert!(e.contains("-18:00 to +18:00"), "{bad}: {e}");
+        }
+        assert!(Zone::parse("+18:00").is_ok());
         let berlin = Zone::parse("Europe/Berlin").unwrap();
         let summer = chrono::NaiveDate::from_ymd_opt(2026, 7, 1).unwrap().and_hms_opt(12, 0, 0).unwrap();
         assert_eq!(berlin.to_utc(summer).unwrap().to_rfc3339(), "2026-07-01T10:00:00+00:00");
         let gap = chrono::NaiveDate::from_ymd_opt(2026, 3, 29).unwrap().and_hms_opt(2, 30, 0).unwrap();
         assert_eq!(berlin.to_utc(gap), None);
-        assert!(Zone::parse("Mars/Olympus").is_none());
+        assert!(Zone::parse("Mars/Olympus").unwrap_err().contains("IANA"));
+    }
+
+    #[test]
+    fn every_duration_has_a_range_named_in_the_error() {
+        for (key, value, want) in [
+            ("lookback = \"2h\"", "lookback = \"106751991d\"", "pipelines.acme_events.lookback"),
+            ("lookback = \"2h\"", "lookback = \"31d\"", "pipelines.acme_events.lookback"),
+            ("schedule = \"15m\"", "schedule = \"10s\"", "pipelines.acme_events.schedule"),
+            ("schedule = \"24h\"", "schedule = \"400d\"", "pipelines.acme_people.schedule"),
+        ] {
+            let e = Config::parse(&GOOD.replacen(key, value, 1), Path::new("trig.toml")).unwrap_err();
+            let err = e.errors.iter().find(|x| x.key == want).unwrap_or_else(|| panic!("{want} in {e}"));
+            assert!(err.message.contains("out of range") && err.message.contains(" and "), "{}", err.message);
+        }
+        let e = Config::parse(&GOOD.replace("timezone = \"UTC\"", "timezone = \"+02:75\""), Path::new("trig.toml")).unwrap_err();
+        assert!(e.to_string().contains("pipelines.acme_events.timezone: `+02:75` is not an offset from -18:00 to +18:00"), "{e}");
+    }
+
+    #[test]
+    fn a_secret_is_never_echoed_from_a_broken_or_misused_config() {
+        let secret = "dapi0123456789abcdef0123456789abcdef";
+        let env = "token = { env = \"ACME_DATABRICKS_TOKEN\" }";
+        for broken in [
+            format!("token = {secret}"),
+            format!("token = \"{secret}"),
+            format!("token = '{secret}"),
+            format!("token = {{ env = \"{secret}\" }}"),
+            format!("token = {{ env = \"{secret}"),
+            format!("token = {{ file = \"{secret}\" }}"),
+            format!("token = {{ env = \"{}\" }}", &secret[4..]),
+        ] {
+            let e = Config::parse(&GOOD.replace(env, &broken), Path::new("trig.toml")).unwrap_err();
+            let text = e.to_string();
+            assert!(!text.contains(&secret[4..20]), "{broken}: the secret leaked: {text}");
+            assert!(text.contains("connections.acme.token") || text.contains("(syntax): line "), "{broken}: names where: {text}");
+        }
+        // A syntax error names the line and the key, and says why the value is not shown.
+        let e = Config::parse(&GOOD.replace(env, &format!("token = {secret}")), Path::new("trig.toml")).unwrap_err();
+        assert!(e.to_string().contains("line 8, column") && e.to_string().contains("value of `token` (not shown"), "{e}");
+        // A token where a variable's name belongs is recognised as one.
+        let e = Config::parse(&GOOD.replace(env, &format!("token = {{ env = \"{secret}\" }}")), Path::new("trig.toml")).unwrap_err();
+        assert!(e.to_string().contains("connections.acme.token.env: this looks like a secret itself"), "{e}");
     }
 }

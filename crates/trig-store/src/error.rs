@@ -12,16 +12,62 @@ pub enum Error {
     /// The database was written by a newer trig-databricks.
     #[error("the store at {path} has schema version {found}, newer than this build's {supported}; upgrade trig-databricks")]
     TooNew { path: String, found: i64, supported: i64 },
+    /// The file is not a SQLite database, or is damaged.
+    #[error(
+        "the store at {path} is not a readable SQLite database (damaged, or another kind of file); restore it from a backup, or move it away and run again: a new store is created and the next sync re-reads from Databricks"
+    )]
+    Corrupt { path: String },
+    /// The file or its folder cannot be written.
+    #[error(
+        "the store at {path} cannot be written (a read-only file, folder or disk); make it writable for the user running trig-databricks"
+    )]
+    ReadOnly { path: String },
+    /// Another process held the write lock for longer than the busy timeout.
+    #[error(
+        "the store at {path} stayed locked by another process for {timeout_secs}s; nothing was lost and the next run retries (if this repeats, look for a stuck trig-databricks process using this file)"
+    )]
+    Busy { path: String, timeout_secs: u64 },
     /// A database call failed.
     #[error("store: {0}")]
     Database(String),
-    /// A failpoint fired (tests only: `TRIG_FAILPOINT`).
+    /// A failpoint fired (tests only: `TRIG_FAILPOINT`, with the `failpoints` feature).
     #[error("failpoint {0} fired")]
     Failpoint(String),
 }
 
+impl Error {
+    /// Names the file in errors that were raised without it.
+    pub(crate) fn at(self, file: &str, busy_timeout: std::time::Duration) -> Error {
+        match self {
+            Error::Corrupt { path } if path.is_empty() => Error::Corrupt { path: file.to_string() },
+            Error::ReadOnly { path } if path.is_empty() => Error::ReadOnly { path: file.to_string() },
+            Error::Busy { path, .. } if path.is_empty() => Error::Busy { path: file.to_string(), timeout_secs: busy_timeout.as_secs() },
+            other => other,
+        }
+    }
+
+    /// Whether the same call may succeed later without anyone changing anything.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Busy { .. })
+    }
+
+    /// Whether the operator must fix something (the URL, the file, its permissions).
+    pub fn is_user_fixable(&self) -> bool {
+        matches!(
+            self,
+            Error::Unsupported { .. } | Error::Open { .. } | Error::TooNew { .. } | Error::Corrupt { .. } | Error::ReadOnly { .. }
+        )
+    }
+}
+
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
-        Error::Database(e.to_string())
+        use rusqlite::ErrorCode;
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Error::Busy { path: String::new(), timeout_secs: 0 },
+            Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => Error::Corrupt { path: String::new() },
+            Some(ErrorCode::ReadOnly) => Error::ReadOnly { path: String::new() },
+            _ => Error::Database(e.to_string()),
+        }
     }
 }

@@ -17,6 +17,7 @@
 
 mod error;
 pub mod sqlite;
+pub mod time;
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -31,17 +32,19 @@ pub type Micros = i64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Slot {
-    /// The live watermark scheduled runs read from.
+    /// The live watermark scheduled runs read from. It is set only once a
+    /// pipeline's first backfill has finished.
     Live,
-    /// Progress of an unfinished full refresh, so a crash resumes it.
-    FullRefresh,
+    /// Progress of an unfinished backfill (a first sync or a full refresh),
+    /// so a crash or a cancel resumes it, still as a backfill.
+    Backfill,
 }
 
 impl Slot {
     pub fn as_str(self) -> &'static str {
         match self {
             Slot::Live => "live",
-            Slot::FullRefresh => "full_refresh",
+            Slot::Backfill => "backfill",
         }
     }
 }
@@ -90,6 +93,16 @@ pub struct Checkpoint {
     pub value: Option<Micros>,
 }
 
+/// What a run read since its previous transaction. It commits with the
+/// transaction and is added to the run's record, so the record of a run that
+/// dies counts what it committed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub rows_read: u64,
+    pub bytes: u64,
+    pub statement_ids: Vec<String>,
+}
+
 /// One transaction's worth of events.
 #[derive(Debug, Clone)]
 pub struct EventBatch {
@@ -100,6 +113,7 @@ pub struct EventBatch {
     pub rows: Vec<EventRow>,
     pub quarantine: Vec<Quarantined>,
     pub checkpoints: Vec<Checkpoint>,
+    pub progress: Progress,
 }
 
 /// What a batch did.
@@ -144,6 +158,7 @@ pub struct RecordBatch {
     pub rows: Vec<RecordRow>,
     pub quarantine: Vec<Quarantined>,
     pub checkpoints: Vec<Checkpoint>,
+    pub progress: Progress,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -249,21 +264,25 @@ pub trait Store: Send + Sync + 'static {
     async fn cursor(&self, pipeline: &str, slot: Slot) -> Result<Option<Micros>, Error>;
 
     /// Stores events (dedup on `(pipeline, event id)`, identity matching,
-    /// parking), quarantined rows and the checkpoints, in one transaction.
+    /// parking), quarantined rows and the checkpoints, and adds what it did
+    /// (and the batch's progress) to the run's record, in one transaction.
     async fn write_events(&self, batch: EventBatch) -> Result<EventOutcome, Error>;
 
     /// Upserts people or organisations whose hash changed, quarantined rows
-    /// and the checkpoints, in one transaction.
+    /// and the checkpoints, and adds what it did to the run's record, in one
+    /// transaction.
     async fn write_records(&self, batch: RecordBatch) -> Result<RecordOutcome, Error>;
 
-    /// Moves parked events (of one pipeline, or all) whose person now exists into events; returns how many.
-    async fn rematch_parked(&self, pipeline: Option<&str>) -> Result<u64, Error>;
+    /// Moves parked events (of one pipeline, or all) whose person now exists
+    /// into events, counted in `run_id`'s record; returns how many.
+    async fn rematch_parked(&self, pipeline: Option<&str>, run_id: &str) -> Result<u64, Error>;
 
-    /// Drops a pipeline's events parked before `before`; returns how many.
-    async fn expire_parked(&self, pipeline: &str, before: Micros) -> Result<u64, Error>;
+    /// Drops a pipeline's events parked before `before`, counted as dropped
+    /// in `run_id`'s record; returns how many.
+    async fn expire_parked(&self, pipeline: &str, before: Micros, run_id: &str) -> Result<u64, Error>;
 
     /// Records a run as started; marks earlier runs of the pipeline still
-    /// `running` (a crashed process) as `interrupted`.
+    /// `running` (a crashed process) as `interrupted`, ended at their last commit.
     async fn begin_run(&self, run: &SyncRun) -> Result<(), Error>;
 
     /// Records a run's end (status, counts, error).

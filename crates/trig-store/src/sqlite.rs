@@ -2,29 +2,46 @@
 //!
 //! One connection owned by one thread that runs the calls in turn; every
 //! call is one transaction (WAL, `synchronous = NORMAL`: a killed process loses
-//! nothing that committed).
+//! nothing that committed). Several processes may share the file: every write
+//! transaction takes the write lock when it begins (`BEGIN IMMEDIATE`), so a
+//! writer waits up to [`BUSY_TIMEOUT`] for another instead of failing, and the
+//! migration runs inside one such transaction that re-reads the version.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::time::rfc3339;
 use crate::{
-    Checkpoint, Entity, Error, EventBatch, EventOutcome, Export, IdentityRule, Micros, Quarantined, RecordBatch, RecordOutcome, RunCounts,
-    Slot, Store, SyncRun, Totals,
+    Checkpoint, Entity, Error, EventBatch, EventOutcome, Export, IdentityRule, Micros, Progress, Quarantined, RecordBatch, RecordOutcome,
+    RunCounts, Slot, Store, SyncRun, Totals,
 };
 
-const SCHEMA_VERSION: i64 = 1;
+/// The migrations, in order: version `i + 1` is `MIGRATIONS[i]`.
+const MIGRATIONS: &[&str] = &[
+    include_str!("schema.sql"),
+    // 2: a run's record moves with each commit (its end is its last commit if
+    // it dies); the first sync's progress has a slot of its own, shared with
+    // the full refresh.
+    "ALTER TABLE sync_runs ADD COLUMN last_commit_at INTEGER;
+     UPDATE cursors SET slot = 'backfill' WHERE slot = 'full_refresh';",
+];
+const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// How long a write waits for another process's transaction before it fails
+/// as [`Error::Busy`] (transient: the next run retries).
+pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// SQLite's page cache, in KiB: bounded, whatever the size of the database.
 pub const PAGE_CACHE_KIB: i64 = 16 * 1024;
-const SCHEMA: &str = include_str!("schema.sql");
 
 /// What a failpoint does when it fires.
+#[cfg(feature = "failpoints")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailAction {
     /// Return an error (the transaction rolls back).
@@ -36,6 +53,7 @@ pub enum FailAction {
 /// Fires inside `write_events` after the rows are written and before the
 /// commit, on the `nth` call (1-based). Tests use it to prove that a crash at
 /// that instant loses and duplicates nothing.
+#[cfg(feature = "failpoints")]
 #[derive(Debug, Clone, Copy)]
 struct Failpoint {
     nth: u64,
@@ -62,6 +80,8 @@ pub struct SqliteStore {
     /// Jobs for the thread that owns the connection.
     jobs: std::sync::mpsc::Sender<Job>,
     path: String,
+    busy_timeout: std::time::Duration,
+    #[cfg(feature = "failpoints")]
     failpoint: Arc<Mutex<Option<(Failpoint, u64)>>>,
 }
 
@@ -78,10 +98,19 @@ fn now_micros() -> Micros {
 impl SqliteStore {
     /// Opens (creating and migrating) the database at `path`; `:memory:` for a private in-memory one.
     ///
-    /// `TRIG_FAILPOINT=events_before_commit:N` (tests only) aborts the process
-    /// on the N-th event batch, after its rows are written and before its commit.
+    /// With the `failpoints` feature (tests only),
+    /// `TRIG_FAILPOINT=events_before_commit:N` aborts the process on the N-th
+    /// event batch, after its rows are written and before its commit.
     pub fn open(path: &str) -> Result<SqliteStore, Error> {
-        let open_err = |e: rusqlite::Error| Error::Open { path: path.to_string(), reason: e.to_string() };
+        SqliteStore::open_with(path, BUSY_TIMEOUT)
+    }
+
+    /// [`SqliteStore::open`] with another busy timeout (tests).
+    pub fn open_with(path: &str, busy_timeout: std::time::Duration) -> Result<SqliteStore, Error> {
+        let open_err = |e: rusqlite::Error| match Error::from(e) {
+            Error::Database(reason) => Error::Open { path: path.to_string(), reason },
+            other => other.at(path, busy_timeout),
+        };
         if path != ":memory:"
             && let Some(dir) = Path::new(path).parent()
             && !dir.as_os_str().is_empty()
@@ -90,12 +119,13 @@ impl SqliteStore {
             return Err(Error::Open { path: path.to_string(), reason: format!("the folder {} does not exist", dir.display()) });
         }
         let mut conn = Connection::open(path).map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(open_err)?;
+        conn.busy_timeout(busy_timeout).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
         conn.pragma_update(None, "cache_size", -PAGE_CACHE_KIB).map_err(open_err)?;
-        migrate(&mut conn, path)?;
+        migrate(&mut conn, path).map_err(|e| e.at(path, busy_timeout))?;
+        #[cfg(feature = "failpoints")]
         let failpoint = std::env::var("TRIG_FAILPOINT").ok().and_then(|v| {
             let n = v.strip_prefix("events_before_commit:")?.parse().ok()?;
             Some((Failpoint { nth: n, action: FailAction::Abort }, 0))
@@ -113,10 +143,17 @@ impl SqliteStore {
                 }
             })
             .map_err(|e| Error::Open { path: path.to_string(), reason: format!("cannot start the store's thread: {e}") })?;
-        Ok(SqliteStore { jobs, path: path.to_string(), failpoint: Arc::new(Mutex::new(failpoint)) })
+        Ok(SqliteStore {
+            jobs,
+            path: path.to_string(),
+            busy_timeout,
+            #[cfg(feature = "failpoints")]
+            failpoint: Arc::new(Mutex::new(failpoint)),
+        })
     }
 
     /// Arms the failpoint in `write_events` for the `nth` call from now (tests).
+    #[cfg(feature = "failpoints")]
     pub fn set_failpoint(&self, nth: u64, action: FailAction) {
         *self.failpoint.lock().unwrap_or_else(|p| p.into_inner()) = Some((Failpoint { nth, action }, 0));
     }
@@ -126,6 +163,11 @@ impl SqliteStore {
     }
 
     async fn with_worker<T: Send + 'static>(&self, f: impl FnOnce(&mut Worker) -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+        let (path, timeout) = (self.path.clone(), self.busy_timeout);
+        self.on_worker(f).await.map_err(|e| e.at(&path, timeout))
+    }
+
+    async fn on_worker<T: Send + 'static>(&self, f: impl FnOnce(&mut Worker) -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
         let (answer, answered) = tokio::sync::oneshot::channel();
         self.jobs
             .send(Box::new(move |w: &mut Worker| {
@@ -135,6 +177,7 @@ impl SqliteStore {
         answered.await.map_err(|_| Error::Database("a store call failed unexpectedly (a bug); see the log".into()))?
     }
 
+    #[cfg(feature = "failpoints")]
     fn fire_failpoint(&self) -> Option<FailAction> {
         let mut fp = self.failpoint.lock().unwrap_or_else(|p| p.into_inner());
         let (point, count) = fp.as_mut()?;
@@ -148,18 +191,76 @@ impl SqliteStore {
     }
 }
 
+/// Brings the schema to [`SCHEMA_VERSION`] in one write transaction that
+/// reads the version under the write lock, so two processes opening a new
+/// file never both create it.
 fn migrate(conn: &mut Connection, path: &str) -> Result<(), Error> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version > SCHEMA_VERSION {
         return Err(Error::TooNew { path: path.to_string(), found: version, supported: SCHEMA_VERSION });
     }
-    if version < 1 {
-        let tx = conn.transaction()?;
-        tx.execute_batch(SCHEMA)?;
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        tx.commit()?;
+    for step in &MIGRATIONS[version.max(0) as usize..] {
+        tx.execute_batch(step)?;
     }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
     Ok(())
+}
+
+/// A write transaction: it holds the write lock from its first statement, so
+/// waiting for another writer goes through the busy timeout (a deferred
+/// transaction that upgrades to a write fails at once instead).
+fn write_tx(conn: &mut Connection) -> Result<Transaction<'_>, Error> {
+    Ok(conn.transaction_with_behavior(TransactionBehavior::Immediate)?)
+}
+
+/// Adds a transaction's figures to its run's record, and moves the record's
+/// last commit, inside that transaction.
+fn add_to_run(tx: &Transaction, run_id: &str, c: &RunCounts, statement_ids: &[String]) -> Result<(), Error> {
+    let mut ids_text: Option<String> = None;
+    if !statement_ids.is_empty() {
+        let old: Option<String> =
+            tx.prepare_cached("SELECT statement_ids FROM sync_runs WHERE run_id = ?1")?.query_row([run_id], |r| r.get(0)).optional()?;
+        let mut ids: Vec<String> = old.as_deref().and_then(|t| serde_json::from_str(t).ok()).unwrap_or_default();
+        ids.extend(statement_ids.iter().cloned());
+        ids_text = Some(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into()));
+    }
+    tx.prepare_cached(
+        "UPDATE sync_runs SET rows_read = rows_read + ?2, inserted = inserted + ?3, updated = updated + ?4, unchanged = unchanged + ?5,
+           deduplicated = deduplicated + ?6, parked = parked + ?7, rematched = rematched + ?8, dropped = dropped + ?9,
+           quarantined = quarantined + ?10, late = late + ?11, people_created = people_created + ?12, bytes = bytes + ?13,
+           statement_ids = COALESCE(?14, statement_ids), last_commit_at = ?15
+         WHERE run_id = ?1",
+    )?
+    .execute(params![
+        run_id,
+        c.rows_read as i64,
+        c.inserted as i64,
+        c.updated as i64,
+        c.unchanged as i64,
+        c.deduplicated as i64,
+        c.parked as i64,
+        c.rematched as i64,
+        c.dropped as i64,
+        c.quarantined as i64,
+        c.late as i64,
+        c.people_created as i64,
+        c.bytes as i64,
+        ids_text,
+        now_micros(),
+    ])?;
+    Ok(())
+}
+
+fn with_progress(mut c: RunCounts, p: &Progress) -> RunCounts {
+    c.rows_read += p.rows_read;
+    c.bytes += p.bytes;
+    c
 }
 
 fn write_checkpoints(tx: &Transaction, pipeline: &str, checkpoints: &[Checkpoint]) -> Result<(), Error> {
@@ -524,16 +625,6 @@ fn run_from_row(r: &rusqlite::Row) -> rusqlite::Result<SyncRun> {
     })
 }
 
-/// RFC 3339 UTC with microseconds.
-pub fn rfc3339(us: Micros) -> String {
-    let secs = us.div_euclid(1_000_000);
-    let micros = us.rem_euclid(1_000_000) as u32;
-    match chrono::DateTime::from_timestamp(secs, micros * 1000) {
-        Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        None => us.to_string(),
-    }
-}
-
 fn json_text(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or(Value::String(s.to_string()))
 }
@@ -651,11 +742,14 @@ impl Store for SqliteStore {
     }
 
     async fn write_events(&self, batch: EventBatch) -> Result<EventOutcome, Error> {
+        #[cfg(feature = "failpoints")]
         let fire = self.fire_failpoint();
         self.with_worker(move |w| {
-            let tx = w.conn.transaction()?;
+            let tx = write_tx(&mut w.conn)?;
             let mut found = Vec::new();
             let out = write_events_tx(&tx, &batch, &w.people, &mut found)?;
+            add_to_run(&tx, &batch.run_id, &with_progress(out.into(), &batch.progress), &batch.progress.statement_ids)?;
+            #[cfg(feature = "failpoints")]
             match fire {
                 Some(FailAction::Abort) => {
                     // The rows are written, the commit has not happened: a kill here must lose nothing.
@@ -677,8 +771,9 @@ impl Store for SqliteStore {
 
     async fn write_records(&self, batch: RecordBatch) -> Result<RecordOutcome, Error> {
         self.with_worker(move |w| {
-            let tx = w.conn.transaction()?;
+            let tx = write_tx(&mut w.conn)?;
             let out = write_records_tx(&tx, &batch)?;
+            add_to_run(&tx, &batch.run_id, &with_progress(out.into(), &batch.progress), &batch.progress.statement_ids)?;
             tx.commit()?;
             if batch.entity == Entity::People && out.inserted + out.updated > 0 {
                 // An email may have moved to another person.
@@ -689,21 +784,32 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn rematch_parked(&self, pipeline: Option<&str>) -> Result<u64, Error> {
+    async fn rematch_parked(&self, pipeline: Option<&str>, run_id: &str) -> Result<u64, Error> {
         let pipeline = pipeline.map(str::to_string);
+        let run_id = run_id.to_string();
         self.with(move |c| {
-            let tx = c.transaction()?;
+            let tx = write_tx(c)?;
             let out = rematch_tx(&tx, pipeline.as_deref())?;
+            if out > 0 {
+                add_to_run(&tx, &run_id, &RunCounts { rematched: out, ..Default::default() }, &[])?;
+            }
             tx.commit()?;
             Ok(out)
         })
         .await
     }
 
-    async fn expire_parked(&self, pipeline: &str, before: Micros) -> Result<u64, Error> {
+    async fn expire_parked(&self, pipeline: &str, before: Micros, run_id: &str) -> Result<u64, Error> {
         let pipeline = pipeline.to_string();
+        let run_id = run_id.to_string();
         self.with(move |c| {
-            Ok(c.execute("DELETE FROM parked_events WHERE pipeline = ?1 AND parked_at < ?2", params![pipeline, before])? as u64)
+            let tx = write_tx(c)?;
+            let out = tx.execute("DELETE FROM parked_events WHERE pipeline = ?1 AND parked_at < ?2", params![pipeline, before])? as u64;
+            if out > 0 {
+                add_to_run(&tx, &run_id, &RunCounts { dropped: out, ..Default::default() }, &[])?;
+            }
+            tx.commit()?;
+            Ok(out)
         })
         .await
     }
@@ -711,12 +817,14 @@ impl Store for SqliteStore {
     async fn begin_run(&self, run: &SyncRun) -> Result<(), Error> {
         let run = run.clone();
         self.with(move |c| {
-            let tx = c.transaction()?;
+            let tx = write_tx(c)?;
+            // A run still `running` died: what it committed is in its record,
+            // and it ended at its last commit.
             tx.execute(
-                "UPDATE sync_runs SET status = 'interrupted', ended_at = ?2,
+                "UPDATE sync_runs SET status = 'interrupted', ended_at = COALESCE(last_commit_at, started_at),
                    error_kind = 'interrupted', error_message = 'the process stopped before the run ended; the next run resumed from the last checkpoint'
                  WHERE pipeline = ?1 AND status = 'running'",
-                params![run.pipeline, run.started_at],
+                params![run.pipeline],
             )?;
             tx.execute(
                 "INSERT INTO sync_runs (run_id, pipeline, trigger, status, started_at, window_from, window_to, warehouse_state)
@@ -733,7 +841,8 @@ impl Store for SqliteStore {
         let run = run.clone();
         self.with(move |c| {
             let k = &run.counts;
-            c.execute(
+            let tx = write_tx(c)?;
+            tx.execute(
                 "UPDATE sync_runs SET status = ?2, ended_at = ?3, window_from = ?4, window_to = ?5, statement_ids = ?6, warehouse_state = ?7,
                    rows_read = ?8, inserted = ?9, updated = ?10, unchanged = ?11, deduplicated = ?12, parked = ?13, rematched = ?14,
                    dropped = ?15, quarantined = ?16, late = ?17, people_created = ?18, bytes = ?19, error_kind = ?20, error_message = ?21
@@ -762,6 +871,7 @@ impl Store for SqliteStore {
                     run.error_message,
                 ],
             )?;
+            tx.commit()?;
             Ok(())
         })
         .await
@@ -817,7 +927,16 @@ mod tests {
     }
 
     fn batch(rows: Vec<EventRow>, rule: IdentityRule) -> EventBatch {
-        EventBatch { pipeline: "p".into(), run_id: "r1".into(), rule, backfill: false, rows, quarantine: vec![], checkpoints: vec![] }
+        EventBatch {
+            pipeline: "p".into(),
+            run_id: "r1".into(),
+            rule,
+            backfill: false,
+            rows,
+            quarantine: vec![],
+            checkpoints: vec![],
+            progress: Progress::default(),
+        }
     }
 
     fn person(id: &str, email: Option<&str>, hash: &str) -> RecordRow {
@@ -850,10 +969,11 @@ mod tests {
             rows: vec![person("u1", None, "h1")],
             quarantine: vec![],
             checkpoints: vec![],
+            progress: Progress::default(),
         };
         assert_eq!(s.write_records(r).await.unwrap().inserted, 1);
-        assert_eq!(s.rematch_parked(Some("other")).await.unwrap(), 0);
-        assert_eq!(s.rematch_parked(Some("p")).await.unwrap(), 1);
+        assert_eq!(s.rematch_parked(Some("other"), "r3").await.unwrap(), 0);
+        assert_eq!(s.rematch_parked(Some("p"), "r3").await.unwrap(), 1);
         let t = s.totals().await.unwrap();
         assert_eq!((t.events, t.parked, t.people), (3, 0, 3));
     }
@@ -884,6 +1004,7 @@ mod tests {
             rows,
             quarantine: vec![],
             checkpoints: vec![Checkpoint { slot: Slot::Live, value: Some(42) }],
+            progress: Progress::default(),
         };
         // The person created from an email event gets its external id.
         let o = s.write_records(rb(vec![person("u1", Some("a@x.com"), "h1")])).await.unwrap();
@@ -897,6 +1018,7 @@ mod tests {
         assert_eq!(s.totals().await.unwrap().people, 1);
     }
 
+    #[cfg(feature = "failpoints")]
     #[tokio::test]
     async fn a_failed_commit_leaves_nothing_behind() {
         let s = SqliteStore::open(":memory:").unwrap();
@@ -908,5 +1030,128 @@ mod tests {
         assert_eq!(s.cursor("p", Slot::Live).await.unwrap(), None);
         assert_eq!(s.write_events(b).await.unwrap().inserted, 1);
         assert_eq!(s.cursor("p", Slot::Live).await.unwrap(), Some(7));
+    }
+
+    fn temp_db(name: &str) -> (std::path::PathBuf, String) {
+        let dir = std::env::temp_dir().join(format!("trig-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("trig.db").to_str().unwrap().to_string();
+        (dir, file)
+    }
+
+    fn run(id: &str) -> SyncRun {
+        SyncRun {
+            run_id: id.into(),
+            pipeline: "p".into(),
+            trigger: "schedule".into(),
+            status: "running".into(),
+            started_at: now_micros(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dead_runs_record_counts_what_it_committed_and_ends_at_its_last_commit() {
+        let s = SqliteStore::open(":memory:").unwrap();
+        s.begin_run(&run("r1")).await.unwrap();
+        let mut b = batch(vec![ev("e1", "a@x.com", None), ev("e2", "b@x.com", None)], IdentityRule::Email);
+        b.progress = Progress { rows_read: 3, bytes: 100, statement_ids: vec!["s1".into()] };
+        b.quarantine.push(Quarantined { key: None, reason: "bad".into(), row: "{}".into() });
+        s.write_events(b).await.unwrap();
+        let mut b = batch(vec![ev("e3", "a@x.com", None)], IdentityRule::Email);
+        b.progress = Progress { rows_read: 1, bytes: 0, statement_ids: vec!["s2".into()] };
+        s.write_events(b).await.unwrap();
+        let committed = s.runs(None, 1).await.unwrap().remove(0);
+        assert_eq!(committed.status, "running");
+        assert_eq!((committed.counts.rows_read, committed.counts.inserted, committed.counts.quarantined), (4, 3, 1));
+        assert_eq!((committed.counts.people_created, committed.counts.bytes), (2, 100));
+        assert_eq!(committed.statement_ids, ["s1", "s2"]);
+        // The process dies; the next run marks it interrupted, ended at its last commit.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        s.begin_run(&run("r2")).await.unwrap();
+        let dead = s.runs(None, 2).await.unwrap().into_iter().find(|r| r.run_id == "r1").unwrap();
+        assert_eq!(dead.status, "interrupted");
+        assert_eq!(dead.counts, committed.counts);
+        let ended = dead.ended_at.unwrap();
+        assert!(ended > dead.started_at && ended < now_micros() - 10_000, "ended at its last commit, not when found dead");
+    }
+
+    #[tokio::test]
+    async fn two_stores_on_one_new_file_migrate_once_and_write_side_by_side() {
+        let (dir, file) = temp_db("two");
+        // Two opens of a new file at once: one creates the schema, the other waits and sees it.
+        let (a, b) = std::thread::scope(|sc| {
+            let a = sc.spawn(|| SqliteStore::open(&file));
+            let b = sc.spawn(|| SqliteStore::open(&file));
+            (a.join().unwrap().unwrap(), b.join().unwrap().unwrap())
+        });
+        let write = |s: SqliteStore, tag: &'static str| async move {
+            for i in 0..40 {
+                let rows = (0..200).map(|j| ev(&format!("{tag}-{i}-{j}"), &format!("{tag}{j}@x.com"), None)).collect();
+                let mut b = batch(rows, IdentityRule::Email);
+                b.pipeline = tag.into();
+                s.write_events(b).await?;
+            }
+            Ok::<_, Error>(())
+        };
+        let (ra, rb) = tokio::join!(write(a.clone(), "a"), write(b, "b"));
+        ra.unwrap();
+        rb.unwrap();
+        assert_eq!(a.totals().await.unwrap().events, 2 * 40 * 200);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn a_lock_held_past_the_timeout_is_a_transient_busy_error_naming_the_file() {
+        let (dir, file) = temp_db("busy");
+        let s = SqliteStore::open_with(&file, std::time::Duration::from_millis(300)).unwrap();
+        let holder = Connection::open(&file).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE; INSERT INTO cursors VALUES ('x', 'live', 1, 1);").unwrap();
+        let e = s.write_events(batch(vec![ev("e1", "a@x.com", None)], IdentityRule::Email)).await.unwrap_err();
+        assert!(matches!(&e, Error::Busy { path, timeout_secs: 0 } if path == &file), "{e:?}");
+        assert!(e.is_transient() && !e.is_user_fixable());
+        holder.execute_batch("ROLLBACK").unwrap();
+        // Released: the same write goes through, nothing half-written before.
+        assert_eq!(s.write_events(batch(vec![ev("e1", "a@x.com", None)], IdentityRule::Email)).await.unwrap().inserted, 1);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_named_with_what_to_do() {
+        let (dir, file) = temp_db("corrupt");
+        std::fs::write(&file, "this is not a database, it is a note about one\n".repeat(200)).unwrap();
+        let e = SqliteStore::open(&file).unwrap_err();
+        assert!(matches!(&e, Error::Corrupt { path } if path == &file), "{e:?}");
+        assert!(e.is_user_fixable());
+        assert!(e.to_string().contains("restore it from a backup"), "{e}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn a_read_only_database_is_a_read_only_error() {
+        let (dir, file) = temp_db("ro");
+        drop(SqliteStore::open(&file).unwrap());
+        let ro = Connection::open_with_flags(&file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let e = Error::from(ro.execute("DELETE FROM cursors", []).unwrap_err()).at(&file, BUSY_TIMEOUT);
+        assert!(matches!(&e, Error::ReadOnly { path } if path == &file), "{e:?}");
+        assert!(e.to_string().contains("make it writable"), "{e}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn a_version_1_store_migrates_its_full_refresh_slot() {
+        let (dir, file) = temp_db("v1");
+        let c = Connection::open(&file).unwrap();
+        c.execute_batch(MIGRATIONS[0]).unwrap();
+        c.execute_batch("PRAGMA user_version = 1; INSERT INTO cursors VALUES ('p', 'full_refresh', 5, 1);").unwrap();
+        drop(c);
+        drop(SqliteStore::open(&file).unwrap());
+        let c = Connection::open(&file).unwrap();
+        let slot: String = c.query_row("SELECT slot FROM cursors WHERE pipeline = 'p'", [], |r| r.get(0)).unwrap();
+        assert_eq!(slot, "backfill");
+        let v: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        std::fs::remove_dir_all(dir).ok();
     }
 }

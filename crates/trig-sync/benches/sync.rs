@@ -263,11 +263,11 @@ impl trig_store::Store for Timed {
     async fn write_records(&self, b: trig_store::RecordBatch) -> Result<trig_store::RecordOutcome, trig_store::Error> {
         self.inner.write_records(b).await
     }
-    async fn rematch_parked(&self, p: Option<&str>) -> Result<u64, trig_store::Error> {
-        self.inner.rematch_parked(p).await
+    async fn rematch_parked(&self, p: Option<&str>, run_id: &str) -> Result<u64, trig_store::Error> {
+        self.inner.rematch_parked(p, run_id).await
     }
-    async fn expire_parked(&self, p: &str, before: i64) -> Result<u64, trig_store::Error> {
-        self.inner.expire_parked(p, before).await
+    async fn expire_parked(&self, p: &str, before: i64, run_id: &str) -> Result<u64, trig_store::Error> {
+        self.inner.expire_parked(p, before, run_id).await
     }
     async fn begin_run(&self, r: &trig_store::SyncRun) -> Result<(), trig_store::Error> {
         self.inner.begin_run(r).await

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use trig_config::{AttributeKind, AttributesSpec, Zone};
 use trig_store::{Checkpoint, Entity, Quarantined, RecordBatch, RecordRow, RunCounts, Slot, SyncRun};
 
-use crate::pump::{self, Sink};
+use crate::pump::{self, Sink, Txn};
 use crate::query::{self, Query, Select};
 use crate::values::{json_at, map_batch, normalise_email, row_json, text_at};
 use crate::window::{Window, incremental_start, upper_bound};
@@ -140,14 +140,15 @@ impl Sink for RecordsSink<'_> {
     fn map(&self, batch: &ArrowBatch) -> (Vec<RecordRow>, Vec<Quarantined>) {
         self.mapper.map(batch)
     }
-    async fn write(&self, rows: Vec<RecordRow>, quarantine: Vec<Quarantined>, checkpoints: Vec<Checkpoint>) -> Result<RunCounts, Error> {
+    async fn write(&self, txn: Txn<RecordRow>) -> Result<RunCounts, Error> {
         let batch = RecordBatch {
             pipeline: self.ctx.pipeline.name.clone(),
             run_id: self.ctx.run_id.clone(),
             entity: self.entity,
-            rows,
-            quarantine,
-            checkpoints,
+            rows: txn.rows,
+            quarantine: txn.quarantine,
+            checkpoints: txn.checkpoints,
+            progress: txn.progress,
         };
         Ok(self.ctx.store.write_records(batch).await?.into())
     }
@@ -171,7 +172,7 @@ pub(crate) async fn run(ctx: &Ctx<'_>, spec: &AttributesSpec, trigger: Trigger, 
     pump::pump(ctx, &sink, &mut pump::Once(Some(pump::Step { query: q, checkpoints, window: None })), run).await?;
     if entity == Entity::People {
         // People appeared: events parked for them can land now.
-        run.counts.rematched += ctx.store.rematch_parked(None).await?;
+        run.counts.rematched += ctx.store.rematch_parked(None, &ctx.run_id).await?;
     }
     Ok(())
 }

@@ -46,9 +46,8 @@ impl Error {
             Error::Databricks(e) if e.is_user_fixable() => Class::User,
             Error::Databricks(databricks::Error::Api { .. }) => Class::Remote,
             Error::Databricks(_) => Class::Internal,
-            Error::Store(trig_store::Error::Open { .. } | trig_store::Error::Unsupported { .. } | trig_store::Error::TooNew { .. }) => {
-                Class::User
-            }
+            Error::Store(e) if e.is_user_fixable() => Class::User,
+            Error::Store(e) if e.is_transient() => Class::Remote,
             Error::Store(_) => Class::Internal,
             Error::Cancelled => Class::Remote,
         }

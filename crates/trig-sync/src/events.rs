@@ -3,9 +3,10 @@
 use arrow_array::{ArrayRef, RecordBatch};
 use serde_json::{Map, Value};
 use trig_config::{EventsSpec, UserIdKind};
+use trig_store::time::rfc3339;
 use trig_store::{Checkpoint, EventBatch, EventRow, IdentityRule, Micros, Quarantined, RunCounts, Slot, SyncRun};
 
-use crate::pump::{self, Plan, Sink, Step};
+use crate::pump::{self, Plan, Sink, Step, Txn};
 use crate::query::{self, Query, Select};
 use crate::values::{instant_at, json_at, map_batch, normalise_email, row_json, text_at};
 use crate::window::{self, Window, incremental_start, upper_bound};
@@ -55,37 +56,62 @@ struct Range {
     empty: Vec<Checkpoint>,
 }
 
+/// Where the data resumes within a window: the first cursor value in it.
+type ProbeFn<'a> = Box<dyn Fn(Window) -> futures::future::BoxFuture<'a, Result<Option<Micros>, Error>> + Send + Sync + 'a>;
+
 /// The range cut into windows as the run goes, each sized from the density
-/// of the one before to hold about `window_rows` rows.
+/// of the one before to hold about `window_rows` rows. After an empty window
+/// one statement asks where the data resumes and the plan jumps there, so a
+/// backfill's statement count follows its rows, not the calendar.
 struct Windows<'a> {
     range: Range,
     from: Micros,
     len: Micros,
+    /// The length of the last window that held rows (what a jump resumes with).
+    dense_len: Micros,
     target: u64,
     max: Micros,
     first: bool,
     query: Box<dyn Fn(Window, bool) -> Query + Send + 'a>,
+    probe: ProbeFn<'a>,
 }
 
 /// The shortest window: finer than this is not worth a statement.
 const MIN_WINDOW: Micros = 60_000_000;
+/// A backfill's first window, before any density is known: a day.
+const FIRST_WINDOW: Micros = 24 * 3600 * 1_000_000;
 
 impl Plan for Windows<'_> {
-    fn next(&mut self, last_rows: Option<u64>) -> Option<Step> {
+    async fn next(&mut self, last_rows: Option<u64>) -> Result<Option<Step>, Error> {
         if let Some(rows) = last_rows {
-            self.len = window::next_len(self.len, rows, self.target, MIN_WINDOW, self.max);
+            if rows > 0 {
+                self.len = window::next_len(self.len, rows, self.target, MIN_WINDOW, self.max);
+                self.dense_len = self.len;
+            } else if self.from < self.range.end {
+                // An empty window: jump to where the data resumes, or to the end.
+                match (self.probe)(Window { from: self.from, to: self.range.end }).await? {
+                    Some(next) if next > self.from => {
+                        // Resume at the last density seen, but no longer than the first window's day:
+                        // a few sparse rows before a gap say little about what follows it.
+                        self.from = self.from.max(next - 1);
+                        self.len = self.dense_len.min(FIRST_WINDOW);
+                    }
+                    Some(_) => self.len = window::next_len(self.len, 0, self.target, MIN_WINDOW, self.max),
+                    None => self.len = self.range.end - self.from,
+                }
+            }
         }
         if self.from >= self.range.end {
-            return None;
+            return Ok(None);
         }
         let w = Window { from: self.from, to: self.from.saturating_add(self.len).min(self.range.end) };
         self.from = w.to;
         let include_null = std::mem::take(&mut self.first) && self.range.include_null_first;
-        Some(Step {
+        Ok(Some(Step {
             query: (self.query)(w, include_null),
             checkpoints: (self.range.checkpoints)(w.to == self.range.end, &w),
             window: Some(w),
-        })
+        }))
     }
     fn covered(&self) -> f64 {
         match self.range.start {
@@ -100,8 +126,13 @@ async fn source_start(ctx: &Ctx<'_>, spec: &EventsSpec) -> Result<Option<Micros>
         return Ok(Some(t.timestamp_micros()));
     }
     let q = query::min_cursor(&ctx.table, spec.cursor_column(), spec.filter.as_deref());
+    Ok(first_value(ctx, spec, &q).await?.map(|t| t - 1))
+}
+
+/// Runs a one-value statement (`min(cursor)`) and reads its instant.
+async fn first_value(ctx: &Ctx<'_>, spec: &EventsSpec, q: &Query) -> Result<Option<Micros>, Error> {
     if let Some(f) = &ctx.options.on_statement {
-        f(&q);
+        f(q);
     }
     let stmt = q.statement().tag("trig_run_id", ctx.run_id.clone()).tag("trig_pipeline", ctx.pipeline.name.clone());
     let r = tokio::select! {
@@ -111,9 +142,9 @@ async fn source_start(ctx: &Ctx<'_>, spec: &EventsSpec) -> Result<Option<Micros>
     let first = r.rows.first().and_then(|row| row.first().cloned().flatten());
     match first {
         None => Ok(None),
-        Some(s) => crate::values::parse_instant(&s, &spec.timezone).map(|t| Some(t - 1)).map_err(|e| {
-            Error::Databricks(databricks::Error::Protocol { detail: format!("the first cursor value `{s}` does not parse: {e}") })
-        }),
+        Some(s) => crate::values::parse_instant(&s, &spec.timezone)
+            .map(Some)
+            .map_err(|e| Error::Databricks(databricks::Error::Protocol { detail: format!("the cursor value `{s}` does not parse: {e}") })),
     }
 }
 
@@ -129,33 +160,28 @@ async fn range(ctx: &Ctx<'_>, spec: &EventsSpec, trigger: Trigger, prev: Option<
             checkpoints: Box::new(move |_, w: &Window| vec![Checkpoint { slot: Slot::Live, value: Some(w.to.max(cursor)) }]),
             empty: vec![Checkpoint { slot: Slot::Live, value: Some(upper.max(cursor)) }],
         },
-        // The first sync is a backfill, checkpointed window by window.
-        (Trigger::Schedule | Trigger::Manual, None) => Range {
-            start: source_start(ctx, spec).await?,
-            end: upper,
-            backfill: true,
-            include_null_first: true,
-            checkpoints: Box::new(|_, w: &Window| vec![Checkpoint { slot: Slot::Live, value: Some(w.to) }]),
-            empty: vec![Checkpoint { slot: Slot::Live, value: Some(upper) }],
-        },
-        (Trigger::FullRefresh, _) => {
-            // A full refresh keeps its own checkpoint, so a crash resumes it.
-            let resume = ctx.store.cursor(&ctx.pipeline.name, Slot::FullRefresh).await?;
+        // The first sync and a full refresh are backfills. Their progress has
+        // a slot of its own, so an interrupted one resumes where it stopped and
+        // stays a backfill; the live cursor is set when the last window commits.
+        (Trigger::Schedule | Trigger::Manual, None) | (Trigger::FullRefresh, _) => {
+            let resume = ctx.store.cursor(&ctx.pipeline.name, Slot::Backfill).await?;
             let start = match resume {
                 Some(r) => Some(r),
                 None => source_start(ctx, spec).await?,
             };
             let live = prev.map_or(upper, |p| p.max(upper));
-            let done = vec![Checkpoint { slot: Slot::FullRefresh, value: None }, Checkpoint { slot: Slot::Live, value: Some(live) }];
+            let done = vec![Checkpoint { slot: Slot::Backfill, value: None }, Checkpoint { slot: Slot::Live, value: Some(live) }];
             let finished = done.clone();
             Range {
                 start,
                 end: upper,
                 backfill: true,
                 include_null_first: resume.is_none(),
-                checkpoints: Box::new(move |last, w: &Window| {
-                    if last { finished.clone() } else { vec![Checkpoint { slot: Slot::FullRefresh, value: Some(w.to) }] }
-                }),
+                checkpoints: Box::new(
+                    move |last, w: &Window| {
+                        if last { finished.clone() } else { vec![Checkpoint { slot: Slot::Backfill, value: Some(w.to) }] }
+                    },
+                ),
                 empty: done,
             }
         }
@@ -206,7 +232,7 @@ impl Mapper<'_> {
                 key,
                 format!(
                     "timestamp {} is more than {}s in the future; fix the clock that produced it",
-                    trig_store::sqlite::rfc3339(ts),
+                    rfc3339(ts),
                     self.tolerance / 1_000_000
                 ),
             ));
@@ -231,6 +257,13 @@ impl Mapper<'_> {
         }
         Ok(EventRow { event_id, name, ts, user_key, email, properties: Value::Object(props).to_string(), late })
     }
+}
+
+/// What a read's rows are late against: the live cursor, for live reads
+/// only. A backfill (first, resumed, full refresh, replay) has no one
+/// waiting on it, so nothing in it is late.
+fn late_against(backfill: bool, prev: Option<Micros>) -> Option<Micros> {
+    if backfill { None } else { prev }
 }
 
 fn rule(spec: &EventsSpec) -> IdentityRule {
@@ -275,15 +308,16 @@ impl Sink for EventsSink<'_> {
     fn map(&self, batch: &RecordBatch) -> (Vec<EventRow>, Vec<Quarantined>) {
         self.mapper.map(batch)
     }
-    async fn write(&self, rows: Vec<EventRow>, quarantine: Vec<Quarantined>, checkpoints: Vec<Checkpoint>) -> Result<RunCounts, Error> {
+    async fn write(&self, txn: Txn<EventRow>) -> Result<RunCounts, Error> {
         let batch = EventBatch {
             pipeline: self.ctx.pipeline.name.clone(),
             run_id: self.ctx.run_id.clone(),
             rule: self.rule,
             backfill: self.backfill,
-            rows,
-            quarantine,
-            checkpoints,
+            rows: txn.rows,
+            quarantine: txn.quarantine,
+            checkpoints: txn.checkpoints,
+            progress: txn.progress,
         };
         Ok(self.ctx.store.write_events(batch).await?.into())
     }
@@ -293,8 +327,8 @@ pub(crate) async fn run(ctx: &Ctx<'_>, spec: &EventsSpec, trigger: Trigger, run:
     let name = &ctx.pipeline.name;
     let now = now_micros();
     // Parked events: expire the old (counted as dropped), re-match those whose person appeared.
-    run.counts.dropped += ctx.store.expire_parked(name, now - micros(ctx.options.parked_retention)).await?;
-    run.counts.rematched += ctx.store.rematch_parked(Some(name)).await?;
+    run.counts.dropped += ctx.store.expire_parked(name, now - micros(ctx.options.parked_retention), &ctx.run_id).await?;
+    run.counts.rematched += ctx.store.rematch_parked(Some(name), &ctx.run_id).await?;
 
     ctx.preflight(&wanted(spec)).await?;
     let prev = ctx.store.cursor(name, Slot::Live).await?;
@@ -302,12 +336,18 @@ pub(crate) async fn run(ctx: &Ctx<'_>, spec: &EventsSpec, trigger: Trigger, run:
     let layout = Layout::new(spec);
     let sink = EventsSink {
         ctx,
-        mapper: Mapper { spec, layout: &layout, now, tolerance: micros(ctx.options.future_tolerance), prev },
+        mapper: Mapper {
+            spec,
+            layout: &layout,
+            now,
+            tolerance: micros(ctx.options.future_tolerance),
+            prev: late_against(range.backfill, prev),
+        },
         rule: rule(spec),
         backfill: range.backfill,
     };
     let Some(start) = range.start.filter(|s| *s < range.end) else {
-        let c = sink.write(Vec::new(), Vec::new(), range.empty).await?;
+        let c = sink.write(Txn::checkpoints(range.empty)).await?;
         run.counts += c;
         return Ok(());
     };
@@ -317,17 +357,25 @@ pub(crate) async fn run(ctx: &Ctx<'_>, spec: &EventsSpec, trigger: Trigger, run:
     pump::pump(ctx, &sink, &mut windows, run).await
 }
 
-fn windows<'a>(ctx: &'a Ctx<'_>, spec: &'a EventsSpec, layout: &'a Layout, range: Range, start: Micros) -> Windows<'a> {
+fn windows<'a>(ctx: &'a Ctx<'a>, spec: &'a EventsSpec, layout: &'a Layout, range: Range, start: Micros) -> Windows<'a> {
     let max = micros(ctx.options.max_window).max(MIN_WINDOW);
+    // A day to begin with; later windows follow the data's density.
+    let day = FIRST_WINDOW.min(max);
     Windows {
         range,
         from: start,
-        // A day to begin with; later windows follow the data's density.
-        len: (24 * 3600 * 1_000_000).min(max),
+        len: day,
+        dense_len: day,
         target: ctx.options.window_rows,
         max,
         first: true,
         query: Box::new(move |w, include_null| select(&ctx.table, spec, layout, w, include_null)),
+        probe: Box::new(move |within| {
+            Box::pin(async move {
+                let q = query::next_cursor(&ctx.table, spec.cursor_column(), spec.filter.as_deref(), within);
+                first_value(ctx, spec, &q).await
+            })
+        }),
     }
 }
 
@@ -342,10 +390,16 @@ pub(crate) async fn dry_run(ctx: &Ctx<'_>, spec: &EventsSpec, trigger: Trigger, 
         return Ok(DryRun { sql: q.sql, parameters: q.parameters, rows: Vec::new() });
     };
     // The first statement of the plan a real run follows.
-    let Step { query: q, .. } = windows(ctx, spec, &layout, range, start).next(None).expect("a non-empty range has a first window");
+    let Step { query: q, .. } = windows(ctx, spec, &layout, range, start).next(None).await?.expect("a non-empty range has a first window");
     let stream = ctx.query(&q, Some(limit)).await?;
     let batches = stream.collect_batches().await?;
-    let mapper = Mapper { spec, layout: &layout, now: now_micros(), tolerance: micros(ctx.options.future_tolerance), prev };
+    let mapper = Mapper {
+        spec,
+        layout: &layout,
+        now: now_micros(),
+        tolerance: micros(ctx.options.future_tolerance),
+        prev: late_against(backfill, prev),
+    };
     let mut rows = Vec::new();
     for b in &batches {
         for i in 0..b.num_rows() {
@@ -353,7 +407,7 @@ pub(crate) async fn dry_run(ctx: &Ctx<'_>, spec: &EventsSpec, trigger: Trigger, 
                 Ok(r) => serde_json::json!({
                     "event_id": r.event_id,
                     "event_name": r.name,
-                    "timestamp": trig_store::sqlite::rfc3339(r.ts),
+                    "timestamp": rfc3339(r.ts),
                     "user_key": r.user_key,
                     "email": r.email,
                     "properties": serde_json::from_str::<Value>(&r.properties).unwrap_or(Value::Null),
@@ -375,7 +429,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn plan(start: Micros, end: Micros, target: u64, max: Micros) -> Windows<'static> {
+    fn plan(start: Micros, end: Micros, target: u64, max: Micros, resume_every: Micros) -> Windows<'static> {
         Windows {
             range: Range {
                 start: Some(start),
@@ -389,9 +443,15 @@ mod tests {
             },
             from: start,
             len: 86_400_000_000i64.min(max),
+            dense_len: 86_400_000_000i64.min(max),
             target,
             max,
             first: true,
+            probe: Box::new(move |w: Window| {
+                // The data resumes at the next multiple of `resume_every` inside the window, if any.
+                let next = (w.from / resume_every + 1) * resume_every;
+                Box::pin(async move { Ok((next <= w.to).then_some(next)) })
+            }),
             query: Box::new(|w, include_null| Query {
                 sql: if include_null { "first".into() } else { String::new() },
                 parameters: vec![crate::QueryParameter { name: "to".into(), value: Some(w.to.to_string()), type_name: "TIMESTAMP".into() }],
@@ -399,38 +459,87 @@ mod tests {
         }
     }
 
+    fn block<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
-        /// Whatever the density, the windows are contiguous, each within the
-        /// bounds, cover `(start, end]` exactly once, only the first reads NULL
-        /// cursors, and only the last carries the range's final checkpoint.
+        /// Whatever the density, the windows are ordered and disjoint, each
+        /// within the bounds, end exactly at the range's end, skip only
+        /// stretches the probe found empty (every point where data resumes
+        /// is in exactly one window), only the first reads NULL cursors, and
+        /// only the last carries the range's final checkpoint.
         #[test]
         fn adaptive_windows_cover_the_range_exactly_once(
             start in 0i64..1_000_000_000_000_000,
             span in 1i64..30 * 86_400_000_000,
             rows in proptest::collection::vec(0u64..200_000, 1..400),
             target in 1u64..100_000,
+            resume_every in 3_600_000_000i64..30 * 86_400_000_000,
         ) {
             let max = 7 * 86_400_000_000;
             let end = start + span;
-            let mut p = plan(start, end, target, max);
+            let mut p = plan(start, end, target, max, resume_every);
             let mut at = start;
             let mut last_rows = None;
-            let mut n = 0;
-            while let Some(step) = p.next(last_rows) {
+            let mut windows = Vec::new();
+            while let Some(step) = block(p.next(last_rows)).unwrap() {
                 let w = step.window.unwrap();
-                prop_assert_eq!(w.from, at);
+                let n = windows.len();
+                prop_assert!(w.from >= at, "ordered and disjoint");
+                if w.from > at {
+                    prop_assert_eq!(last_rows, Some(0), "only an empty window is followed by a jump");
+                }
                 prop_assert!(w.to > w.from && w.to - w.from <= max && w.to <= end);
                 prop_assert_eq!(step.query.sql == "first", n == 0);
                 let last = step.checkpoints[0].value.unwrap() < 0;
                 prop_assert_eq!(last, w.to == end);
                 at = w.to;
                 last_rows = Some(rows[n % rows.len()]);
-                n += 1;
-                prop_assert!(n < 1_000_000, "terminates");
+                windows.push(w);
+                prop_assert!(windows.len() < 1_000_000, "terminates");
             }
             prop_assert_eq!(at, end);
             prop_assert!((p.covered() - 1.0).abs() < 1e-9);
+            let mut point = (start / resume_every + 1) * resume_every;
+            while point <= end {
+                prop_assert_eq!(windows.iter().filter(|w| w.contains(point)).count(), 1, "{} is read once", point);
+                point += resume_every;
+            }
         }
+    }
+
+    /// One row in 1970 and a month of recent data: the backfill's statements
+    /// follow the rows, not the 56 years between.
+    #[test]
+    fn an_empty_stretch_costs_one_probe() {
+        let day = 86_400_000_000i64;
+        let end = 1_764_000_000_000_000; // late 2025
+        let recent = end - 30 * day;
+        let mut p = plan(-1, end, 20_000, 7 * day, 1);
+        let probes = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counted = probes.clone();
+        p.probe = Box::new(move |w: Window| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move { Ok((w.to > recent).then_some(w.from.max(recent) + 1)) })
+        });
+        let mut last = None;
+        let mut statements = 0;
+        while let Some(step) = block(p.next(last)).unwrap() {
+            let w = step.window.unwrap();
+            statements += 1;
+            // The 1970 row, then 10k rows a day in the recent month, none between.
+            last = Some(if w.contains(0) {
+                1
+            } else if w.to <= recent {
+                0
+            } else {
+                ((w.to - w.from.max(recent)) / day * 10_000) as u64
+            });
+        }
+        let probes = probes.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(probes <= 2, "{probes} probes");
+        assert!(statements <= 20, "{statements} windows for one old row and 300k recent rows");
     }
 }

@@ -87,7 +87,9 @@ pub struct EngineOptions {
     pub parked_retention: Duration,
     /// The longest window one statement reads. A backfill is cut into windows
     /// sized to hold about `window_rows` rows each (from the density of the
-    /// previous one), each checkpointed when its rows commit.
+    /// previous one, growing at most 8× at a time), each checkpointed when its
+    /// rows commit; after an empty window one statement asks where the data
+    /// resumes. Sparse years thus cost a few statements, not one per week.
     pub max_window: Duration,
     /// The rows one statement should return: bounds a statement's memory and
     /// the work a crash can lose.
@@ -107,7 +109,7 @@ impl Default for EngineOptions {
             settle: Duration::from_secs(60),
             future_tolerance: Duration::from_secs(3600),
             parked_retention: Duration::from_secs(7 * 86_400),
-            max_window: Duration::from_secs(7 * 86_400),
+            max_window: Duration::from_secs(366 * 86_400),
             window_rows: 20_000,
             write_batch_rows: 20_000,
             client: ClientOptions::default(),
@@ -266,7 +268,8 @@ impl Engine {
                 run.status = if matches!(e, Error::Cancelled) { "cancelled" } else { "failed" }.into();
                 run.error_kind = Some(e.kind().into());
                 run.error_message = Some(e.to_string());
-                tracing::warn!(pipeline = %p.name, run_id = %run.run_id, kind = e.kind(), error = %e, "sync run failed");
+                // Recorded in the run and returned: the caller reports it (once) to whoever must act.
+                tracing::info!(pipeline = %p.name, run_id = %run.run_id, kind = e.kind(), error = %e, "sync run failed");
                 Some(e)
             }
         };

@@ -8,7 +8,7 @@
 use arrow_array::RecordBatch;
 use databricks::ResultStream;
 use futures::StreamExt;
-use trig_store::{Checkpoint, Quarantined, RunCounts, SyncRun};
+use trig_store::{Checkpoint, Progress, Quarantined, RunCounts, SyncRun};
 
 use crate::query::Query;
 use crate::window::Window;
@@ -18,17 +18,27 @@ use crate::{Ctx, Error};
 pub(crate) trait Sink {
     type Row: Send;
     fn map(&self, batch: &RecordBatch) -> (Vec<Self::Row>, Vec<Quarantined>);
-    /// Writes one transaction; returns what it did, as run figures.
-    fn write(
-        &self,
-        rows: Vec<Self::Row>,
-        quarantine: Vec<Quarantined>,
-        checkpoints: Vec<Checkpoint>,
-    ) -> impl Future<Output = Result<RunCounts, Error>> + Send;
+    /// Writes one transaction (its rows, and what was read for them, added
+    /// to the run's record in the same commit); returns what it did, as run
+    /// figures.
+    fn write(&self, txn: Txn<Self::Row>) -> impl Future<Output = Result<RunCounts, Error>> + Send;
 }
 
 /// One store transaction's worth.
-type Txn<R> = (Vec<R>, Vec<Quarantined>, Vec<Checkpoint>);
+pub(crate) struct Txn<R> {
+    pub rows: Vec<R>,
+    pub quarantine: Vec<Quarantined>,
+    pub checkpoints: Vec<Checkpoint>,
+    /// What was read since the previous transaction.
+    pub progress: Progress,
+}
+
+impl<R> Txn<R> {
+    /// A transaction that only moves cursors.
+    pub fn checkpoints(checkpoints: Vec<Checkpoint>) -> Txn<R> {
+        Txn { rows: Vec::new(), quarantine: Vec::new(), checkpoints, progress: Progress::default() }
+    }
+}
 
 /// One statement to read, and the checkpoints its last transaction commits.
 pub(crate) struct Step {
@@ -38,9 +48,10 @@ pub(crate) struct Step {
 }
 
 /// The statements of a run, decided one at a time (so a window can be sized
-/// by how many rows the previous one held).
+/// by how many rows the previous one held, and an empty stretch skipped by
+/// asking where the data resumes).
 pub(crate) trait Plan: Send {
-    fn next(&mut self, last_rows: Option<u64>) -> Option<Step>;
+    fn next(&mut self, last_rows: Option<u64>) -> impl Future<Output = Result<Option<Step>, Error>> + Send;
     /// How much of the run's range is read, 0 to 1.
     fn covered(&self) -> f64;
 }
@@ -49,8 +60,8 @@ pub(crate) trait Plan: Send {
 pub(crate) struct Once(pub Option<Step>);
 
 impl Plan for Once {
-    fn next(&mut self, _: Option<u64>) -> Option<Step> {
-        self.0.take()
+    async fn next(&mut self, _: Option<u64>) -> Result<Option<Step>, Error> {
+        Ok(self.0.take())
     }
     fn covered(&self) -> f64 {
         if self.0.is_some() { 0.0 } else { 1.0 }
@@ -70,7 +81,7 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
     let target = ctx.options.write_batch_rows.max(1);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Txn<S::Row>>(1);
     let already_read = run.counts.rows_read;
-    let mut read_into = Reading { rows_read: already_read, statement_ids: Vec::new(), bytes: 0 };
+    let mut read_into = Reading { rows_read: already_read, statement_ids: Vec::new(), bytes: 0, unsent: Progress::default() };
     let reading = &mut read_into;
     // The reader owns the sender: when it finishes, the writer sees the end.
     // Sends a step's statement; the future runs only when polled.
@@ -79,14 +90,17 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
         // A transaction is only built once the writer has taken the previous
         // one (the channel's slot is free): at most two exist at once.
         let Ok(mut slot) = tx.reserve().await else { return Ok(()) };
-        let mut up_next = plan.next(None).map(start);
+        let mut up_next = plan.next(None).await?.map(start);
         while let Some((checkpoints, window, statement)) = up_next.take() {
             let mut stream = statement.await?;
             reading.statement_ids.push(stream.statement_id().to_string());
-            reading.bytes += stream.manifest().total_byte_count.unwrap_or(0);
+            reading.unsent.statement_ids.push(stream.statement_id().to_string());
+            let bytes = stream.manifest().total_byte_count.unwrap_or(0);
+            reading.bytes += bytes;
+            reading.unsent.bytes += bytes;
             // The next window (sized from this one's row count) runs on the
             // warehouse while this one is read; its chunks wait until it is.
-            let mut following = plan.next(Some(stream.total_rows())).map(start);
+            let mut following = plan.next(Some(stream.total_rows())).await?.map(start);
             let mut following_done: Option<Result<ResultStream, Error>> = None;
             let mut rows: Vec<S::Row> = Vec::with_capacity(target.min(stream.total_rows() as usize));
             let mut bad: Vec<Quarantined> = Vec::new();
@@ -103,12 +117,18 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
                 let Some(batch) = next else { break };
                 let batch = batch?;
                 reading.rows_read += batch.num_rows() as u64;
+                reading.unsent.rows_read += batch.num_rows() as u64;
                 let (mapped, quarantined) = sink.map(&batch);
                 drop(batch);
                 rows.extend(mapped);
                 bad.extend(quarantined);
                 if rows.len() + bad.len() >= target {
-                    slot.send((std::mem::replace(&mut rows, Vec::with_capacity(target)), std::mem::take(&mut bad), Vec::new()));
+                    slot.send(Txn {
+                        rows: std::mem::replace(&mut rows, Vec::with_capacity(target)),
+                        quarantine: std::mem::take(&mut bad),
+                        checkpoints: Vec::new(),
+                        progress: std::mem::take(&mut reading.unsent),
+                    });
                     // A closed channel means the writer failed; it reports why.
                     let Ok(next) = tx.reserve().await else { return Ok(()) };
                     slot = next;
@@ -116,7 +136,7 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
                 ctx.progress(reading.rows_read, window, plan.covered());
             }
             // The statement's last rows and the cursor that covers them: one transaction.
-            slot.send((rows, bad, checkpoints));
+            slot.send(Txn { rows, quarantine: bad, checkpoints, progress: std::mem::take(&mut reading.unsent) });
             let Ok(next) = tx.reserve().await else { return Ok(()) };
             slot = next;
             ctx.progress(reading.rows_read, window, plan.covered());
@@ -132,8 +152,8 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
     // The writer owns the receiver: when it fails, the reader's sends fail.
     let writer = async move {
         let mut counts = RunCounts::default();
-        while let Some((rows, bad, checkpoints)) = rx.recv().await {
-            match sink.write(rows, bad, checkpoints).await {
+        while let Some(txn) = rx.recv().await {
+            match sink.write(txn).await {
                 Ok(c) => counts += c,
                 Err(e) => return (counts, Err(e)),
             }
@@ -157,4 +177,6 @@ struct Reading {
     rows_read: u64,
     statement_ids: Vec<String>,
     bytes: u64,
+    /// Read but not yet handed to the writer.
+    unsent: Progress,
 }

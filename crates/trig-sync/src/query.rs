@@ -35,9 +35,19 @@ impl Query {
     }
 }
 
-/// A timestamp parameter's value: RFC 3339, UTC, microseconds.
+/// The earliest and latest instants a Databricks `TIMESTAMP` holds
+/// (0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z).
+pub const TIMESTAMP_MIN: Micros = -62_135_596_800_000_000;
+pub const TIMESTAMP_MAX: Micros = 253_402_300_799_999_999;
+
+/// A timestamp parameter's value as Databricks reads it: ISO 8601 in UTC with
+/// microseconds, within the type's range.
 pub fn timestamp_value(t: Micros) -> String {
-    trig_store::sqlite::rfc3339(t)
+    let t = t.clamp(TIMESTAMP_MIN, TIMESTAMP_MAX);
+    match chrono::DateTime::from_timestamp_micros(t) {
+        Some(d) => d.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+        None => unreachable!("the clamped range is within chrono's"),
+    }
 }
 
 /// What to read.
@@ -82,6 +92,23 @@ pub fn min_cursor(table: &TableName, cursor: &str, filter: Option<&str>) -> Quer
         sql.push_str(&format!("\nWHERE ({f})"));
     }
     Query { sql, parameters: Vec::new() }
+}
+
+/// `SELECT min(cursor)` over the filtered source within `(from, to]`: where
+/// the data resumes after an empty window, so a backfill skips empty
+/// stretches in one statement instead of one per window.
+pub fn next_cursor(table: &TableName, cursor: &str, filter: Option<&str>, within: Window) -> Query {
+    let c = quote_ident(cursor);
+    let mut sql = format!("SELECT min({c}) AS next\nFROM {}\nWHERE ", table.quoted());
+    if let Some(f) = filter {
+        sql.push_str(&format!("({f})\n  AND "));
+    }
+    sql.push_str(&format!("{c} > :window_from AND {c} <= :window_to"));
+    let parameters = vec![
+        QueryParameter { name: "window_from".into(), value: Some(timestamp_value(within.from)), type_name: "TIMESTAMP".into() },
+        QueryParameter { name: "window_to".into(), value: Some(timestamp_value(within.to)), type_name: "TIMESTAMP".into() },
+    ];
+    Query { sql, parameters }
 }
 
 #[cfg(test)]

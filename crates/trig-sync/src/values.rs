@@ -113,7 +113,7 @@ pub fn json_at(a: &ArrayRef, i: usize, zone: Option<&Zone>) -> Value {
         DataType::Timestamp(_, _) | DataType::Date64 => {
             let utc = Zone::Fixed(chrono::FixedOffset::east_opt(0).expect("UTC"));
             match instant_at(a, i, zone.unwrap_or(&utc)) {
-                Ok(Some(us)) => Value::String(trig_store::sqlite::rfc3339(us)),
+                Ok(Some(us)) => Value::String(trig_store::time::rfc3339(us)),
                 _ => Value::Null,
             }
         }

@@ -180,7 +180,7 @@ impl Env {
             .sql(&format!(
                 "SELECT DISTINCT event_id FROM main.product.events_v WHERE event_id IS NOT NULL AND event_name IS NOT NULL \
                  AND user_id IS NOT NULL AND event_ts IS NOT NULL AND event_ts <= TIMESTAMP'{}'",
-                trig_store::sqlite::rfc3339(cursor)
+                trig_store::time::rfc3339(cursor)
             ))
             .await;
         rows.into_iter().map(|r| r[0].clone().unwrap()).collect()
@@ -294,20 +294,35 @@ async fn a_crash_between_writing_and_committing_loses_and_duplicates_nothing() {
         let f = env.run_with(options(), "events", Trigger::Schedule).await;
         let e = f.error.expect("the failpoint fails the run");
         assert_eq!((f.run.status.as_str(), e.kind()), ("failed", "store"));
-        cursors.push(env.store.cursor("events", Slot::Live).await.unwrap());
+        // The first sync is unfinished: its progress is the backfill's, the live cursor is unset.
+        assert_eq!(env.store.cursor("events", Slot::Live).await.unwrap(), None, "an unfinished backfill sets no live cursor");
+        cursors.push(env.store.cursor("events", Slot::Backfill).await.unwrap());
     }
     // Each crash resumed from the last checkpoint and got further.
     assert!(cursors[0].is_some() && cursors[0] < cursors[2], "{cursors:?}");
     // The last crash came inside a window: rows past the cursor were committed without it.
-    let last = trig_store::sqlite::rfc3339(cursors[2].unwrap());
+    let last = trig_store::time::rfc3339(cursors[2].unwrap());
     let beyond = env.export(Export::Events).await.iter().filter(|e| e["timestamp"].as_str().unwrap() > last.as_str()).count();
     assert!(beyond > 0, "a crash inside a window");
     let resumed = env.run_with(options(), "events", Trigger::Schedule).await;
     assert!(resumed.error.is_none(), "{:?}", resumed.error);
-    assert!(resumed.run.window_from.unwrap() >= cursors[2].unwrap() - 2 * 3600 * 1_000_000, "resumed, not restarted");
+    assert_eq!(resumed.run.window_from, cursors[2], "resumed where it stopped, not restarted");
+    assert_eq!(resumed.run.counts.late, 0, "re-read rows of a backfill are not late");
+    assert_eq!(env.store.cursor("events", Slot::Backfill).await.unwrap(), None, "the backfill finished");
     env.assert_exactly_once("events").await;
+    // Interrupted or not, the first sync's events are all backfilled (live triggers ignore them).
+    let events = env.export(Export::Events).await;
+    assert!(
+        events.iter().all(|e| e["backfill"] == true),
+        "{} of {} live",
+        events.iter().filter(|e| e["backfill"] != true).count(),
+        events.len()
+    );
     let runs = env.store.runs(Some("events"), 10).await.unwrap();
     assert_eq!(runs.iter().filter(|r| r.status == "failed" && r.error_kind.as_deref() == Some("store")).count(), 3);
+    // Each stored event was counted once, by the run whose transaction committed it.
+    let counted: u64 = runs.iter().map(|r| r.counts.inserted + r.counts.rematched).sum();
+    assert_eq!(counted, events.len() as u64, "{runs:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -502,12 +517,12 @@ async fn replay_and_full_refresh_flag_backfill_and_keep_the_live_cursor() {
     let small = || EngineOptions { max_window: Duration::from_secs(3 * 86_400), ..Default::default() };
     env.store.set_failpoint(4, FailAction::Error);
     assert!(env.run_with(small(), "events", Trigger::FullRefresh).await.error.is_some());
-    let checkpoint = env.store.cursor("events", Slot::FullRefresh).await.unwrap().expect("a full-refresh checkpoint");
+    let checkpoint = env.store.cursor("events", Slot::Backfill).await.unwrap().expect("a full-refresh checkpoint");
     let resumed = env.run_with(small(), "events", Trigger::FullRefresh).await;
     assert!(resumed.error.is_none(), "{:?}", resumed.error);
     assert_eq!(resumed.run.window_from, Some(checkpoint), "resumed where it stopped");
     assert_eq!(resumed.run.counts.inserted, 0, "everything was already stored");
-    assert_eq!(env.store.cursor("events", Slot::FullRefresh).await.unwrap(), None);
+    assert_eq!(env.store.cursor("events", Slot::Backfill).await.unwrap(), None);
     assert!(env.store.cursor("events", Slot::Live).await.unwrap().unwrap() >= live);
     env.assert_exactly_once("events").await;
 }
@@ -629,5 +644,32 @@ async fn backfill_windows_follow_the_data_density() {
     assert!(f.error.is_none(), "{:?}", f.error);
     let statements = f.run.statement_ids.len();
     assert!((7..=20).contains(&statements), "{statements} statements for ~4000 rows in windows of ~400");
+    env.assert_exactly_once("events").await;
+}
+
+/// Statements this run sent, from the workspace's own history (its query tags).
+async fn statements_of(env: &Env, run_id: &str) -> usize {
+    let history = env.admin(reqwest::Method::GET, "/emulator/v1/statements", Value::Null).await;
+    history["statements"].as_array().unwrap().iter().filter(|s| s.to_string().contains(run_id)).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sparse_source_costs_statements_by_its_rows_not_its_calendar() {
+    // One row stamped 1970-01-01 in a table whose other rows are from the last month.
+    let env = Env::start(4000, &format!("{PEOPLE}{EVENTS}")).await;
+    env.ok("people", Trigger::Schedule).await;
+    env.append(demo::EVENTS_TABLE, json!([event("epoch-1", "u_000003", "1970-01-01T00:00:00Z", "1970-01-01T00:00:00Z")])).await;
+    let first = env.ok("events", Trigger::Schedule).await;
+    let sent = statements_of(&env, &first.run_id).await;
+    assert!(sent <= 10, "{sent} statements for one old row and a month of data");
+    env.assert_exactly_once("events").await;
+    assert!(env.ids(Export::Events).await.contains(&"epoch-1".to_string()), "the old row is read");
+
+    // A backfill from year 1 costs no more.
+    let env = Env::start(4000, &format!("{PEOPLE}{EVENTS}backfill_from = \"0001-01-01T00:00:00Z\"\n")).await;
+    env.ok("people", Trigger::Schedule).await;
+    let first = env.ok("events", Trigger::Schedule).await;
+    let sent = statements_of(&env, &first.run_id).await;
+    assert!(sent <= 10, "{sent} statements for a backfill from 0001-01-01");
     env.assert_exactly_once("events").await;
 }
