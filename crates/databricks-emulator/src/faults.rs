@@ -26,6 +26,10 @@ pub enum FaultKind {
     /// workspace where support disabled that disposition (the body's exact
     /// text is not recorded; the client must fall back to INLINE).
     RefuseExternalLinks,
+    /// Statements carrying `query_tags` are refused with 400
+    /// INVALID_PARAMETER_VALUE, as by a Databricks-compatible service that
+    /// does not know the field.
+    RefuseQueryTags,
     /// Statements whose SQL contains `contains` (all when absent) fail with this class.
     FailStatement {
         #[serde(default)]
@@ -150,6 +154,11 @@ impl Faults {
     /// Whether a statement asking for EXTERNAL_LINKS must be refused.
     pub fn refuse_external_links(&mut self) -> bool {
         self.take(|r| matches!(r.kind, FaultKind::RefuseExternalLinks)).is_some()
+    }
+
+    /// Whether a statement that carries `query_tags` must be refused.
+    pub fn refuse_query_tags(&mut self) -> bool {
+        self.take(|r| matches!(r.kind, FaultKind::RefuseQueryTags)).is_some()
     }
 
     /// The injected failure for a statement, if a rule matches it.

@@ -398,6 +398,10 @@ async fn submit_statement(State(emu): State<Emulator>, caller: Caller, body: Byt
         None | Some(Value::Null) => Vec::new(),
         Some(v) => serde_json::from_value(v.clone()).map_err(|_| wrong_type("parameters", "an array of {name, value, type}"))?,
     };
+    if m.contains_key("query_tags") && emu.faults().refuse_query_tags() {
+        emu.inner.counters.faults_injected.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::invalid_parameter("Invalid parameter: query_tags is not a recognized field of this request."));
+    }
     let query_tags: Vec<(String, Option<String>)> = match m.get("query_tags") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(items)) => {

@@ -184,7 +184,7 @@ impl RestError {
             return Error::WarehouseNotFound { warehouse: warehouse.to_string() };
         }
         if matches!(self.code.as_str(), "TABLE_DOES_NOT_EXIST" | "SCHEMA_DOES_NOT_EXIST" | "CATALOG_DOES_NOT_EXIST") {
-            return Error::TableNotFound { name: quoted_name(&msg).unwrap_or(msg) };
+            return Error::TableNotFound { name: quoted_name(&msg).unwrap_or(msg), tried: Vec::new() };
         }
         Error::Api {
             status: self.status,
@@ -208,7 +208,9 @@ pub(crate) fn classify_failed(status: &Status, principal: Option<&str>, warehous
     let principal = principal.map(str::to_string);
     let base = class.split('.').next().unwrap_or_default();
     match base {
-        "TABLE_OR_VIEW_NOT_FOUND" => return Error::TableNotFound { name: backticked(&text).into_iter().next().unwrap_or_default() },
+        "TABLE_OR_VIEW_NOT_FOUND" => {
+            return Error::TableNotFound { name: backticked(&text).into_iter().next().unwrap_or_default(), tried: Vec::new() };
+        }
         "UNRESOLVED_COLUMN" => {
             let names = backticked(&text);
             let column = names.first().cloned().unwrap_or_default();

@@ -193,6 +193,23 @@ pub async fn test_connection_with(input: &CheckInput, options: ClientOptions) ->
                 r.pass("Warehouse", format!("{name} is {}, {auto}{stop}", w.state));
             }
         }
+        Err(e @ Error::WarehouseNotFound { .. }) => {
+            // Say which warehouses this principal could use instead.
+            let hint = match client.list_warehouses().await {
+                Ok(list) if !list.is_empty() => format!(
+                    "{} This principal may use: {}.",
+                    e.hint(),
+                    list.iter()
+                        .map(|w| format!("{} (HTTP path /sql/1.0/warehouses/{})", if w.name.is_empty() { &w.id } else { &w.name }, w.id))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                Ok(_) => format!("{} This principal may use no SQL warehouse at all; give it Can use on one.", e.hint()),
+                Err(_) => e.hint(),
+            };
+            r.fail_with("Warehouse", e.to_string(), hint);
+            return r;
+        }
         Err(e) => {
             let name = if matches!(e, Error::NoWarehouseAccess { .. }) { "Warehouse access" } else { "Warehouse" };
             r.fail(name, &e);
@@ -208,7 +225,12 @@ pub async fn test_connection_with(input: &CheckInput, options: ClientOptions) ->
             } else {
                 String::new()
             };
-            r.pass("Warehouse access", format!("CAN USE: a test query ran{note}"));
+            let tags = if client.query_tags_refused() {
+                "; this workspace refuses query_tags, so Trig's statements go untagged in the query history"
+            } else {
+                ""
+            };
+            r.pass("Warehouse access", format!("CAN USE: a test query ran{note}{tags}"));
         }
         Err(e) => {
             r.fail("Warehouse access", &e);

@@ -129,6 +129,8 @@ pub(crate) struct Inner {
     /// The principal's user name (an application id for a service
     /// principal), once known; used to write GRANT statements.
     pub principal: OnceLock<String>,
+    /// The workspace refused `query_tags`; statements go without them.
+    pub query_tags_refused: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Client {
@@ -163,6 +165,20 @@ impl Failure {
             _ => Verdict::Fail,
         }
     }
+
+    /// A statement submit is retried only when it started nothing: the
+    /// connection never opened, or the workspace refused it (429, 503) or its
+    /// gateway found no backend (502). A timeout, an answer lost after the
+    /// request was sent, or a gateway timeout (504) may hide a statement that
+    /// is already running, so it fails (as transient: the next run tries
+    /// again) rather than run twice on the customer's warehouse.
+    pub fn submit_verdict(&self) -> Verdict {
+        match self {
+            Failure::Transport { connect: true, .. } => Verdict::Retry { retry_after: None },
+            Failure::Rest(e) if matches!(e.status, 429 | 502 | 503) => Verdict::Retry { retry_after: e.retry_after },
+            _ => Verdict::Fail,
+        }
+    }
 }
 
 impl Client {
@@ -180,7 +196,17 @@ impl Client {
             .map_err(|e| Error::Protocol { detail: format!("cannot build the HTTP client: {e}") })?;
         let base = settings.workspace.base();
         let auth = Auth { credentials: settings.credentials.clone(), cached: tokio::sync::Mutex::new(None) };
-        Ok(Client { inner: Arc::new(Inner { http, base, settings, options, auth, principal: OnceLock::new() }) })
+        Ok(Client {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                settings,
+                options,
+                auth,
+                principal: OnceLock::new(),
+                query_tags_refused: std::sync::atomic::AtomicBool::new(false),
+            }),
+        })
     }
 
     pub fn settings(&self) -> &ConnectionSettings {
@@ -229,6 +255,28 @@ impl Client {
         let policy = self.inner.options.retry;
         let out = policy.run(|_| self.attempt(method.clone(), &url, query, body), Failure::verdict).await;
         out.map_err(|ex| self.classify(ex.error, ex.attempts))
+    }
+
+    /// A POST that starts a statement, retried per [`Failure::submit_verdict`].
+    pub(crate) async fn call_submit<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T, Error> {
+        let url = format!("{}{}", self.inner.base, path);
+        let policy = self.inner.options.retry;
+        let out = policy.run(|_| self.attempt(Method::POST, &url, &[], Some(body)), Failure::submit_verdict).await;
+        let bytes = out.map_err(|ex| match ex.error {
+            Failure::Transport { connect: false, reason } => Error::Unavailable {
+                detail: format!(
+                    "the answer to a statement submit was lost ({reason}); it was not sent again, so that it cannot run twice on the warehouse"
+                ),
+            },
+            Failure::Rest(e) if e.status == 504 => Error::Unavailable {
+                detail: format!(
+                    "a gateway answered HTTP {} to a statement submit; it was not sent again, so that it cannot run twice on the warehouse",
+                    e.status
+                ),
+            },
+            other => self.classify(other, ex.attempts),
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Protocol { detail: format!("{path}: {e}") })
     }
 
     /// One attempt, including the single re-authentication an OAuth client

@@ -46,8 +46,12 @@ pub enum Error {
     #[error("SQL warehouse {warehouse} is stopped and is set to start manually, so queries cannot run")]
     WarehouseStopped { warehouse: String },
     /// The table or view does not exist (or is invisible to the principal).
-    #[error("the table or view {name} cannot be found")]
-    TableNotFound { name: String },
+    #[error("the table or view {name} cannot be found{}", tried_suffix(.tried))]
+    TableNotFound {
+        name: String,
+        /// The lookups that failed, in order (the Unity Catalog API, the warehouse).
+        tried: Vec<String>,
+    },
     /// A column the statement names does not exist.
     #[error("column `{column}` does not exist{}", suggestion_suffix(.suggestions))]
     ColumnMissing { column: String, suggestions: Vec<String> },
@@ -86,6 +90,9 @@ fn suggestion_suffix(s: &[String]) -> String {
     } else {
         format!("; did you mean {}?", s.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(" or "))
     }
+}
+fn tried_suffix(t: &[String]) -> String {
+    if t.is_empty() { String::new() } else { format!(" ({})", t.join("; ")) }
 }
 fn state_suffix(s: &Option<String>) -> String {
     s.as_deref().map(|s| format!(" (SQLSTATE {s})")).unwrap_or_default()

@@ -84,6 +84,18 @@ impl Client {
         }
     }
 
+    /// The SQL warehouses the principal may see (to suggest the right HTTP
+    /// path when the configured one names no warehouse).
+    pub async fn list_warehouses(&self) -> Result<Vec<Warehouse>, Error> {
+        #[derive(Deserialize)]
+        struct List {
+            #[serde(default)]
+            warehouses: Vec<Warehouse>,
+        }
+        let l: List = self.call(Method::GET, "/api/2.0/sql/warehouses", &[], None).await?;
+        Ok(l.warehouses)
+    }
+
     /// Every catalog the principal can use, following all pages (a page may
     /// be empty while more follow).
     pub async fn list_catalogs(&self) -> Result<Vec<Catalog>, Error> {
@@ -119,11 +131,37 @@ impl Client {
             columns: Vec<TableColumn>,
         }
         let path = format!("/api/2.1/unity-catalog/tables/{}", table.path_segment());
-        match self.call::<Info>(Method::GET, &path, &[], None).await {
-            Ok(i) => Ok(i.columns),
-            Err(Error::Api { status: 404, .. }) => Err(Error::TableNotFound { name: table.full_name() }),
+        let by_api = match self.call::<Info>(Method::GET, &path, &[], None).await {
+            Ok(i) if !i.columns.is_empty() => return Ok(i.columns),
+            Ok(_) => "the Unity Catalog tables API listed no columns".to_string(),
+            // Not in Unity Catalog's view (a legacy or foreign table), or a
+            // workspace without that API: the warehouse may still know it.
+            Err(Error::TableNotFound { .. }) => "the Unity Catalog tables API does not know it".to_string(),
+            Err(Error::Api { status: 400 | 404 | 405 | 501, code, .. }) => {
+                format!("the Unity Catalog tables API is not available here ({code})")
+            }
+            Err(e) => return Err(e),
+        };
+        tracing::info!(table = %table.full_name(), "{by_api}; reading the columns through the warehouse");
+        match self.columns_by_query(table).await {
+            Ok(cols) => Ok(cols),
+            Err(Error::TableNotFound { .. }) => Err(Error::TableNotFound {
+                name: table.full_name(),
+                tried: vec![by_api, "the warehouse cannot find it either (TABLE_OR_VIEW_NOT_FOUND)".into()],
+            }),
             Err(e) => Err(e),
         }
+    }
+
+    /// The columns of a table or view as the warehouse reads it: the
+    /// manifest of `SELECT * … LIMIT 0`, which reads no data.
+    async fn columns_by_query(&self, table: &TableName) -> Result<Vec<TableColumn>, Error> {
+        let stmt = crate::Statement::new(format!("SELECT * FROM {} LIMIT 0", table.quoted()));
+        let schema = self.result_columns(&stmt).await?;
+        Ok(schema
+            .into_iter()
+            .map(|c| TableColumn { name: c.name, type_text: c.type_text.to_ascii_lowercase(), type_name: c.type_name })
+            .collect())
     }
 
     /// The effective privileges of `principal` on a securable (`catalog`,

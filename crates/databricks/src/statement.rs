@@ -294,12 +294,50 @@ impl Client {
         Ok(TextResult { statement_id: resp.statement_id, columns, rows, truncated: manifest.truncated })
     }
 
+    /// The columns a statement's result has (its manifest), without reading rows.
+    pub async fn result_columns(&self, stmt: &Statement) -> Result<Vec<crate::Column>, Error> {
+        let opts = QueryOptions { inline: true, timeout: Duration::from_secs(120), ..Default::default() };
+        let started = Instant::now();
+        let resp = self.submit(stmt, true, false).await?;
+        let mut guard = CancelGuard { client: self.clone(), statement_id: resp.statement_id.clone(), armed: true };
+        let resp = self.wait(resp, started, &opts, &mut guard).await?;
+        guard.disarm();
+        let manifest = resp.manifest.ok_or_else(|| Error::Protocol { detail: "a SUCCEEDED statement without a manifest".into() })?;
+        Ok(manifest.schema.columns)
+    }
+
+    /// Sends a statement, without `query_tags` once the workspace has
+    /// refused them (a Databricks-compatible service may not know the
+    /// field): the statement runs untagged instead of not at all, and
+    /// [`Client::query_tags_refused`] says so for the run's record.
+    async fn submit(&self, stmt: &Statement, inline: bool, compression: bool) -> Result<StatementResponse, Error> {
+        let tagged = !self.inner.query_tags_refused.load(std::sync::atomic::Ordering::Relaxed);
+        match self.submit_once(stmt, inline, compression, tagged).await {
+            Err(Error::Api { status: 400, message, .. }) if tagged && message.to_ascii_lowercase().contains("query_tags") => {
+                tracing::warn!("the workspace refuses query_tags ({message}); sending statements without them from now on");
+                self.inner.query_tags_refused.store(true, std::sync::atomic::Ordering::Relaxed);
+                self.submit_once(stmt, inline, compression, false).await
+            }
+            other => other,
+        }
+    }
+
+    /// Whether this workspace refused `query_tags` (statements then go untagged).
+    pub fn query_tags_refused(&self) -> bool {
+        self.inner.query_tags_refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Submits asynchronously (`wait_timeout: 0s`): the statement id comes
     /// back at once, so a timeout, a dropped future or a dropped stream can
     /// always cancel it, and a cold warehouse's start is reported while it
     /// happens instead of hiding inside a 10 s server-side wait. The price is
     /// one poll for statements that would have finished within the wait.
-    async fn submit(&self, stmt: &Statement, inline: bool, compression: bool) -> Result<StatementResponse, Error> {
+    ///
+    /// The submit is re-sent only when it certainly started nothing (see
+    /// `Failure::submit_verdict`): a lost answer may hide a running
+    /// statement, and sending it again would run it twice on the
+    /// customer's warehouse.
+    async fn submit_once(&self, stmt: &Statement, inline: bool, compression: bool, tagged: bool) -> Result<StatementResponse, Error> {
         ensure_read_only(&stmt.sql)?;
         for p in &stmt.parameters {
             if !valid_parameter_name(&p.name) {
@@ -336,10 +374,12 @@ impl Client {
             let ps: Vec<Value> = stmt.parameters.iter().map(|p| json!({"name": p.name, "value": p.value, "type": p.type_name})).collect();
             m.insert("parameters".into(), Value::Array(ps));
         }
-        let mut tags: Vec<Value> = vec![json!({"key": "application", "value": "trig"})];
-        tags.extend(stmt.tags.iter().take(19).map(|(k, v)| json!({"key": k, "value": v})));
-        m.insert("query_tags".into(), Value::Array(tags));
-        self.call(Method::POST, "/api/2.0/sql/statements", &[], Some(&body)).await
+        if tagged {
+            let mut tags: Vec<Value> = vec![json!({"key": "application", "value": "trig"})];
+            tags.extend(stmt.tags.iter().take(19).map(|(k, v)| json!({"key": k, "value": v})));
+            m.insert("query_tags".into(), Value::Array(tags));
+        }
+        self.call_submit("/api/2.0/sql/statements", &body).await
     }
 
     async fn get_statement(&self, id: &str) -> Result<StatementResponse, Error> {

@@ -252,8 +252,10 @@ async fn every_failure_has_its_kind_and_fix() {
 async fn throttling_and_outages_are_retried_and_bad_answers_are_not() {
     let emu = Emu::start().await;
     let client = emu.client("service_principal");
-    for status in [429, 502, 503, 504] {
-        emu.fault(json!({"kind": "status", "status": status, "retry_after_secs": 0, "times": 2, "path_prefix": "/api/2.0/sql/statements"}))
+    // Refusals are retried, a submit's included (it started nothing); a gateway
+    // timeout is retried for the polls, which change nothing.
+    for (status, method) in [(429, None), (502, None), (503, None), (504, Some("GET"))] {
+        emu.fault(json!({"kind": "status", "status": status, "retry_after_secs": 0, "times": 2, "path_prefix": "/api/2.0/sql/statements", "method": method}))
             .await;
         assert!(count(&client, "SELECT count(*) FROM main.crm.people").await > 0, "after {status}");
     }
@@ -558,4 +560,82 @@ async fn test_connection_checklists() {
             assert!(!json.contains(t.as_str()) && !r.render().contains(t.as_str()));
         }
     }
+}
+
+/// A submit whose answer is lost may have started a statement: it is not
+/// sent again (which would run it twice on the customer's warehouse); the
+/// failure is transient, for the next run to retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_submit_answer_is_not_sent_twice() {
+    let emu = Emu::start().await;
+    let client = emu.client("service_principal");
+    let before = emu.history().await.len();
+    for rule in [
+        json!({"kind": "reset_body", "after_bytes": 0, "times": 1, "method": "POST", "path_prefix": "/api/2.0/sql/statements"}),
+        json!({"kind": "status", "status": 504, "times": 1, "method": "POST", "path_prefix": "/api/2.0/sql/statements"}),
+    ] {
+        emu.fault(rule.clone()).await;
+        let e = client.query_text(&Statement::new("SELECT count(*) FROM main.crm.people"), 1).await.unwrap_err();
+        assert!(e.is_retryable() && e.to_string().contains("not sent again"), "{rule}: {e}");
+    }
+    // The reset came after the statement was accepted: it exists once; the 504 came instead of it.
+    assert_eq!(emu.history().await.len(), before + 1, "no statement was sent twice");
+    assert!(count(&client, "SELECT count(*) FROM main.crm.people").await > 0, "the next try works");
+}
+
+/// A workspace that refuses `query_tags` gets its statements without them,
+/// remembered for the client, and Test connection passes saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_refusing_query_tags_gets_untagged_statements() {
+    let emu = Emu::start().await;
+    emu.fault(json!({"kind": "refuse_query_tags"})).await;
+    let client = emu.client("service_principal");
+    assert!(!client.query_tags_refused());
+    assert!(count(&client, "SELECT count(*) FROM main.crm.people").await > 0);
+    assert!(client.query_tags_refused());
+    assert!(count(&client, "SELECT count(*) FROM main.crm.organisations").await > 0);
+    let refused = emu.counters().await["faults_injected"].as_u64().unwrap();
+    assert_eq!(refused, 1, "refused once, then remembered");
+    let r = test_connection_with(&input(&emu, emu.token("service_principal"), vec![events_table()]), quick()).await;
+    assert!(r.ok, "{}", r.render());
+    assert!(r.render().contains("refuses query_tags"), "{}", r.render());
+}
+
+/// A source the Unity Catalog tables API cannot find (or a workspace
+/// without that API) is looked up through the warehouse before it is
+/// "not found", and the error says which lookups failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn columns_are_found_through_the_warehouse_when_the_tables_api_cannot() {
+    let emu = Emu::start().await;
+    let client = emu.client("service_principal");
+    let events = TableName::parse("main.product.events_v", None).unwrap();
+    let by_api = client.table_columns(&events).await.unwrap();
+    emu.fault(json!({"kind": "status", "status": 404, "path_prefix": "/api/2.1/unity-catalog/tables"})).await;
+    let by_warehouse = client.table_columns(&events).await.unwrap();
+    let names = |c: &[databricks::TableColumn]| c.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&by_warehouse), names(&by_api));
+    assert_eq!(by_warehouse.iter().find(|c| c.name == "event_ts").unwrap().type_text, "timestamp");
+    let missing = TableName::parse("main.product.nope", None).unwrap();
+    let e = client.table_columns(&missing).await.unwrap_err();
+    assert_eq!(e.kind(), "table_not_found");
+    let text = e.to_string();
+    assert!(text.contains("Unity Catalog tables API") && text.contains("the warehouse cannot find it"), "{text}");
+    emu.admin(reqwest::Method::DELETE, "/emulator/v1/faults", Value::Null).await;
+    // Unity Catalog's own "does not exist" is double-checked the same way.
+    let e = client.table_columns(&missing).await.unwrap_err();
+    assert!(e.to_string().contains("does not know it") && e.to_string().contains("the warehouse cannot find it"), "{e}");
+}
+
+/// An HTTP path naming no warehouse: Test connection lists the ones the principal may use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_warehouse_id_is_answered_with_the_warehouses_to_use() {
+    let emu = Emu::start().await;
+    let mut wrong = input(&emu, emu.token("service_principal"), vec![]);
+    wrong.http_path = "/sql/1.0/warehouses/bhw-0000".into();
+    let r = test_connection_with(&wrong, quick()).await;
+    assert!(!r.ok);
+    let c = r.checks.iter().find(|c| c.name == "Warehouse").unwrap_or_else(|| panic!("{}", r.render()));
+    assert!(c.detail.contains("bhw-0000"), "{}", r.render());
+    let hint = c.hint.as_deref().unwrap_or_default();
+    assert!(hint.contains(&format!("/sql/1.0/warehouses/{}", demo::WAREHOUSE_ID)), "{}", r.render());
 }

@@ -159,6 +159,9 @@ pub fn describe(run: &SyncRun) -> String {
     if let Some(w) = &run.warehouse_state {
         s.push_str(&format!("  warehouse was {w} at the start; {} statement(s); run {}\n", run.statement_ids.len(), run.run_id));
     }
+    for n in &run.notes {
+        s.push_str(&format!("  note: {n}\n"));
+    }
     s
 }
 

@@ -147,6 +147,9 @@ pub struct EventsSpec {
     pub user_id_kind: UserIdKind,
     pub email: Option<String>,
     pub properties: Vec<String>,
+    /// A MAP, STRUCT, VARIANT or JSON-object string column whose keys are
+    /// merged into the event's properties (a listed property wins a clash).
+    pub properties_column: Option<String>,
     /// The zone of zone-less values (TIMESTAMP_NTZ, strings without an offset).
     pub timezone: Zone,
     pub filter: Option<String>,
@@ -165,6 +168,7 @@ impl EventsSpec {
         let mut c = vec![self.event_id.clone(), self.event_name.clone(), self.timestamp.clone(), self.user_id.clone()];
         c.extend(self.email.clone());
         c.extend(self.properties.iter().cloned());
+        c.extend(self.properties_column.clone());
         c.extend(self.cursor.clone());
         dedup(c)
     }
@@ -597,6 +601,7 @@ const EVENT_KEYS: &[&str] = &[
     "user_id_kind",
     "email",
     "properties",
+    "properties_column",
     "timezone",
     "where",
     "cursor",
@@ -661,6 +666,7 @@ fn read_pipeline(
         };
         let email = r.string(p, "email", &k("email"), false);
         let properties = r.strings(p, "properties", &k("properties"));
+        let properties_column = r.string(p, "properties_column", &k("properties_column"), false);
         let timezone = match r.string(p, "timezone", &k("timezone"), false) {
             None => Some(Zone::Fixed(FixedOffset::east_opt(0).expect("UTC is an offset"))),
             Some(tz) => match Zone::parse(&tz) {
@@ -700,6 +706,7 @@ fn read_pipeline(
             user_id_kind: user_id_kind?,
             email,
             properties,
+            properties_column,
             timezone: timezone?,
             filter,
             cursor,

@@ -187,6 +187,9 @@ pub struct SyncRun {
     pub counts: RunCounts,
     pub error_kind: Option<String>,
     pub error_message: Option<String>,
+    /// What the run had to work around and the customer may want to know
+    /// (e.g. a workspace that refuses query tags).
+    pub notes: Vec<String>,
 }
 
 /// A run's figures.

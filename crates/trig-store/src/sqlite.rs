@@ -29,6 +29,7 @@ const MIGRATIONS: &[&str] = &[
     // it dies); the first sync's progress has a slot of its own, shared with
     // the full refresh.
     "ALTER TABLE sync_runs ADD COLUMN last_commit_at INTEGER;
+     ALTER TABLE sync_runs ADD COLUMN notes TEXT NOT NULL DEFAULT '[]';
      UPDATE cursors SET slot = 'backfill' WHERE slot = 'full_refresh';",
 ];
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -622,6 +623,7 @@ fn run_from_row(r: &rusqlite::Row) -> rusqlite::Result<SyncRun> {
         },
         error_kind: r.get("error_kind")?,
         error_message: r.get("error_message")?,
+        notes: serde_json::from_str(&r.get::<_, String>("notes")?).unwrap_or_default(),
     })
 }
 
@@ -845,7 +847,8 @@ impl Store for SqliteStore {
             tx.execute(
                 "UPDATE sync_runs SET status = ?2, ended_at = ?3, window_from = ?4, window_to = ?5, statement_ids = ?6, warehouse_state = ?7,
                    rows_read = ?8, inserted = ?9, updated = ?10, unchanged = ?11, deduplicated = ?12, parked = ?13, rematched = ?14,
-                   dropped = ?15, quarantined = ?16, late = ?17, people_created = ?18, bytes = ?19, error_kind = ?20, error_message = ?21
+                   dropped = ?15, quarantined = ?16, late = ?17, people_created = ?18, bytes = ?19, error_kind = ?20, error_message = ?21,
+                   notes = ?22
                  WHERE run_id = ?1",
                 params![
                     run.run_id,
@@ -869,6 +872,7 @@ impl Store for SqliteStore {
                     k.bytes as i64,
                     run.error_kind,
                     run.error_message,
+                    serde_json::to_string(&run.notes).unwrap_or_else(|_| "[]".into()),
                 ],
             )?;
             tx.commit()?;

@@ -8,7 +8,7 @@ use trig_store::{Checkpoint, EventBatch, EventRow, IdentityRule, Micros, Quarant
 
 use crate::pump::{self, Plan, Sink, Step, Txn};
 use crate::query::{self, Query, Select};
-use crate::values::{instant_at, json_at, map_batch, normalise_email, row_json, text_at};
+use crate::values::{instant_at, json_at, map_batch, normalise_email, object_at, row_json, text_at};
 use crate::window::{self, Window, incremental_start, upper_bound};
 use crate::{Ctx, DryRun, Error, Trigger, micros, now_micros};
 
@@ -21,6 +21,7 @@ struct Layout {
     user: usize,
     email: Option<usize>,
     properties: Vec<(String, usize)>,
+    properties_column: Option<usize>,
 }
 
 impl Layout {
@@ -34,6 +35,7 @@ impl Layout {
             user: at(&spec.user_id),
             email: spec.email.as_deref().map(at),
             properties: spec.properties.iter().map(|p| (p.clone(), at(p))).collect(),
+            properties_column: spec.properties_column.as_deref().map(at),
             columns,
         }
     }
@@ -255,6 +257,17 @@ impl Mapper<'_> {
         for (name, idx) in &l.properties {
             props.insert(name.clone(), json_at(&cols[*idx], i, Some(&s.timezone)));
         }
+        if let (Some(idx), Some(col)) = (l.properties_column, s.properties_column.as_deref()) {
+            match object_at(&cols[idx], i, Some(&s.timezone)) {
+                Ok(Some(obj)) => {
+                    for (k, v) in obj {
+                        props.entry(k).or_insert(v);
+                    }
+                }
+                Ok(None) => {}
+                Err(why) => return Err((key, format!("properties column (`{col}`) {why}"))),
+            }
+        }
         Ok(EventRow { event_id, name, ts, user_key, email, properties: Value::Object(props).to_string(), late })
     }
 }
@@ -282,6 +295,7 @@ fn wanted(spec: &EventsSpec) -> Vec<(String, String)> {
     ];
     w.extend(spec.email.clone().map(|c| ("email".into(), c)));
     w.extend(spec.properties.iter().map(|c| ("properties".into(), c.clone())));
+    w.extend(spec.properties_column.clone().map(|c| ("properties_column".into(), c)));
     w.extend(spec.cursor.clone().map(|c| ("cursor".into(), c)));
     w
 }

@@ -258,6 +258,13 @@ impl Engine {
             PipelineSpec::Events(spec) => events::run(&ctx, spec, trigger, &mut run).await,
             PipelineSpec::Attributes(spec) => attributes::run(&ctx, spec, trigger, &mut run).await,
         };
+        if ctx.client.query_tags_refused() {
+            run.notes.push(
+                "this workspace refuses query_tags, so the run's statements were sent without them \
+                 (they are not tagged with trig_run_id in the query history)"
+                    .into(),
+            );
+        }
         run.ended_at = Some(now_micros());
         let error = match result {
             Ok(()) => {

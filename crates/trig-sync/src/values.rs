@@ -161,6 +161,67 @@ pub fn json_at(a: &ArrayRef, i: usize, zone: Option<&Zone>) -> Value {
     }
 }
 
+/// A cell as JSON with nested maps and structs as objects (not as text):
+/// what the keys of a properties column hold.
+fn nested_json(a: &ArrayRef, i: usize, zone: Option<&Zone>) -> Value {
+    if a.is_null(i) {
+        return Value::Null;
+    }
+    match a.data_type() {
+        DataType::Map(_, _) | DataType::Struct(_) => match object_at(a, i, zone) {
+            Ok(Some(m)) => Value::Object(m),
+            _ => Value::Null,
+        },
+        DataType::List(_) => {
+            let l = a.as_list::<i32>().value(i);
+            Value::Array((0..l.len()).map(|j| nested_json(&l, j, zone)).collect())
+        }
+        DataType::LargeList(_) => {
+            let l = a.as_list::<i64>().value(i);
+            Value::Array((0..l.len()).map(|j| nested_json(&l, j, zone)).collect())
+        }
+        _ => json_at(a, i, zone),
+    }
+}
+
+/// A cell of a properties column as an object: a MAP's entries, a STRUCT's
+/// fields, or a VARIANT or string holding a JSON object. `Ok(None)` for
+/// NULL; `Err` for anything that is not an object.
+pub fn object_at(a: &ArrayRef, i: usize, zone: Option<&Zone>) -> Result<Option<Map<String, Value>>, String> {
+    if a.is_null(i) {
+        return Ok(None);
+    }
+    match a.data_type() {
+        DataType::Map(_, _) => {
+            let entries = a.as_map().value(i);
+            let (k, v) = (entries.column(0), entries.column(1));
+            let mut obj = Map::new();
+            for j in 0..entries.len() {
+                let key = match json_at(k, j, zone) {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                obj.insert(key, nested_json(v, j, zone));
+            }
+            Ok(Some(obj))
+        }
+        DataType::Struct(fields) => {
+            let s = a.as_struct();
+            Ok(Some(fields.iter().zip(s.columns()).map(|(f, col)| (f.name().clone(), nested_json(col, i, zone))).collect()))
+        }
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+            let text = text_at(a, i)?.unwrap_or_default();
+            match serde_json::from_str::<Value>(&text) {
+                Ok(Value::Object(m)) => Ok(Some(m)),
+                Ok(Value::Null) => Ok(None),
+                Ok(_) => Err("holds JSON that is not an object".into()),
+                Err(_) => Err("is not JSON".into()),
+            }
+        }
+        other => Err(format!("is {other}, not a MAP, STRUCT, VARIANT or JSON object")),
+    }
+}
+
 /// A source row as a JSON object of its projected columns (what a quarantined row keeps).
 pub fn row_json(columns: &[String], cols: &[ArrayRef], i: usize, zone: &Zone) -> Value {
     Value::Object(columns.iter().zip(cols).map(|(name, c)| (name.clone(), json_at(c, i, Some(zone)))).collect())
@@ -235,5 +296,17 @@ mod tests {
         assert_eq!(normalise_email("  Ada@Example.COM "), Some("ada@example.com".into()));
         assert_eq!(normalise_email("not-an-email"), None);
         assert_eq!(normalise_email("a b@x.com"), None);
+    }
+
+    #[test]
+    fn a_properties_cell_is_an_object_or_says_why_not() {
+        use arrow_array::StringArray;
+        let a: ArrayRef =
+            std::sync::Arc::new(StringArray::from(vec![Some(r#"{"a": 1, "b": {"c": true}}"#), None, Some("[1]"), Some("nope")]));
+        let m = object_at(&a, 0, None).unwrap().unwrap();
+        assert_eq!(Value::Object(m), serde_json::json!({"a": 1, "b": {"c": true}}));
+        assert_eq!(object_at(&a, 1, None).unwrap(), None);
+        assert!(object_at(&a, 2, None).unwrap_err().contains("not an object"));
+        assert!(object_at(&a, 3, None).unwrap_err().contains("not JSON"));
     }
 }

@@ -673,3 +673,34 @@ async fn a_sparse_source_costs_statements_by_its_rows_not_its_calendar() {
     assert!(sent <= 10, "{sent} statements for a backfill from 0001-01-01");
     env.assert_exactly_once("events").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_properties_column_merges_its_keys_and_listed_properties_win() {
+    let with_column = EVENTS.replace("[pipelines.events]", "[pipelines.merged]") + "properties_column = \"properties\"\n";
+    let env = Env::start(500, &format!("{PEOPLE}{with_column}")).await;
+    env.ok("people", Trigger::Schedule).await;
+    env.ok("merged", Trigger::Schedule).await;
+    let at = ago(Duration::from_secs(600));
+    let mut e = event("props-1", "u_000003", &at, &at);
+    e["properties"] = json!({"feature": "export", "plan": "from-the-map", "seats": "12"});
+    env.append(demo::EVENTS_TABLE, json!([e])).await;
+    env.ok("merged", Trigger::Schedule).await;
+    let stored = env.export(Export::Events).await.into_iter().find(|e| e["event_id"] == "props-1").expect("stored");
+    let props = stored["properties"].as_object().unwrap();
+    assert_eq!(props["feature"], "export", "{stored}");
+    assert_eq!(props["seats"], "12", "{stored}");
+    assert_eq!(props["plan"], "growth", "the listed column wins a clash: {stored}");
+    assert_eq!(props["platform"], "web");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_refusing_query_tags_is_synced_untagged_and_the_run_says_so() {
+    let env = Env::start(500, &format!("{PEOPLE}{EVENTS}")).await;
+    env.admin(reqwest::Method::POST, "/emulator/v1/faults", json!({"kind": "refuse_query_tags"})).await;
+    env.ok("people", Trigger::Schedule).await;
+    let run = env.ok("events", Trigger::Schedule).await;
+    assert!(run.notes.iter().any(|n| n.contains("refuses query_tags")), "{:?}", run.notes);
+    let stored = env.store.runs(Some("events"), 1).await.unwrap().remove(0);
+    assert_eq!(stored.notes, run.notes, "the note is in the stored record");
+    env.assert_exactly_once("events").await;
+}
