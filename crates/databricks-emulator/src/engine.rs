@@ -502,10 +502,11 @@ fn show_schemas(ws: &Workspace, p: &Principal, catalog: &str) -> Result<Output, 
             "42704",
         ));
     };
-    if !ws.has(p, "USE_CATALOG", &crate::workspace::Securable::Catalog(catalog.into()))
+    // SHOW SCHEMAS also answers to BROWSE on the catalog.
+    if let Some(d) = ws.use_denied(p, catalog, None)
         && !ws.has(p, "BROWSE", &crate::workspace::Securable::Catalog(catalog.into()))
     {
-        return Err(SqlError::raw(format!("PERMISSION_DENIED: User does not have USE CATALOG on Catalog '{catalog}'."), "42501"));
+        return Err(SqlError::raw(format!("PERMISSION_DENIED: {}", d.message()), "42501"));
     }
     let mut names: Vec<String> = cat.schemas.keys().filter(|s| ws.can_see_schema(p, catalog, s)).cloned().collect();
     if !names.iter().any(|n| n == "information_schema") {
@@ -523,11 +524,12 @@ fn show_tables(ws: &Workspace, p: &Principal, catalog: &str, schema: &str) -> Re
             "42704",
         ));
     };
-    if !ws.has(p, "USE_CATALOG", &crate::workspace::Securable::Catalog(catalog.into())) {
-        return Err(SqlError::raw(format!("PERMISSION_DENIED: User does not have BROWSE on Catalog '{catalog}'."), "42501"));
-    }
-    if !ws.has(p, "USE_SCHEMA", &crate::workspace::Securable::Schema(catalog.into(), schema.into())) {
-        return Err(SqlError::insufficient("USE SCHEMA", "Schema", &format!("{catalog}.{schema}")));
+    if let Some(d) = ws.use_denied(p, catalog, Some(schema)) {
+        return Err(if d.privilege == "USE CATALOG" {
+            SqlError::raw(format!("PERMISSION_DENIED: {}", d.message()), "42501")
+        } else {
+            d.sql()
+        });
     }
     let names: Vec<String> = sch.tables.keys().filter(|t| ws.can_see_table(p, catalog, schema, t)).cloned().collect();
     let n = names.len();
@@ -752,7 +754,7 @@ fn info_schema_for(ws: &Workspace, p: &Principal, only: Option<&String>) -> Arc<
     #[allow(clippy::type_complexity)]
     let mut col_rows: Vec<(String, String, String, String, i64, bool, String, String, Option<i64>, Option<i64>)> = Vec::new();
     for (cname, cat) in &ws.catalogs {
-        if only.is_some_and(|o| o != cname) || !ws.has(p, "USE_CATALOG", &crate::workspace::Securable::Catalog(cname.clone())) {
+        if only.is_some_and(|o| o != cname) || ws.use_denied(p, cname, None).is_some() {
             continue;
         }
         cat_rows.push([cname.clone(), cat.owner.clone(), cat.comment.clone()]);

@@ -891,18 +891,19 @@ fn check_schema_access(ws: &Workspace, p: &Principal, c: &str, s: Option<&str>) 
     if !ws.catalogs.contains_key(c) {
         return Err(ApiError::not_found("CATALOG_DOES_NOT_EXIST", format!("Catalog '{c}' does not exist.")));
     }
-    if !ws.has(p, "USE_CATALOG", &Securable::Catalog(c.into())) {
-        return Err(ApiError::permission_denied(format!("User does not have USE CATALOG on Catalog '{c}'.")));
+    if let Some(d) = ws.use_denied(p, c, None) {
+        return Err(ApiError::permission_denied(d.message()));
     }
-    if let Some(s) = s {
-        if s != "information_schema" && !ws.catalogs[c].schemas.contains_key(s) {
-            return Err(ApiError::not_found("SCHEMA_DOES_NOT_EXIST", format!("Schema '{c}.{s}' does not exist.")));
-        }
-        if s != "information_schema" && !ws.has(p, "USE_SCHEMA", &Securable::Schema(c.into(), s.into())) {
-            return Err(ApiError::permission_denied(format!("User does not have USE SCHEMA on Schema '{c}.{s}'.")));
-        }
+    if let Some(s) = s
+        && s != "information_schema"
+        && !ws.catalogs[c].schemas.contains_key(s)
+    {
+        return Err(ApiError::not_found("SCHEMA_DOES_NOT_EXIST", format!("Schema '{c}.{s}' does not exist.")));
     }
-    Ok(())
+    match ws.use_denied(p, c, s) {
+        Some(d) => Err(ApiError::permission_denied(d.message())),
+        None => Ok(()),
+    }
 }
 
 fn required<'a>(q: &'a HashMap<String, String>, name: &str) -> Result<&'a str, ApiError> {

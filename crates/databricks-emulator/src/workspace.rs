@@ -421,16 +421,27 @@ impl Workspace {
             .collect()
     }
 
+    /// The first privilege `p` lacks on the way to schema `s` of catalog `c`
+    /// (or to the catalog alone), in Unity Catalog's order: USE CATALOG, then
+    /// USE SCHEMA. The one place this chain is decided: REST listings, SHOW
+    /// and SELECT all ask here.
+    pub fn use_denied(&self, p: &Principal, c: &str, s: Option<&str>) -> Option<Denied> {
+        if !self.has(p, "USE_CATALOG", &Securable::Catalog(c.into())) {
+            return Some(Denied { privilege: "USE CATALOG", object_type: "Catalog", object: c.to_string() });
+        }
+        match s {
+            Some(s) if s != "information_schema" && !self.has(p, "USE_SCHEMA", &Securable::Schema(c.into(), s.into())) => {
+                Some(Denied { privilege: "USE SCHEMA", object_type: "Schema", object: format!("{c}.{s}") })
+            }
+            _ => None,
+        }
+    }
+
     /// The privilege a SELECT on a table lacks, checked as Unity Catalog does:
     /// USE CATALOG, then USE SCHEMA, then SELECT.
     pub fn select_denied(&self, p: &Principal, c: &str, s: &str, t: &str) -> Option<SqlError> {
-        let cat = Securable::Catalog(c.into());
-        if !self.has(p, "USE_CATALOG", &cat) {
-            return Some(SqlError::insufficient("USE CATALOG", "Catalog", c));
-        }
-        let sch = Securable::Schema(c.into(), s.into());
-        if !self.has(p, "USE_SCHEMA", &sch) {
-            return Some(SqlError::insufficient("USE SCHEMA", "Schema", &format!("{c}.{s}")));
+        if let Some(d) = self.use_denied(p, c, Some(s)) {
+            return Some(d.sql());
         }
         let tab = Securable::Table(c.into(), s.into(), t.into());
         if !self.has(p, "SELECT", &tab) {
@@ -442,13 +453,11 @@ impl Workspace {
     /// Tables whose metadata a principal may read (USE CATALOG, USE SCHEMA and
     /// any privilege on the table).
     pub fn can_see_table(&self, p: &Principal, c: &str, s: &str, t: &str) -> bool {
-        self.has(p, "USE_CATALOG", &Securable::Catalog(c.into()))
-            && self.has(p, "USE_SCHEMA", &Securable::Schema(c.into(), s.into()))
-            && self.has_any_on_or_below(p, &Securable::Table(c.into(), s.into(), t.into()))
+        self.use_denied(p, c, Some(s)).is_none() && self.has_any_on_or_below(p, &Securable::Table(c.into(), s.into(), t.into()))
     }
 
     pub fn can_see_schema(&self, p: &Principal, c: &str, s: &str) -> bool {
-        self.has(p, "USE_CATALOG", &Securable::Catalog(c.into()))
+        self.use_denied(p, c, None).is_none()
             && (s == "information_schema" || self.has_any_on_or_below(p, &Securable::Schema(c.into(), s.into())))
     }
 
@@ -465,5 +474,25 @@ impl Workspace {
             }
         }
         out
+    }
+}
+
+/// A privilege missing on the way to an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    /// As Databricks writes it in messages: `USE CATALOG`, `USE SCHEMA`.
+    pub privilege: &'static str,
+    pub object_type: &'static str,
+    pub object: String,
+}
+
+impl Denied {
+    /// `User does not have USE CATALOG on Catalog 'main'.`
+    pub fn message(&self) -> String {
+        format!("User does not have {} on {} '{}'.", self.privilege, self.object_type, self.object)
+    }
+    /// The FAILED statement's error.
+    pub fn sql(&self) -> SqlError {
+        SqlError::insufficient(self.privilege, self.object_type, &self.object)
     }
 }

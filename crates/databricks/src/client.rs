@@ -50,6 +50,18 @@ pub struct ConnectionSettings {
 }
 
 impl ConnectionSettings {
+    /// Settings from parts already parsed (a loaded config file).
+    pub fn new(
+        workspace: WorkspaceUrl,
+        warehouse: WarehouseId,
+        credentials: Credentials,
+        default_catalog: Option<String>,
+        allow_hosts: AllowHosts,
+    ) -> Result<ConnectionSettings, Error> {
+        check_credentials(&credentials)?;
+        Ok(ConnectionSettings { workspace, warehouse, credentials, default_catalog, allow_hosts })
+    }
+
     /// Parses what the connect form holds; the first problem is returned.
     pub fn parse(
         workspace_url: &str,

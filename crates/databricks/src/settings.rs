@@ -30,6 +30,17 @@ pub enum Cloud {
 pub struct AllowHosts(Vec<(String, Option<u16>)>);
 
 impl AllowHosts {
+    /// The entries as written back (`host` or `host:port`).
+    pub fn entries(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .map(|(h, p)| {
+                let h = if h.contains(':') { format!("[{h}]") } else { h.clone() };
+                p.map_or(h.clone(), |p| format!("{h}:{p}"))
+            })
+            .collect()
+    }
+
     /// Parses entries such as `localhost`, `127.0.0.1:8765`, `[::1]:8765`.
     pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<AllowHosts, String> {
         let mut out = Vec::new();

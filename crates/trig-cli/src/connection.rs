@@ -183,14 +183,14 @@ fn from_config(path: &std::path::Path, name: &str) -> Result<CheckInput, Vec<Pro
     let credentials = conn.credentials().map_err(|e| vec![Problem::new(format!("{}: {}", path.display(), e.key), e.message)])?;
     let tables = config
         .pipelines_of(name)
-        .map(|p| TableCheck { pipeline: p.name.clone(), source: p.source.clone(), columns: p.columns() })
+        .map(|p| TableCheck { pipeline: p.name.clone(), source: p.source.quoted(), columns: p.columns() })
         .collect();
     Ok(CheckInput {
-        workspace_url: conn.workspace_url.clone(),
-        http_path: conn.http_path.clone(),
+        workspace_url: conn.workspace.base(),
+        http_path: conn.http_path(),
         credentials,
         default_catalog: conn.default_catalog.clone(),
-        allow_hosts: conn.allow_hosts.clone(),
+        allow_hosts: conn.allow_hosts.entries(),
         tables,
     })
 }

@@ -40,65 +40,29 @@ const CONFIG: &str = "trig-demo.toml";
 const TOKEN: &str = "trig-demo.token";
 const SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The demo's config: every pipeline kind against the emulator.
+/// The demo's config: every pipeline kind against the emulator (the parts
+/// come from `trig_config::demo`, which the tests and benches use too).
 pub fn config_text(workspace_url: &str, host: &str) -> String {
-    format!(
-        r#"# Written by `trig-databricks demo`. The workspace is the local emulator the
-# demo ran in-process; it stopped when the demo ended. To sync again, start one
-# (`trig-databricks emulator --demo --addr {host}`), put its
-# tokens.service_principal in {TOKEN}, and run e.g.
-# `trig-databricks sync demo_events --config {CONFIG}`.
-
-[store]
-url = "sqlite://{DB}"
-
-[connections.demo]
-workspace_url = "{workspace_url}"
-http_path = "/sql/1.0/warehouses/{warehouse}"
-token = {{ file = "{TOKEN}" }}
-default_catalog = "main"
-allow_hosts = ["{host}"]
-
-[pipelines.demo_organisations]
-connection = "demo"
-kind = "organisations"
-source = "crm.organisations"
-id = "organisation_id"
-name = "name"
-domain = "domain"
-updated_at = "updated_at"
-schedule = "24h"
-
-[pipelines.demo_people]
-connection = "demo"
-kind = "people"
-source = "crm.people"
-id = "user_id"
-name = "name"
-email = "email"
-organisation_id = "organisation_id"
-updated_at = "updated_at"
-schedule = "24h"
-
-[pipelines.demo_events]
-connection = "demo"
-kind = "events"
-source = "product.events_v"
-event_id = "event_id"
-event_name = "event_name"
-timestamp = "event_ts"
-user_id = "user_id"
-user_id_kind = "external_id"
-email = "email"
-properties = ["plan", "platform", "properties"]
-timezone = "UTC"
-# An ingestion-time cursor: rows that arrive hours late are still read.
-cursor = "ingested_at"
-lookback = "2h"
-schedule = "15m"
-"#,
-        warehouse = emu_demo::WAREHOUSE_ID,
-    )
+    use trig_config::demo;
+    let header = format!(
+        "# Written by `trig-databricks demo`. The workspace is the local emulator the\n\
+         # demo ran in-process; it stopped when the demo ended (`demo --serve` keeps it\n\
+         # up). To sync again, start one (`trig-databricks emulator --demo --addr {host}`),\n\
+         # put its tokens.service_principal in {TOKEN}, and run e.g.\n\
+         # `trig-databricks sync demo_events --config {CONFIG}`.\n\n"
+    );
+    let updated = "updated_at = \"updated_at\"\nschedule = \"24h\"\n";
+    header
+        + &demo::store(&format!("sqlite://{DB}"))
+        + &demo::connection("demo", workspace_url, emu_demo::WAREHOUSE_ID, host, TOKEN)
+        + &demo::organisations("demo_organisations", "demo")
+        + updated
+        + &demo::people("demo_people", "demo")
+        + updated
+        + &demo::events("demo_events", "demo")
+        + "user_id_kind = \"external_id\"\nproperties_column = \"properties\"\ntimezone = \"UTC\"\n\
+           # An ingestion-time cursor: rows that arrive hours late are still read.\n\
+           cursor = \"ingested_at\"\nschedule = \"15m\"\n"
 }
 
 fn remove_previous(dir: &Path) -> anyhow::Result<()> {
@@ -189,14 +153,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     writeln!(out, "\nTest connection ({}):", config_path.display())?;
     let conn = config.connection("demo").map_err(anyhow::Error::msg)?;
     let input = CheckInput {
-        workspace_url: conn.workspace_url.clone(),
-        http_path: conn.http_path.clone(),
+        workspace_url: conn.workspace.base(),
+        http_path: conn.http_path(),
         credentials: conn.credentials().map_err(|e| anyhow::anyhow!("{}: {}", e.key, e.message))?,
         default_catalog: conn.default_catalog.clone(),
-        allow_hosts: conn.allow_hosts.clone(),
+        allow_hosts: conn.allow_hosts.entries(),
         tables: config
             .pipelines_of("demo")
-            .map(|p| TableCheck { pipeline: p.name.clone(), source: p.source.clone(), columns: p.columns() })
+            .map(|p| TableCheck { pipeline: p.name.clone(), source: p.source.quoted(), columns: p.columns() })
             .collect(),
     };
     let report = test_connection(&input).await;

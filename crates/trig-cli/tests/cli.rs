@@ -256,44 +256,22 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
-/// A config against a running emulator, its token in a file beside it.
+/// A config against a running emulator, its token in a file beside it
+/// (the demo config's parts, `trig_config::demo`); `extra` follows the events pipeline.
 fn sync_config(dir: &std::path::Path, info: &Value, token: &str, extra: &str) -> std::path::PathBuf {
+    use trig_config::demo;
     std::fs::write(dir.join("token"), info["tokens"][token].as_str().unwrap()).unwrap();
-    let text = format!(
-        r#"[store]
-url = "sqlite://trig.db"
-
-[connections.demo]
-workspace_url = "{url}"
-http_path = "{path}"
-token = {{ file = "token" }}
-default_catalog = "main"
-allow_hosts = ["{host}"]
-
-[pipelines.people]
-connection = "demo"
-kind = "people"
-source = "crm.people"
-id = "user_id"
-name = "name"
-email = "email"
-organisation_id = "organisation_id"
-
-[pipelines.events]
-connection = "demo"
-kind = "events"
-source = "product.events_v"
-event_id = "event_id"
-event_name = "event_name"
-timestamp = "event_ts"
-user_id = "user_id"
-properties = ["plan", "platform"]
-lookback = "2h"
-{extra}"#,
-        url = info["workspace_url"].as_str().unwrap(),
-        path = info["http_path"].as_str().unwrap(),
-        host = host_of(info)
-    );
+    let text = demo::store("sqlite://trig.db")
+        + &demo::connection(
+            "demo",
+            info["workspace_url"].as_str().unwrap(),
+            info["warehouse_id"].as_str().unwrap(),
+            &host_of(info),
+            "token",
+        )
+        + &demo::people("people", "demo")
+        + &demo::events("events", "demo")
+        + extra;
     let file = dir.join("trig.toml");
     std::fs::write(&file, text).unwrap();
     file
@@ -380,7 +358,7 @@ async fn a_killed_sync_resumes_and_stores_every_event_once() {
 async fn two_syncs_at_once_on_one_new_store_both_succeed() {
     let (_emu, info) = demo_emulator().await;
     let dir = temp_dir("together");
-    let config = sync_config(&dir, &info, "service_principal", EVENTS_AGAIN);
+    let config = sync_config(&dir, &info, "service_principal", &trig_config::demo::events("events2", "demo"));
     let c = config.to_str().unwrap();
     // Both open a store that does not exist yet (one migrates it), then write side by side.
     let spawn = |p: &str| Command::new(BIN).args(["sync", p, "--config", c]).env_remove("TRIG_FAILPOINT").output().unwrap();
@@ -395,17 +373,6 @@ async fn two_syncs_at_once_on_one_new_store_both_succeed() {
     assert_eq!(runs.as_array().unwrap().iter().filter(|r| r["status"] == "succeeded").count(), 2, "{runs}");
     std::fs::remove_dir_all(dir).ok();
 }
-
-const EVENTS_AGAIN: &str = r#"
-[pipelines.events2]
-connection = "demo"
-kind = "events"
-source = "product.events_v"
-event_id = "event_id"
-event_name = "event_name"
-timestamp = "event_ts"
-user_id = "user_id"
-"#;
 
 #[tokio::test]
 async fn sync_dry_run_json_exit_codes_and_no_secret_printed() {

@@ -6,6 +6,8 @@
 //! Secrets are never written in the file itself: a token or client secret is
 //! `{ env = "VAR" }` or `{ file = "path" }`, read when a connection is opened.
 
+pub mod demo;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -14,6 +16,7 @@ use std::time::Duration;
 use chrono::{DateTime, FixedOffset, Utc};
 use databricks::{AllowHosts, ConnectionSettings, Credentials, Secret, TableName, WarehouseId, WorkspaceUrl};
 use toml::{Table, Value};
+pub use trig_model::{Entity, IdentityRule};
 
 /// Every problem found in a config file, each with its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,15 +90,16 @@ pub enum AuthConfig {
     },
 }
 
-/// `[connections.<name>]`.
+/// `[connections.<name>]`, parsed: the URL, the warehouse and the hosts are
+/// the validated types the client takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionConfig {
     pub name: String,
-    pub workspace_url: String,
-    pub http_path: String,
+    pub workspace: WorkspaceUrl,
+    pub warehouse: WarehouseId,
     pub auth: AuthConfig,
     pub default_catalog: Option<String>,
-    pub allow_hosts: Vec<String>,
+    pub allow_hosts: AllowHosts,
 }
 
 impl ConnectionConfig {
@@ -126,15 +130,20 @@ impl ConnectionConfig {
     }
     pub fn settings(&self) -> Result<ConnectionSettings, ConfigError> {
         let creds = self.credentials()?;
-        ConnectionSettings::parse(&self.workspace_url, &self.http_path, creds, self.default_catalog.as_deref(), &self.allow_hosts)
-            .map_err(|e| ConfigError { key: format!("connections.{}.{}", self.name, e.field().unwrap_or("")), message: e.to_string() })
+        ConnectionSettings::new(
+            self.workspace.clone(),
+            self.warehouse.clone(),
+            creds,
+            self.default_catalog.clone(),
+            self.allow_hosts.clone(),
+        )
+        .map_err(|e| ConfigError { key: format!("connections.{}.{}", self.name, e.field().unwrap_or("")), message: e.to_string() })
     }
-}
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UserIdKind {
-    ExternalId,
-    Email,
+    /// The HTTP path of the warehouse, as the connect form shows it.
+    pub fn http_path(&self) -> String {
+        format!("/sql/1.0/warehouses/{}", self.warehouse)
+    }
 }
 
 /// The events pipeline's mapping.
@@ -144,7 +153,7 @@ pub struct EventsSpec {
     pub event_name: String,
     pub timestamp: String,
     pub user_id: String,
-    pub user_id_kind: UserIdKind,
+    pub user_id_kind: IdentityRule,
     pub email: Option<String>,
     pub properties: Vec<String>,
     /// A MAP, STRUCT, VARIANT or JSON-object string column whose keys are
@@ -174,16 +183,10 @@ impl EventsSpec {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttributeKind {
-    People,
-    Organisations,
-}
-
 /// The people / organisations pipelines' mapping.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttributesSpec {
-    pub kind: AttributeKind,
+    pub kind: Entity,
     pub id: String,
     pub name: String,
     pub email: Option<String>,
@@ -230,7 +233,8 @@ pub enum PipelineSpec {
 pub struct PipelineConfig {
     pub name: String,
     pub connection: String,
-    pub source: String,
+    /// The source table or view, resolved against the connection's default catalog.
+    pub source: TableName,
     pub schedule: Duration,
     pub spec: PipelineSpec,
 }
@@ -239,7 +243,7 @@ impl PipelineConfig {
     pub fn kind(&self) -> &'static str {
         match &self.spec {
             PipelineSpec::Events(_) => "events",
-            PipelineSpec::Attributes(a) if a.kind == AttributeKind::People => "people",
+            PipelineSpec::Attributes(a) if a.kind == Entity::People => "people",
             PipelineSpec::Attributes(_) => "organisations",
         }
     }
@@ -532,21 +536,25 @@ fn read_connection(r: &mut Reader, name: &str, c: &Table, key: &str, base: &Path
         None if has_profile => None,
         None => r.string(c, "workspace_url", &format!("{key}.workspace_url"), true),
     };
-    if let Some(u) = &workspace_url
-        && let Err(e) = WorkspaceUrl::parse(u, &allow)
-    {
-        r.err(&format!("{key}.workspace_url"), e.to_string());
-    }
+    let workspace = workspace_url.and_then(|u| match WorkspaceUrl::parse(&u, &allow) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            r.err(&format!("{key}.{}", if has_profile { "profile" } else { "workspace_url" }), e.to_string());
+            None
+        }
+    });
     let from_profile = profile.as_ref().and_then(|p| p.warehouse_id.as_ref()).map(|id| format!("/sql/1.0/warehouses/{id}"));
     let http_path = match r.string(c, "http_path", &format!("{key}.http_path"), from_profile.is_none()) {
         Some(p) => Some(p),
         None => from_profile,
     };
-    if let Some(p) = &http_path
-        && let Err(e) = WarehouseId::from_http_path(p)
-    {
-        r.err(&format!("{key}.http_path"), e.to_string());
-    }
+    let warehouse = http_path.and_then(|p| match WarehouseId::from_http_path(&p) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            r.err(&format!("{key}.http_path"), e.to_string());
+            None
+        }
+    });
     let token = r.secret(c, "token", &format!("{key}.token"), base);
     let oauth = match r.table(c, "oauth", &format!("{key}.oauth")) {
         Some(o) => {
@@ -581,11 +589,11 @@ fn read_connection(r: &mut Reader, name: &str, c: &Table, key: &str, base: &Path
     }
     Some(ConnectionConfig {
         name: name.to_string(),
-        workspace_url: workspace_url?,
-        http_path: http_path?,
+        workspace: workspace?,
+        warehouse: warehouse?,
         auth: auth?,
         default_catalog,
-        allow_hosts,
+        allow_hosts: allow,
     })
 }
 
@@ -633,12 +641,13 @@ fn read_pipeline(
         r.err(&k("connection"), format!("there is no [connections.{c}] (known: {})", list(&known)));
     }
     let kind = r.string(p, "kind", &k("kind"), true);
-    let source = r.string(p, "source", &k("source"), true);
-    if let Some(s) = &source
-        && let Err(e) = TableName::parse(s, default_catalog.as_deref())
-    {
-        r.err(&k("source"), e.to_string());
-    }
+    let source = r.string(p, "source", &k("source"), true).and_then(|s| match TableName::parse(&s, default_catalog.as_deref()) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            r.err(&k("source"), e.to_string());
+            None
+        }
+    });
     let (default_schedule, keys) = match kind.as_deref() {
         Some("events") => (Duration::from_secs(15 * 60), EVENT_KEYS),
         Some("people") => (Duration::from_secs(24 * 3600), PEOPLE_KEYS),
@@ -657,8 +666,8 @@ fn read_pipeline(
         let timestamp = r.string(p, "timestamp", &k("timestamp"), true);
         let user_id = r.string(p, "user_id", &k("user_id"), true);
         let user_id_kind = match r.string(p, "user_id_kind", &k("user_id_kind"), false).as_deref() {
-            None | Some("external_id") => Some(UserIdKind::ExternalId),
-            Some("email") => Some(UserIdKind::Email),
+            None | Some("external_id") => Some(IdentityRule::ExternalId),
+            Some("email") => Some(IdentityRule::Email),
             Some(o) => {
                 r.err(&k("user_id_kind"), format!("`{o}` is not allowed; use external_id or email"));
                 None
@@ -740,7 +749,7 @@ fn read_pipeline(
             return None;
         }
         PipelineSpec::Attributes(AttributesSpec {
-            kind: if people { AttributeKind::People } else { AttributeKind::Organisations },
+            kind: if people { Entity::People } else { Entity::Organisations },
             id: id?,
             name: name_col?,
             email,

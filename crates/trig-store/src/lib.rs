@@ -24,6 +24,7 @@ use serde::Serialize;
 
 pub use error::Error;
 pub use sqlite::SqliteStore;
+pub use trig_model::{Entity, IdentityRule};
 
 /// Microseconds since the Unix epoch, UTC.
 pub type Micros = i64;
@@ -47,16 +48,6 @@ impl Slot {
             Slot::Backfill => "backfill",
         }
     }
-}
-
-/// How an events pipeline finds the person an event belongs to (trig-notes: identity rules).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum IdentityRule {
-    /// Match existing people by external id; an event with an email may
-    /// match by email or create the person.
-    ExternalId,
-    /// The identifier is an email (already trimmed and lower-cased): match or create.
-    Email,
 }
 
 /// One mapped, valid event.
@@ -125,14 +116,6 @@ pub struct EventOutcome {
     pub people_created: u64,
     pub late: u64,
     pub quarantined: u64,
-}
-
-/// People or organisations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Entity {
-    People,
-    Organisations,
 }
 
 /// One mapped person or organisation from an attribute pipeline.

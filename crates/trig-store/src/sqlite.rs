@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+#[cfg(feature = "failpoints")]
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -121,11 +122,19 @@ impl SqliteStore {
         }
         let mut conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(busy_timeout).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        // Switching a new file to WAL and creating the schema can meet
+        // another process doing the same; SQLite answers some of those
+        // collisions with SQLITE_BUSY at once, without its busy handler, so
+        // the setup waits here, within the same timeout.
+        let deadline = std::time::Instant::now() + busy_timeout;
+        until_not_busy(deadline, || conn.pragma_update(None, "journal_mode", "WAL").map_err(Error::from)).map_err(|e| match e {
+            Error::Database(reason) => Error::Open { path: path.to_string(), reason },
+            other => other.at(path, busy_timeout),
+        })?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
         conn.pragma_update(None, "cache_size", -PAGE_CACHE_KIB).map_err(open_err)?;
-        migrate(&mut conn, path).map_err(|e| e.at(path, busy_timeout))?;
+        until_not_busy(deadline, || migrate(&mut conn, path)).map_err(|e| e.at(path, busy_timeout))?;
         #[cfg(feature = "failpoints")]
         let failpoint = std::env::var("TRIG_FAILPOINT").ok().and_then(|v| {
             let n = v.strip_prefix("events_before_commit:")?.parse().ok()?;
@@ -189,6 +198,20 @@ impl SqliteStore {
             return Some(action);
         }
         None
+    }
+}
+
+/// Runs `f` again while it fails with [`Error::Busy`], until `deadline`.
+fn until_not_busy<T>(deadline: std::time::Instant, mut f: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
+    let mut pause = std::time::Duration::from_millis(2);
+    loop {
+        match f() {
+            Err(Error::Busy { .. }) if std::time::Instant::now() + pause < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(100));
+            }
+            other => return other,
+        }
     }
 }
 
@@ -366,10 +389,7 @@ fn write_events_tx(
         "INSERT OR IGNORE INTO parked_events (pipeline, event_id, name, ts, key_kind, user_key, email, properties, backfill, parked_at, run_id)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?;
-    let key_kind = match b.rule {
-        IdentityRule::ExternalId => "external_id",
-        IdentityRule::Email => "email",
-    };
+    let key_kind = b.rule.as_str();
     for r in &b.rows {
         let cached = people.get(r.user_key.as_str()).copied().or_else(|| {
             key.1.clear();
@@ -1085,11 +1105,17 @@ mod tests {
     async fn two_stores_on_one_new_file_migrate_once_and_write_side_by_side() {
         let (dir, file) = temp_db("two");
         // Two opens of a new file at once: one creates the schema, the other waits and sees it.
-        let (a, b) = std::thread::scope(|sc| {
-            let a = sc.spawn(|| SqliteStore::open(&file));
-            let b = sc.spawn(|| SqliteStore::open(&file));
-            (a.join().unwrap().unwrap(), b.join().unwrap().unwrap())
-        });
+        // (Several rounds: SQLite answers some of these collisions with BUSY at once.)
+        for round in 0..20 {
+            let fresh = format!("{file}.{round}");
+            std::thread::scope(|sc| {
+                let a = sc.spawn(|| SqliteStore::open(&fresh));
+                let b = sc.spawn(|| SqliteStore::open(&fresh));
+                a.join().unwrap().unwrap();
+                b.join().unwrap().unwrap();
+            });
+        }
+        let (a, b) = (SqliteStore::open(&file).unwrap(), SqliteStore::open(&file).unwrap());
         let write = |s: SqliteStore, tag: &'static str| async move {
             for i in 0..40 {
                 let rows = (0..200).map(|j| ev(&format!("{tag}-{i}-{j}"), &format!("{tag}{j}@x.com"), None)).collect();

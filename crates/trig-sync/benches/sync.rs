@@ -125,38 +125,17 @@ async fn sync() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("token"), info["token"].as_str().unwrap()).unwrap();
-    let text = format!(
-        r#"[store]
-url = "sqlite://trig.db"
-[connections.bench]
-workspace_url = "{base}"
-http_path = "/sql/1.0/warehouses/{wh}"
-token = {{ file = "token" }}
-default_catalog = "main"
-allow_hosts = ["{host}"]
-[pipelines.people]
-connection = "bench"
-kind = "people"
-source = "crm.people"
-id = "user_id"
-name = "name"
-email = "email"
-organisation_id = "organisation_id"
-[pipelines.events]
-connection = "bench"
-kind = "events"
-source = "product.events_v"
-event_id = "event_id"
-event_name = "event_name"
-timestamp = "event_ts"
-user_id = "user_id"
-email = "email"
-properties = ["plan", "platform", "properties"]
-"#,
-        base = info["base"].as_str().unwrap(),
-        wh = demo::WAREHOUSE_ID,
-        host = info["host"].as_str().unwrap()
-    );
+    let text = trig_config::demo::store("sqlite://trig.db")
+        + &trig_config::demo::connection(
+            "bench",
+            info["base"].as_str().unwrap(),
+            demo::WAREHOUSE_ID,
+            info["host"].as_str().unwrap(),
+            "token",
+        )
+        + &trig_config::demo::people("people", "bench")
+        + &trig_config::demo::events("events", "bench")
+        + "properties_column = \"properties\"\n";
     std::fs::write(dir.join("trig.toml"), text).unwrap();
     let config = Config::load(&dir.join("trig.toml")).expect("config");
     let db = dir.join("trig.db");

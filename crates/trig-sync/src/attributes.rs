@@ -6,7 +6,7 @@
 use arrow_array::{ArrayRef, RecordBatch as ArrowBatch};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
-use trig_config::{AttributeKind, AttributesSpec, Zone};
+use trig_config::{AttributesSpec, Zone};
 use trig_store::{Checkpoint, Entity, Quarantined, RecordBatch, RecordRow, RunCounts, Slot, SyncRun};
 
 use crate::pump::{self, Sink, Txn};
@@ -162,10 +162,7 @@ pub(crate) async fn run(ctx: &Ctx<'_>, spec: &AttributesSpec, trigger: Trigger, 
         run.window_from = p.value.as_deref().and_then(|v| chrono::DateTime::parse_from_rfc3339(v).ok()).map(|t| t.timestamp_micros());
     }
     run.window_to = Some(live);
-    let entity = match spec.kind {
-        AttributeKind::People => Entity::People,
-        AttributeKind::Organisations => Entity::Organisations,
-    };
+    let entity = spec.kind;
     let sink = RecordsSink { ctx, mapper: Mapper { spec, layout: &layout, zone: utc() }, entity };
     let checkpoints =
         if matches!(trigger, Trigger::Replay { .. }) { Vec::new() } else { vec![Checkpoint { slot: Slot::Live, value: Some(live) }] };
@@ -191,7 +188,7 @@ pub(crate) async fn dry_run(ctx: &Ctx<'_>, spec: &AttributesSpec, trigger: Trigg
                     "id": r.external_id,
                     "name": r.name,
                     "email": r.email,
-                    (if spec.kind == AttributeKind::People { "organisation_id" } else { "domain" }): r.link,
+                    (if spec.kind == Entity::People { "organisation_id" } else { "domain" }): r.link,
                     "attributes": serde_json::from_str::<Value>(&r.attributes).unwrap_or(Value::Null),
                 }),
                 Err((_, reason)) => json!({
@@ -210,7 +207,7 @@ mod tests {
 
     fn spec(include: &[&str], exclude: &[&str]) -> AttributesSpec {
         AttributesSpec {
-            kind: AttributeKind::People,
+            kind: Entity::People,
             id: "user_id".into(),
             name: "name".into(),
             email: Some("email".into()),

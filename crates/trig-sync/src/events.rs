@@ -2,7 +2,7 @@
 
 use arrow_array::{ArrayRef, RecordBatch};
 use serde_json::{Map, Value};
-use trig_config::{EventsSpec, UserIdKind};
+use trig_config::EventsSpec;
 use trig_store::time::rfc3339;
 use trig_store::{Checkpoint, EventBatch, EventRow, IdentityRule, Micros, Quarantined, RunCounts, Slot, SyncRun};
 
@@ -241,8 +241,8 @@ impl Mapper<'_> {
         }
         let user = required(l.user, "user identifier", &s.user_id, &key)?;
         let user_key = match s.user_id_kind {
-            UserIdKind::ExternalId => user.trim().to_string(),
-            UserIdKind::Email => {
+            IdentityRule::ExternalId => user.trim().to_string(),
+            IdentityRule::Email => {
                 normalise_email(&user).ok_or_else(|| (key.clone(), format!("user identifier `{user}` is not an email")))?
             }
         };
@@ -277,13 +277,6 @@ impl Mapper<'_> {
 /// waiting on it, so nothing in it is late.
 fn late_against(backfill: bool, prev: Option<Micros>) -> Option<Micros> {
     if backfill { None } else { prev }
-}
-
-fn rule(spec: &EventsSpec) -> IdentityRule {
-    match spec.user_id_kind {
-        UserIdKind::ExternalId => IdentityRule::ExternalId,
-        UserIdKind::Email => IdentityRule::Email,
-    }
 }
 
 fn wanted(spec: &EventsSpec) -> Vec<(String, String)> {
@@ -357,7 +350,7 @@ pub(crate) async fn run(ctx: &Ctx<'_>, spec: &EventsSpec, trigger: Trigger, run:
             tolerance: micros(ctx.options.future_tolerance),
             prev: late_against(range.backfill, prev),
         },
-        rule: rule(spec),
+        rule: spec.user_id_kind,
         backfill: range.backfill,
     };
     let Some(start) = range.start.filter(|s| *s < range.end) else {

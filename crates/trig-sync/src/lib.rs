@@ -220,9 +220,7 @@ impl Engine {
             .connection(&p.connection)
             .map_err(|m| Error::Config { key: format!("pipelines.{}.connection", p.name), message: m })?;
         let settings = conn.settings().map_err(|e| Error::Config { key: e.key, message: e.message })?;
-        let table = TableName::parse(&p.source, conn.default_catalog.as_deref())
-            .map_err(|e| Error::Config { key: format!("pipelines.{}.source", p.name), message: e.to_string() })?;
-        Ok((Client::with_options(settings, self.options.client.clone())?, table))
+        Ok((Client::with_options(settings, self.options.client.clone())?, p.source.clone()))
     }
 
     fn pipeline(&self, name: &str) -> Result<&PipelineConfig, Error> {

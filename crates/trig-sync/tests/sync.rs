@@ -20,40 +20,25 @@ use trig_sync::{Engine, EngineOptions, Finished, Query, Trigger};
 
 static N: AtomicU32 = AtomicU32::new(0);
 
-const ORGS: &str = r#"
-[pipelines.orgs]
-connection = "emu"
-kind = "organisations"
-source = "crm.organisations"
-id = "organisation_id"
-name = "name"
-domain = "domain"
-"#;
+/// A part of the demo config (`trig_config::demo`, the one source the demo
+/// command and the benches use too), as text a test can compose and edit.
+struct Part(fn() -> String);
 
-const PEOPLE: &str = r#"
-[pipelines.people]
-connection = "emu"
-kind = "people"
-source = "crm.people"
-id = "user_id"
-name = "name"
-email = "email"
-organisation_id = "organisation_id"
-"#;
+impl std::fmt::Display for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&(self.0)())
+    }
+}
 
-const EVENTS: &str = r#"
-[pipelines.events]
-connection = "emu"
-kind = "events"
-source = "product.events_v"
-event_id = "event_id"
-event_name = "event_name"
-timestamp = "event_ts"
-user_id = "user_id"
-email = "email"
-properties = ["plan", "platform"]
-lookback = "2h"
-"#;
+impl Part {
+    fn replace(&self, from: &str, to: &str) -> String {
+        (self.0)().replace(from, to)
+    }
+}
+
+const ORGS: Part = Part(|| trig_config::demo::organisations("orgs", "emu"));
+const PEOPLE: Part = Part(|| trig_config::demo::people("people", "emu"));
+const EVENTS: Part = Part(|| trig_config::demo::events("events", "emu"));
 
 struct Env {
     emu: RunningEmulator,
@@ -87,12 +72,9 @@ impl Env {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("token"), &token).unwrap();
-        let text = format!(
-            "[store]\nurl = \"sqlite://trig.db\"\n\n[connections.emu]\nworkspace_url = \"{}\"\nhttp_path = \"/sql/1.0/warehouses/{}\"\ntoken = {{ file = \"token\" }}\ndefault_catalog = \"main\"\nallow_hosts = [\"{}\"]\n{pipelines}",
-            emu.base_url(),
-            demo::WAREHOUSE_ID,
-            emu.addr()
-        );
+        let text = trig_config::demo::store("sqlite://trig.db")
+            + &trig_config::demo::connection("emu", &emu.base_url(), demo::WAREHOUSE_ID, &emu.addr().to_string(), "token")
+            + pipelines;
         let path = dir.join("trig.toml");
         std::fs::write(&path, text).unwrap();
         let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
