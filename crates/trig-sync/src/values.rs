@@ -132,28 +132,11 @@ pub fn json_at(a: &ArrayRef, i: usize, zone: Option<&Zone>) -> Value {
             let l = a.as_list::<i64>().value(i);
             Value::Array((0..l.len()).map(|j| json_at(&l, j, zone)).collect())
         }
-        DataType::Map(_, _) => {
-            let m = a.as_map();
-            let entries = m.value(i);
-            let (k, v) = (entries.column(0), entries.column(1));
-            let mut obj = Map::new();
-            for j in 0..entries.len() {
-                let key = match json_at(k, j, zone) {
-                    Value::String(s) => s,
-                    other => other.to_string(),
-                };
-                obj.insert(key, json_at(v, j, zone));
-            }
-            Value::String(Value::Object(obj).to_string())
-        }
-        DataType::Struct(fields) => {
-            let s = a.as_struct();
-            let mut obj = Map::new();
-            for (f, col) in fields.iter().zip(s.columns()) {
-                obj.insert(f.name().clone(), json_at(col, i, zone));
-            }
-            Value::String(Value::Object(obj).to_string())
-        }
+        // Maps and structs are JSON text (trig-notes #10), nested values as JSON too.
+        DataType::Map(_, _) | DataType::Struct(_) => match object_at(a, i, zone) {
+            Ok(Some(m)) => Value::String(Value::Object(m).to_string()),
+            _ => Value::Null,
+        },
         _ => match arrow_cast::display::ArrayFormatter::try_new(a.as_ref(), &Default::default()) {
             Ok(f) => Value::String(f.value(i).to_string()),
             Err(_) => Value::Null,

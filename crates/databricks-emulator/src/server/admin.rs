@@ -14,7 +14,12 @@ pub(super) async fn admin_statements(State(emu): State<Emulator>, _a: Admin) -> 
     ok(json!({"statements": emu.history_json()}))
 }
 
-pub(super) async fn admin_append_rows(State(emu): State<Emulator>, _a: Admin, Path(full): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+pub(super) async fn admin_append_rows(
+    State(emu): State<Emulator>,
+    _a: Admin,
+    Path(full): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let m = parse_json(&body)?;
     let Some(Value::Array(rows)) = m.get("rows") else {
         return Err(admin_error("Send {\"rows\": [{\"column\": value, ...}, ...]}."));
@@ -23,7 +28,12 @@ pub(super) async fn admin_append_rows(State(emu): State<Emulator>, _a: Admin, Pa
     Ok(ok(json!({"appended": n})))
 }
 
-pub(super) async fn admin_delete_rows(State(emu): State<Emulator>, _a: Admin, Path(full): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+pub(super) async fn admin_delete_rows(
+    State(emu): State<Emulator>,
+    _a: Admin,
+    Path(full): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let m = parse_json(&body)?;
     let (Some(Value::String(column)), Some(Value::String(value))) = (m.get("column"), m.get("equals")) else {
         return Err(admin_error("Send {\"column\": \"name\", \"equals\": \"value\"}."));
@@ -32,7 +42,12 @@ pub(super) async fn admin_delete_rows(State(emu): State<Emulator>, _a: Admin, Pa
     Ok(ok(json!({"deleted": n})))
 }
 
-pub(super) async fn admin_alter_column(State(emu): State<Emulator>, _a: Admin, Path(full): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+pub(super) async fn admin_alter_column(
+    State(emu): State<Emulator>,
+    _a: Admin,
+    Path(full): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let change: ColumnChange = serde_json::from_slice(&body).map_err(|e| {
         admin_error(format!(
             "{e}. Send {{\"action\": \"add\", \"name\": .., \"type\": ..}}, {{\"action\": \"rename\", \"from\": .., \"to\": ..}} or {{\"action\": \"drop\", \"name\": ..}}."
@@ -160,7 +175,12 @@ pub(super) struct WarehouseChange {
     permissions: Option<HashMap<String, Option<String>>>,
 }
 
-pub(super) async fn admin_set_warehouse(State(emu): State<Emulator>, _a: Admin, Path(id): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+pub(super) async fn admin_set_warehouse(
+    State(emu): State<Emulator>,
+    _a: Admin,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let c: WarehouseChange = serde_json::from_slice(&body).map_err(|e| {
         admin_error(format!("{e}. Send any of state, auto_resume, start_delay_ms, stop_delay_ms, auto_stop_secs, permissions."))
     })?;

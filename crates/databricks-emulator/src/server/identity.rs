@@ -132,4 +132,3 @@ pub(super) fn form_pairs(body: &[u8]) -> HashMap<String, String> {
         })
         .collect()
 }
-

@@ -348,4 +348,3 @@ fn warehouse_denied(id: &str, request_id: &str) -> ApiError {
     ApiError::permission_denied("You do not have permission to use the SQL Warehouse. Please contact your administrator.")
         .with_details(resource_details("warehouse", id, "user is not authorized to use this warehouse", request_id))
 }
-

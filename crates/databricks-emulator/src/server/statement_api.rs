@@ -156,7 +156,11 @@ pub(super) async fn cancel_statement(State(emu): State<Emulator>, caller: Caller
     Ok(ok(json!({})))
 }
 
-pub(super) async fn get_chunk(State(emu): State<Emulator>, caller: Caller, Path((id, index)): Path<(String, String)>) -> Result<Response, ApiError> {
+pub(super) async fn get_chunk(
+    State(emu): State<Emulator>,
+    caller: Caller,
+    Path((id, index)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     let stmt = own_statement(&emu, &caller, &id)?;
     emu.inner.counters.chunk_requests.fetch_add(1, Ordering::Relaxed);
     let index: usize = index.parse().map_err(|_| ApiError::invalid_parameter("Error while parsing type: chunk_index."))?;
@@ -321,4 +325,3 @@ pub(super) async fn download_chunk(
     r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(chunk.body.len()));
     r
 }
-

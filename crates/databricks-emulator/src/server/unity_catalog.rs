@@ -129,7 +129,11 @@ pub(super) fn required<'a>(q: &'a HashMap<String, String>, name: &str) -> Result
         .ok_or_else(|| ApiError::invalid_parameter(format!("Missing required field: {name}")))
 }
 
-pub(super) async fn list_schemas(State(emu): State<Emulator>, caller: Caller, Query(q): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+pub(super) async fn list_schemas(
+    State(emu): State<Emulator>,
+    caller: Caller,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let c = required(&q, "catalog_name")?;
     let ws = emu.ws();
     if c == "system" {
@@ -205,7 +209,11 @@ pub(super) fn table_json(ws: &Workspace, c: &str, s: &str, t: &str, with_columns
     Value::Object(m)
 }
 
-pub(super) async fn list_tables(State(emu): State<Emulator>, caller: Caller, Query(q): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+pub(super) async fn list_tables(
+    State(emu): State<Emulator>,
+    caller: Caller,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let c = required(&q, "catalog_name")?;
     let s = required(&q, "schema_name")?;
     let ws = emu.ws();
@@ -329,4 +337,3 @@ pub(super) async fn direct_permissions(
         .collect();
     Ok(listing("privilege_assignments", items, None))
 }
-

@@ -86,7 +86,11 @@ pub(super) async fn stop_warehouse(State(emu): State<Emulator>, caller: Caller, 
     Ok(ok(json!({})))
 }
 
-pub(super) async fn warehouse_permissions(State(emu): State<Emulator>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub(super) async fn warehouse_permissions(
+    State(emu): State<Emulator>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     warehouse_for(&emu, &caller, &id)?;
     let ws = emu.ws();
     let w = &ws.warehouses[&id];
@@ -124,4 +128,3 @@ pub(super) async fn warehouse_permissions(State(emu): State<Emulator>, caller: C
         .collect();
     Ok(ok(json!({"object_id": format!("/sql/warehouses/{id}"), "object_type": "warehouses", "access_control_list": acl})))
 }
-
