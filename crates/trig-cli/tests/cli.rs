@@ -371,6 +371,16 @@ async fn two_syncs_at_once_on_one_new_store_both_succeed() {
     assert_eq!(b.status.code(), Some(0), "{}", text(&b));
     let runs: Value = serde_json::from_slice(&cli(&["runs", "--config", c, "--json"]).stdout).unwrap();
     assert_eq!(runs.as_array().unwrap().iter().filter(|r| r["status"] == "succeeded").count(), 2, "{runs}");
+    // A run of the same pipeline while another holds it does not start (exit 3), and marks nothing interrupted.
+    let store = trig_store::SqliteStore::open(dir.join("trig.db").to_str().unwrap()).unwrap();
+    let held = trig_store::Store::claim(&store, "events").await.unwrap();
+    let out = spawn("events");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("pipeline `events` is already running (process"), "{}", text(&out));
+    drop(held);
+    let after: Value = serde_json::from_slice(&cli(&["runs", "--config", c, "--json"]).stdout).unwrap();
+    assert_eq!(after, runs, "no run was recorded or marked interrupted");
+    assert_eq!(spawn("events").status.code(), Some(0), "released, it runs");
     std::fs::remove_dir_all(dir).ok();
 }
 

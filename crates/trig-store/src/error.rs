@@ -27,6 +27,9 @@ pub enum Error {
         "the store at {path} stayed locked by another process for {timeout_secs}s; nothing was lost and the next run retries (if this repeats, look for a stuck trig-databricks process using this file)"
     )]
     Busy { path: String, timeout_secs: u64 },
+    /// Another run of the pipeline holds it.
+    #[error("pipeline `{pipeline}` is already running ({holder}); this run did not start, and the next one will")]
+    AlreadyRunning { pipeline: String, holder: String },
     /// A database call failed.
     #[error("store: {0}")]
     Database(String),
@@ -48,7 +51,7 @@ impl Error {
 
     /// Whether the same call may succeed later without anyone changing anything.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Busy { .. })
+        matches!(self, Error::Busy { .. } | Error::AlreadyRunning { .. })
     }
 
     /// Whether the operator must fix something (the URL, the file, its permissions).

@@ -243,9 +243,33 @@ pub struct Totals {
     pub runs: u64,
 }
 
+/// A pipeline claimed for one run: while it lives, no other run of the
+/// pipeline (in this process or another) can claim it. Dropping it releases
+/// the claim, also when the process dies.
+pub struct Claim {
+    _held: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl Claim {
+    pub fn new(held: impl std::any::Any + Send + Sync) -> Claim {
+        Claim { _held: Box::new(held) }
+    }
+}
+
+impl std::fmt::Debug for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Claim")
+    }
+}
+
 /// The store the sync engine writes to. Each method is one transaction.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Claims `pipeline` for one run, or fails with [`Error::AlreadyRunning`]
+    /// when another run holds it: two runs of one pipeline never overlap
+    /// (their cursors and records would cross).
+    async fn claim(&self, pipeline: &str) -> Result<Claim, Error>;
+
     /// A pipeline's cursor in `slot`.
     async fn cursor(&self, pipeline: &str, slot: Slot) -> Result<Option<Micros>, Error>;
 

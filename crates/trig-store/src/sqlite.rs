@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-#[cfg(feature = "failpoints")]
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -19,8 +18,8 @@ use sha2::{Digest, Sha256};
 
 use crate::time::rfc3339;
 use crate::{
-    Checkpoint, Entity, Error, EventBatch, EventOutcome, Export, IdentityRule, Micros, Progress, Quarantined, RecordBatch, RecordOutcome,
-    RunCounts, Slot, Store, SyncRun, Totals,
+    Checkpoint, Claim, Entity, Error, EventBatch, EventOutcome, Export, IdentityRule, Micros, Progress, Quarantined, RecordBatch,
+    RecordOutcome, RunCounts, Slot, Store, SyncRun, Totals,
 };
 
 /// The migrations, in order: version `i + 1` is `MIGRATIONS[i]`.
@@ -83,6 +82,8 @@ pub struct SqliteStore {
     jobs: std::sync::mpsc::Sender<Job>,
     path: String,
     busy_timeout: std::time::Duration,
+    /// Pipelines claimed in a private in-memory store.
+    claims: Arc<Mutex<std::collections::HashSet<String>>>,
     #[cfg(feature = "failpoints")]
     failpoint: Arc<Mutex<Option<(Failpoint, u64)>>>,
 }
@@ -157,9 +158,42 @@ impl SqliteStore {
             jobs,
             path: path.to_string(),
             busy_timeout,
+            claims: Arc::default(),
             #[cfg(feature = "failpoints")]
             failpoint: Arc::new(Mutex::new(failpoint)),
         })
+    }
+
+    /// Claims a pipeline with an exclusive lock on a file beside the database
+    /// (`<db>.locks/<hash of the name>.lock`, holding who and since when), so
+    /// processes sharing the file see each other's runs; the OS releases it
+    /// if the process dies. A private in-memory store claims in memory.
+    fn claim_pipeline(&self, pipeline: &str) -> Result<Claim, Error> {
+        if self.path == ":memory:" {
+            let mut held = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+            if !held.insert(pipeline.to_string()) {
+                return Err(Error::AlreadyRunning { pipeline: pipeline.into(), holder: "in this process".into() });
+            }
+            return Ok(Claim::new(MemoryClaim { claims: self.claims.clone(), pipeline: pipeline.to_string() }));
+        }
+        let dir = format!("{}.locks", self.path);
+        let cannot = |e: std::io::Error| Error::Open { path: dir.clone(), reason: format!("cannot create the run lock: {e}") };
+        std::fs::create_dir_all(&dir).map_err(cannot)?;
+        let file = Path::new(&dir).join(format!("{}.lock", &hex(&Sha256::digest(pipeline.as_bytes()))[..16]));
+        let mut f = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&file).map_err(cannot)?;
+        match f.try_lock() {
+            Ok(()) => {
+                use std::io::Write;
+                let _ = f.set_len(0);
+                let _ = write!(f, "process {} since {}, pipeline {pipeline}", std::process::id(), rfc3339(now_micros()));
+                Ok(Claim::new(f))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&file).ok().and_then(|t| t.split(", pipeline").next().map(str::to_string));
+                Err(Error::AlreadyRunning { pipeline: pipeline.into(), holder: holder.unwrap_or_else(|| "another process".into()) })
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(cannot(e)),
+        }
     }
 
     /// Arms the failpoint in `write_events` for the `nth` call from now (tests).
@@ -752,8 +786,24 @@ fn export_tx(conn: &Connection, what: Export, after: i64, limit: usize) -> Resul
     Ok((out, last))
 }
 
+/// A claim in a private in-memory store.
+struct MemoryClaim {
+    claims: Arc<Mutex<std::collections::HashSet<String>>>,
+    pipeline: String,
+}
+
+impl Drop for MemoryClaim {
+    fn drop(&mut self) {
+        self.claims.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.pipeline);
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
+    async fn claim(&self, pipeline: &str) -> Result<Claim, Error> {
+        self.claim_pipeline(pipeline)
+    }
+
     async fn cursor(&self, pipeline: &str, slot: Slot) -> Result<Option<Micros>, Error> {
         let pipeline = pipeline.to_string();
         self.with(move |c| {
@@ -1182,6 +1232,26 @@ mod tests {
         assert_eq!(slot, "backfill");
         let v: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
         assert_eq!(v, SCHEMA_VERSION);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn a_pipeline_is_claimed_by_one_run_at_a_time_across_stores() {
+        let (dir, file) = temp_db("claim");
+        let (a, b) = (SqliteStore::open(&file).unwrap(), SqliteStore::open(&file).unwrap());
+        let held = a.claim("events").await.unwrap();
+        let e = b.claim("events").await.unwrap_err();
+        assert!(matches!(&e, Error::AlreadyRunning { pipeline, holder } if pipeline == "events" && holder.contains("process")), "{e:?}");
+        assert!(e.is_transient());
+        let other = b.claim("people").await.expect("another pipeline is free");
+        drop(held);
+        let again = b.claim("events").await.expect("released on drop");
+        drop((other, again));
+        let m = SqliteStore::open(":memory:").unwrap();
+        let held = m.claim("p").await.unwrap();
+        assert!(m.claim("p").await.is_err());
+        drop(held);
+        assert!(m.claim("p").await.is_ok());
         std::fs::remove_dir_all(dir).ok();
     }
 }

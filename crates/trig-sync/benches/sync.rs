@@ -233,6 +233,9 @@ impl trig_store::Store for Timed {
     async fn cursor(&self, p: &str, s: trig_store::Slot) -> Result<Option<i64>, trig_store::Error> {
         self.inner.cursor(p, s).await
     }
+    async fn claim(&self, p: &str) -> Result<trig_store::Claim, trig_store::Error> {
+        self.inner.claim(p).await
+    }
     async fn write_events(&self, b: trig_store::EventBatch) -> Result<trig_store::EventOutcome, trig_store::Error> {
         let t = Instant::now();
         let r = self.inner.write_events(b).await;

@@ -233,6 +233,8 @@ impl Engine {
     pub async fn run(&self, pipeline: &str, trigger: Trigger, cancel: &CancellationToken) -> Result<Finished, Error> {
         let p = self.pipeline(pipeline)?;
         let (client, table) = self.client_for(p)?;
+        // One run of a pipeline at a time: another holding it means this one does not start.
+        let _claim = self.store.claim(&p.name).await?;
         let run_id = uuid::Uuid::new_v4().to_string();
         let mut run = SyncRun {
             run_id: run_id.clone(),
