@@ -273,14 +273,7 @@ impl Client {
     pub async fn query_text(&self, stmt: &Statement, max_rows: u64) -> Result<TextResult, Error> {
         let mut s = stmt.clone();
         s.row_limit = Some(max_rows);
-        let opts = QueryOptions { inline: true, timeout: Duration::from_secs(120), ..Default::default() };
-        let started = Instant::now();
-        let resp = self.submit(&s, true, false).await?;
-        let mut guard = CancelGuard { client: self.clone(), statement_id: resp.statement_id.clone(), armed: true };
-        let resp = self.wait(resp, started, &opts, &mut guard).await?;
-        guard.disarm();
-        let manifest =
-            resp.manifest.clone().ok_or_else(|| Error::Protocol { detail: "a SUCCEEDED statement without a manifest".into() })?;
+        let (resp, manifest) = self.run_inline(&s).await?;
         let columns = manifest.schema.columns.iter().map(|c| c.name.clone()).collect();
         let mut rows = Vec::new();
         let mut data = resp.result.unwrap_or_default();
@@ -296,14 +289,21 @@ impl Client {
 
     /// The columns a statement's result has (its manifest), without reading rows.
     pub async fn result_columns(&self, stmt: &Statement) -> Result<Vec<crate::Column>, Error> {
+        Ok(self.run_inline(stmt).await?.1.schema.columns)
+    }
+
+    /// Runs a small statement INLINE to its end (cancelled if dropped or too
+    /// slow): its final response and manifest.
+    async fn run_inline(&self, stmt: &Statement) -> Result<(StatementResponse, Manifest), Error> {
         let opts = QueryOptions { inline: true, timeout: Duration::from_secs(120), ..Default::default() };
         let started = Instant::now();
         let resp = self.submit(stmt, true, false).await?;
         let mut guard = CancelGuard { client: self.clone(), statement_id: resp.statement_id.clone(), armed: true };
         let resp = self.wait(resp, started, &opts, &mut guard).await?;
         guard.disarm();
-        let manifest = resp.manifest.ok_or_else(|| Error::Protocol { detail: "a SUCCEEDED statement without a manifest".into() })?;
-        Ok(manifest.schema.columns)
+        let manifest =
+            resp.manifest.clone().ok_or_else(|| Error::Protocol { detail: "a SUCCEEDED statement without a manifest".into() })?;
+        Ok((resp, manifest))
     }
 
     /// Sends a statement, without `query_tags` once the workspace has
