@@ -208,7 +208,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     runs.push(f.run);
 
-    let t = store.totals().await?;
+    let t = store.totals(store.tenant(config.tenant.as_str()).await?).await?;
     let sum = |f: fn(&SyncRun) -> u64| runs.iter().map(f).sum::<u64>();
     writeln!(out, "\nReport")?;
     writeln!(out, "  organisations  {}", t.organisations)?;

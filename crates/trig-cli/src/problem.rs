@@ -35,6 +35,7 @@ pub fn from_config(e: &trig_config::ConfigErrors) -> Vec<Problem> {
 pub fn from_sync(e: &trig_sync::Error) -> Problem {
     let key = match e {
         trig_sync::Error::Config { key, .. } | trig_sync::Error::Drift { key, .. } => key.clone(),
+        trig_sync::Error::Store(trig_store::Error::LeaseHeld { .. } | trig_store::Error::LeaseLost { .. }) => "pipeline".into(),
         trig_sync::Error::Store(_) => "store.url".into(),
         trig_sync::Error::Databricks(d) => d.field().map(str::to_string).unwrap_or_else(|| e.kind().to_string()),
         trig_sync::Error::Cancelled => "run".into(),

@@ -45,6 +45,9 @@ pub struct SyncArgs {
     /// Print every statement and its parameters to stderr as it is sent.
     #[arg(long)]
     print_sql: bool,
+    /// When another run holds the pipeline, wait for it to end instead of exiting (Ctrl-C stops waiting).
+    #[arg(long)]
+    wait: bool,
     /// Print the run record (or, with --dry-run, {"sql", "parameters", "rows"}) as JSON.
     #[arg(long)]
     json: bool,
@@ -206,7 +209,10 @@ pub async fn sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
-    let mut options = EngineOptions::default();
+    let mut options = EngineOptions { holder: trig_store::Holder::this_process("trig-databricks sync"), ..EngineOptions::default() };
+    if a.wait {
+        options.wait_for_lease = Some(std::time::Duration::from_secs(365 * 86_400));
+    }
     if a.print_sql || a.dry_run && !a.json {
         options.on_statement = Some(Arc::new(|q: &trig_sync::Query| {
             let params: Vec<String> =
@@ -270,7 +276,17 @@ pub async fn sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
 /// An error that stopped a command (no run, or a failed run in text mode):
 /// printed once, with its fix.
 fn report_error(e: &Error, json: bool) -> ExitCode {
-    problem::report(json, &[problem::from_sync(e)], exit_code(e.class()))
+    let code = match e {
+        // Someone else's run: not this one's to retry, and nothing is wrong.
+        Error::Store(trig_store::Error::LeaseHeld { .. }) => ExitCode::from(2),
+        _ => exit_code(e.class()),
+    };
+    problem::report(json, &[problem::from_sync(e)], code)
+}
+
+/// The config's tenant in the store.
+async fn tenant(store: &dyn Store, config: &Config) -> Result<trig_store::TenantId, trig_store::Error> {
+    store.tenant(config.tenant.as_str()).await
 }
 
 pub async fn runs(a: RunsArgs) -> anyhow::Result<ExitCode> {
@@ -287,7 +303,7 @@ pub async fn runs(a: RunsArgs) -> anyhow::Result<ExitCode> {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
-    let runs = match store.runs(a.pipeline.as_deref(), a.limit).await {
+    let runs = match async { store.runs(tenant(store.as_ref(), &config).await?, a.pipeline.as_deref(), a.limit).await }.await {
         Ok(r) => r,
         Err(e) => return Ok(store_failed(&e, a.json)),
     };
@@ -325,20 +341,24 @@ pub async fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
         What::Quarantine => Export::Quarantine,
     };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let mut after = 0;
+    let tenant = match tenant(store.as_ref(), &config).await {
+        Ok(t) => t,
+        Err(e) => return Ok(store_failed(&e, false)),
+    };
+    let mut after: Option<String> = None;
     loop {
-        let (page, last) = match store.export_page(what, after, 10_000).await {
+        let (page, next) = match store.export_page(tenant, what, after.as_deref(), 10_000).await {
             Ok(p) => p,
             Err(e) => return Ok(store_failed(&e, false)),
         };
-        if page.is_empty() {
-            break;
-        }
         for v in &page {
             serde_json::to_writer(&mut out, v).map_err(std::io::Error::from)?;
             out.write_all(b"\n")?;
         }
-        after = last;
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)

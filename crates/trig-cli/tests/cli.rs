@@ -371,15 +371,31 @@ async fn two_syncs_at_once_on_one_new_store_both_succeed() {
     assert_eq!(b.status.code(), Some(0), "{}", text(&b));
     let runs: Value = serde_json::from_slice(&cli(&["runs", "--config", c, "--json"]).stdout).unwrap();
     assert_eq!(runs.as_array().unwrap().iter().filter(|r| r["status"] == "succeeded").count(), 2, "{runs}");
-    // A run of the same pipeline while another holds it does not start (exit 3), and marks nothing interrupted.
+    // A run of the same pipeline while another holds its lease does not start (exit 2, naming
+    // the holder and since when), and marks nothing interrupted.
     let store = trig_store::SqliteStore::open(dir.join("trig.db").to_str().unwrap()).unwrap();
-    let held = trig_store::Store::claim(&store, "events").await.unwrap();
+    let s: &dyn trig_store::Store = &store;
+    let key = s.pipeline(s.tenant("default").await.unwrap(), "events").await.unwrap();
+    let held = s.claim(key, &trig_store::Holder::this_process("the test"), std::time::Duration::from_secs(600)).await.unwrap();
     let out = spawn("events");
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert!(text(&out).contains("pipeline `events` is already running (process"), "{}", text(&out));
-    drop(held);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("pipeline `events` is already running: the test (process"), "{said}");
+    assert!(said.contains("has held it since 20") && said.contains("--wait"), "{said}");
     let after: Value = serde_json::from_slice(&cli(&["runs", "--config", c, "--json"]).stdout).unwrap();
     assert_eq!(after, runs, "no run was recorded or marked interrupted");
+    // `--wait` waits for the holder, then runs.
+    let waiting = Command::new(BIN)
+        .args(["sync", "events", "--config", c, "--wait"])
+        .env_remove("TRIG_FAILPOINT")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    s.release(&held).await.unwrap();
+    let out = waiting.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(spawn("events").status.code(), Some(0), "released, it runs");
     std::fs::remove_dir_all(dir).ok();
 }

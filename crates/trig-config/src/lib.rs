@@ -16,7 +16,7 @@ use std::time::Duration;
 use chrono::{DateTime, FixedOffset, Utc};
 use databricks::{AllowHosts, ConnectionSettings, Credentials, Secret, TableName, WarehouseId, WorkspaceUrl};
 use toml::{Table, Value};
-pub use trig_model::{Entity, IdentityRule};
+pub use trig_model::{Entity, IdentityRule, TenantName};
 
 /// Every problem found in a config file, each with its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,6 +260,9 @@ impl PipelineConfig {
 pub struct Config {
     /// The file it came from (relative paths in it are relative to its folder).
     pub path: PathBuf,
+    /// The Trig customer account everything this config syncs belongs to
+    /// (top-level `tenant = "acme"`; `default` when absent).
+    pub tenant: TenantName,
     /// `[store] url`, with a relative SQLite path resolved against the config's folder.
     pub store_url: String,
     pub connections: BTreeMap<String, ConnectionConfig>,
@@ -284,7 +287,18 @@ impl Config {
             Err(e) => return Err(ConfigErrors { path: path.display().to_string(), errors: vec![syntax_error(text, &e)] }),
         };
         let mut r = Reader { errs: &mut errs };
-        r.unknown(&root, "", &["store", "connections", "pipelines"]);
+        r.unknown(&root, "", &["tenant", "store", "connections", "pipelines"]);
+        let tenant = match root.get("tenant") {
+            None => TenantName::default(),
+            Some(Value::String(s)) => TenantName::parse(s.trim()).unwrap_or_else(|m| {
+                r.err("tenant", m);
+                TenantName::default()
+            }),
+            Some(_) => {
+                r.err("tenant", "must be a string, e.g. tenant = \"acme\" (at the top of the file, before any [table])");
+                TenantName::default()
+            }
+        };
         let store_url = match r.table(&root, "store", "store") {
             Some(t) => {
                 r.unknown(t, "store", &["url"]);
@@ -333,7 +347,7 @@ impl Config {
             }
         }
         if errs.is_empty() {
-            Ok(Config { path: path.to_path_buf(), store_url, connections, pipelines })
+            Ok(Config { path: path.to_path_buf(), tenant, store_url, connections, pipelines })
         } else {
             Err(ConfigErrors { path: path.display().to_string(), errors: errs })
         }
@@ -968,9 +982,21 @@ schedule = "24h"
 "#;
 
     #[test]
+    fn a_config_names_its_tenant_at_the_top() {
+        let c = Config::parse(&format!("tenant = \"acme\"\n{GOOD}"), Path::new("/etc/trig/trig.toml")).unwrap();
+        assert_eq!(c.tenant.as_str(), "acme");
+        let e = Config::parse(&format!("tenant = \"Acme Corp\"\n{GOOD}"), Path::new("/etc/trig/trig.toml")).unwrap_err();
+        assert_eq!(e.errors[0].key, "tenant");
+        assert!(e.errors[0].message.contains("lower-case letters"), "{e}");
+        let e = Config::parse(&format!("tenant = 7\n{GOOD}"), Path::new("/etc/trig/trig.toml")).unwrap_err();
+        assert!(e.errors[0].message.contains("before any [table]"), "{e}");
+    }
+
+    #[test]
     fn the_documented_example_loads() {
         let c = Config::parse(GOOD, Path::new("/etc/trig/trig.toml")).unwrap();
         assert_eq!(c.store_url, "sqlite:///etc/trig/trig.db");
+        assert_eq!(c.tenant.as_str(), "default", "no tenant = the default tenant");
         let e = c.pipeline("acme_events").unwrap();
         assert_eq!(e.schedule, Duration::from_secs(900));
         let PipelineSpec::Events(ev) = &e.spec else { panic!() };

@@ -45,3 +45,60 @@ impl Entity {
         }
     }
 }
+
+/// A tenant's name: a Trig customer account, as a config file (`tenant =
+/// "acme"`) and the store name it. Lower-case letters, digits, `-` and `_`,
+/// 1 to 63 characters, starting with a letter or digit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct TenantName(String);
+
+impl TenantName {
+    /// The tenant of a config that names none.
+    pub const DEFAULT: &'static str = "default";
+
+    /// Parses a tenant name; the error says what is allowed.
+    pub fn parse(s: &str) -> Result<TenantName, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 63
+            && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+            && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+        if ok {
+            Ok(TenantName(s.to_string()))
+        } else {
+            Err(format!(
+                "`{s}` is not a tenant name: use 1 to 63 lower-case letters, digits, `-` or `_`, starting with a letter or digit (e.g. \"acme\")"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for TenantName {
+    fn default() -> TenantName {
+        TenantName(TenantName::DEFAULT.into())
+    }
+}
+
+impl std::fmt::Display for TenantName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_names_are_checked() {
+        assert_eq!(TenantName::parse("acme-eu_2").unwrap().as_str(), "acme-eu_2");
+        for bad in ["", "Acme", "-acme", "acme corp", "ü", &"a".repeat(64)] {
+            let e = TenantName::parse(bad).unwrap_err();
+            assert!(e.contains("lower-case letters"), "{bad}: {e}");
+        }
+        assert_eq!(TenantName::default().as_str(), "default");
+    }
+}

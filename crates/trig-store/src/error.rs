@@ -27,9 +27,19 @@ pub enum Error {
         "the store at {path} stayed locked by another process for {timeout_secs}s; nothing was lost and the next run retries (if this repeats, look for a stuck trig-databricks process using this file)"
     )]
     Busy { path: String, timeout_secs: u64 },
-    /// Another run of the pipeline holds it.
-    #[error("pipeline `{pipeline}` is already running ({holder}); this run did not start, and the next one will")]
-    AlreadyRunning { pipeline: String, holder: String },
+    /// Another run of the pipeline holds its lease.
+    #[error(
+        "pipeline `{pipeline}` is already running: {holder} has held it since {since} (lease until {until}); this run did not start (`--wait` waits for it)"
+    )]
+    LeaseHeld { pipeline: String, holder: String, since: String, until: String },
+    /// This run's lease expired or was taken over: it wrote nothing more.
+    #[error(
+        "pipeline `{pipeline}`: this run lost its lease ({reason}); it stopped writing, and the run that holds the lease now resumes from the last checkpoint"
+    )]
+    LeaseLost { pipeline: String, reason: String },
+    /// A pipeline or tenant the store does not know.
+    #[error("{what} is not in the store")]
+    NotFound { what: String },
     /// A database call failed.
     #[error("store: {0}")]
     Database(String),
@@ -51,7 +61,7 @@ impl Error {
 
     /// Whether the same call may succeed later without anyone changing anything.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Busy { .. } | Error::AlreadyRunning { .. })
+        matches!(self, Error::Busy { .. } | Error::LeaseHeld { .. } | Error::LeaseLost { .. })
     }
 
     /// Whether the operator must fix something (the URL, the file, its permissions).

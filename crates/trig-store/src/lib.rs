@@ -2,22 +2,30 @@
 //!
 //! - **Organisations** and **people** (external id, name, email, the
 //!   organisation link, attributes grouped by the pipeline they came from);
-//! - **events** (dedup key `(pipeline, event id)`, UTC time in microseconds,
+//! - **events** (dedup key `(tenant, pipeline, event id)`, UTC time in microseconds,
 //!   the matched person, properties, the backfill flag);
 //! - **parked events** that matched no person yet, **quarantined rows** with
 //!   their reason, **record hashes** for attribute diffs;
 //! - **cursors** per pipeline and slot, and **sync runs**.
 //!
+//! Every row belongs to a **tenant** (a Trig customer account); matching,
+//! dedup and every read stay inside one.
+//!
 //! The engine talks to the [`Store`] trait only. Every write the engine makes
 //! is one call, and each call is one transaction: a batch's rows, its
 //! quarantined rows and the cursor that covers them commit together or not at
-//! all ([`EventBatch::checkpoint`]). [`sqlite::SqliteStore`] is the embedded
-//! default (one file, created and migrated on first use); nothing above the
-//! trait assumes SQLite.
+//! all ([`EventBatch::checkpoints`]), and only while the run's lease holds
+//! ([`Fence`]). The domain rules (identity, parking, the attribute merge,
+//! leases) are written once in `rules.rs` over a backend's transaction;
+//! [`sqlite::SqliteStore`] is the embedded default (one file, created and
+//! migrated on first use); nothing above the trait assumes SQLite.
 
 mod error;
+mod rules;
 pub mod sqlite;
 pub mod time;
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -25,6 +33,64 @@ use serde::Serialize;
 pub use error::Error;
 pub use sqlite::SqliteStore;
 pub use trig_model::{Entity, IdentityRule};
+
+/// A tenant, inside the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct TenantId(pub i64);
+
+/// A pipeline, inside the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct PipelineId(pub i64);
+
+/// A pipeline and its tenant: what every per-pipeline call takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct PipelineKey {
+    pub tenant: TenantId,
+    pub pipeline: PipelineId,
+}
+
+/// A run, inside the store (its record's row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct RunKey(pub i64);
+
+/// Who holds a lease: a process on a host, and what it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Holder {
+    pub host: String,
+    pub pid: u32,
+    /// A person-readable label (`trig-databricks sync`, `serve worker 2`).
+    pub label: String,
+}
+
+impl Holder {
+    /// This process, on this host.
+    pub fn this_process(label: &str) -> Holder {
+        Holder { host: rules::this_host(), pid: std::process::id(), label: label.to_string() }
+    }
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (process {} on {})", self.label, self.pid, self.host)
+    }
+}
+
+/// A lease's generation: every claim of a pipeline takes the next one, so a
+/// write that carries an older one comes from a run that lost its lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Fence {
+    pub pipeline: PipelineKey,
+    pub value: i64,
+}
+
+/// A pipeline leased for one run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lease {
+    pub fence: Fence,
+    pub holder: Holder,
+    pub since: Micros,
+    pub until: Micros,
+}
 
 /// Microseconds since the Unix epoch, UTC.
 pub type Micros = i64;
@@ -97,8 +163,8 @@ pub struct Progress {
 /// One transaction's worth of events.
 #[derive(Debug, Clone)]
 pub struct EventBatch {
-    pub pipeline: String,
-    pub run_id: String,
+    pub fence: Fence,
+    pub run: RunKey,
     pub rule: IdentityRule,
     pub backfill: bool,
     pub rows: Vec<EventRow>,
@@ -135,8 +201,8 @@ pub struct RecordRow {
 
 #[derive(Debug, Clone)]
 pub struct RecordBatch {
-    pub pipeline: String,
-    pub run_id: String,
+    pub fence: Fence,
+    pub run: RunKey,
     pub entity: Entity,
     pub rows: Vec<RecordRow>,
     pub quarantine: Vec<Quarantined>,
@@ -243,68 +309,78 @@ pub struct Totals {
     pub runs: u64,
 }
 
-/// A pipeline claimed for one run: while it lives, no other run of the
-/// pipeline (in this process or another) can claim it. Dropping it releases
-/// the claim, also when the process dies.
-pub struct Claim {
-    _held: Box<dyn std::any::Any + Send + Sync>,
-}
-
-impl Claim {
-    pub fn new(held: impl std::any::Any + Send + Sync) -> Claim {
-        Claim { _held: Box::new(held) }
-    }
-}
-
-impl std::fmt::Debug for Claim {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Claim")
-    }
-}
-
 /// The store the sync engine writes to. Each method is one transaction.
+///
+/// Everything belongs to a tenant (a Trig customer account): a pipeline is
+/// named within its tenant and known inside the store by a [`PipelineKey`].
+/// A run's writes carry the [`Fence`] of the lease it holds; a write whose
+/// fence is no longer current (the lease expired or was taken over) writes
+/// nothing and fails with [`Error::LeaseLost`].
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Claims `pipeline` for one run, or fails with [`Error::AlreadyRunning`]
-    /// when another run holds it: two runs of one pipeline never overlap
-    /// (their cursors and records would cross).
-    async fn claim(&self, pipeline: &str) -> Result<Claim, Error>;
+    /// The tenant named `name`, created when new.
+    async fn tenant(&self, name: &str) -> Result<TenantId, Error>;
+
+    /// The pipeline named `name` in `tenant`, created when new.
+    async fn pipeline(&self, tenant: TenantId, name: &str) -> Result<PipelineKey, Error>;
+
+    /// Leases `pipeline` to `holder` for `ttl`, or fails with
+    /// [`Error::LeaseHeld`] naming the live holder. A free lease (released,
+    /// expired, or held by a process of this host that is gone) is taken
+    /// with the next fence, and runs still recorded as running (their holder
+    /// died) are marked `interrupted`, ended at their last commit.
+    async fn claim(&self, pipeline: PipelineKey, holder: &Holder, ttl: Duration) -> Result<Lease, Error>;
+
+    /// Extends a lease by `ttl` from now; [`Error::LeaseLost`] when it is no longer ours.
+    async fn heartbeat(&self, lease: &Lease, ttl: Duration) -> Result<Micros, Error>;
+
+    /// Gives a lease up (a no-op when it is no longer ours).
+    async fn release(&self, lease: &Lease) -> Result<(), Error>;
 
     /// A pipeline's cursor in `slot`.
-    async fn cursor(&self, pipeline: &str, slot: Slot) -> Result<Option<Micros>, Error>;
+    async fn cursor(&self, pipeline: PipelineKey, slot: Slot) -> Result<Option<Micros>, Error>;
 
-    /// Stores events (dedup on `(pipeline, event id)`, identity matching,
-    /// parking), quarantined rows and the checkpoints, and adds what it did
-    /// (and the batch's progress) to the run's record, in one transaction.
+    /// Records a run as started under `fence`.
+    async fn begin_run(&self, fence: Fence, run: &SyncRun) -> Result<RunKey, Error>;
+
+    /// Stores events (dedup on `(tenant, pipeline, event id)`, identity
+    /// matching, parking), quarantined rows and the checkpoints, and adds what
+    /// it did (and the batch's progress) to the run's record, in one
+    /// transaction that checks the fence.
     async fn write_events(&self, batch: EventBatch) -> Result<EventOutcome, Error>;
 
     /// Upserts people or organisations whose hash changed, quarantined rows
     /// and the checkpoints, and adds what it did to the run's record, in one
-    /// transaction.
+    /// fenced transaction.
     async fn write_records(&self, batch: RecordBatch) -> Result<RecordOutcome, Error>;
 
-    /// Moves parked events (of one pipeline, or all) whose person now exists
-    /// into events, counted in `run_id`'s record; returns how many.
-    async fn rematch_parked(&self, pipeline: Option<&str>, run_id: &str) -> Result<u64, Error>;
+    /// Moves the tenant's parked events (of the fenced pipeline only, or of
+    /// all its pipelines) whose person now exists into events, counted in
+    /// `run`'s record; returns how many.
+    async fn rematch_parked(&self, fence: Fence, run: RunKey, only_this_pipeline: bool) -> Result<u64, Error>;
 
-    /// Drops a pipeline's events parked before `before`, counted as dropped
-    /// in `run_id`'s record; returns how many.
-    async fn expire_parked(&self, pipeline: &str, before: Micros, run_id: &str) -> Result<u64, Error>;
+    /// Drops the fenced pipeline's events parked before `before`, counted as
+    /// dropped in `run`'s record; returns how many.
+    async fn expire_parked(&self, fence: Fence, run: RunKey, before: Micros) -> Result<u64, Error>;
 
-    /// Records a run as started; marks earlier runs of the pipeline still
-    /// `running` (a crashed process) as `interrupted`, ended at their last commit.
-    async fn begin_run(&self, run: &SyncRun) -> Result<(), Error>;
+    /// Records a run's end (status, counts, error), if `fence` still holds.
+    async fn finish_run(&self, fence: Fence, run: RunKey, record: &SyncRun) -> Result<(), Error>;
 
-    /// Records a run's end (status, counts, error).
-    async fn finish_run(&self, run: &SyncRun) -> Result<(), Error>;
+    /// A tenant's runs (of one pipeline, or all), newest first.
+    async fn runs(&self, tenant: TenantId, pipeline: Option<&str>, limit: usize) -> Result<Vec<SyncRun>, Error>;
 
-    /// Runs, newest first.
-    async fn runs(&self, pipeline: Option<&str>, limit: usize) -> Result<Vec<SyncRun>, Error>;
+    /// One page of a tenant's stored rows as JSON objects, in a stable
+    /// order, after `after` (`None` for the start, else a position this
+    /// returned); the position to continue from, `None` at the end.
+    async fn export_page(
+        &self,
+        tenant: TenantId,
+        what: Export,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<serde_json::Value>, Option<String>), Error>;
 
-    /// One page of stored rows as JSON objects, in a stable order, after `after` (a position this returned).
-    async fn export_page(&self, what: Export, after: i64, limit: usize) -> Result<(Vec<serde_json::Value>, i64), Error>;
-
-    async fn totals(&self) -> Result<Totals, Error>;
+    async fn totals(&self, tenant: TenantId) -> Result<Totals, Error>;
 }
 
 /// What `export` reads.

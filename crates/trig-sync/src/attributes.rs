@@ -113,7 +113,7 @@ impl Mapper<'_> {
 /// What to read: with `updated_at` and a previous sync, the recently changed rows; else everything.
 async fn select(ctx: &Ctx<'_>, spec: &AttributesSpec, layout: &Layout, trigger: Trigger) -> Result<(Query, i64), Error> {
     let upper = upper_bound(now_micros(), micros(ctx.options.settle));
-    let prev = ctx.store.cursor(&ctx.pipeline.name, Slot::Live).await?;
+    let prev = ctx.store.cursor(ctx.key, Slot::Live).await?;
     let window = match (&spec.updated_at, prev, trigger) {
         (Some(col), Some(p), Trigger::Schedule | Trigger::Manual) => {
             Some((col.as_str(), Window { from: incremental_start(p, micros(spec.lookback)), to: upper }))
@@ -142,8 +142,8 @@ impl Sink for RecordsSink<'_> {
     }
     async fn write(&self, txn: Txn<RecordRow>) -> Result<RunCounts, Error> {
         let batch = RecordBatch {
-            pipeline: self.ctx.pipeline.name.clone(),
-            run_id: self.ctx.run_id.clone(),
+            fence: self.ctx.fence,
+            run: self.ctx.run,
             entity: self.entity,
             rows: txn.rows,
             quarantine: txn.quarantine,
@@ -169,7 +169,7 @@ pub(crate) async fn run(ctx: &Ctx<'_>, spec: &AttributesSpec, trigger: Trigger, 
     pump::pump(ctx, &sink, &mut pump::Once(Some(pump::Step { query: q, checkpoints, window: None })), run).await?;
     if entity == Entity::People {
         // People appeared: events parked for them can land now.
-        run.counts.rematched += ctx.store.rematch_parked(None, &ctx.run_id).await?;
+        run.counts.rematched += ctx.store.rematch_parked(ctx.fence, ctx.run, false).await?;
     }
     Ok(())
 }

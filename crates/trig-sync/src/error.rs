@@ -59,6 +59,8 @@ impl Error {
             Error::Config { .. } => "config",
             Error::Drift { .. } => "schema_drift",
             Error::Databricks(e) => e.kind(),
+            Error::Store(trig_store::Error::LeaseHeld { .. }) => "lease_held",
+            Error::Store(trig_store::Error::LeaseLost { .. }) => "lease_lost",
             Error::Store(_) => "store",
             Error::Cancelled => "cancelled",
         }

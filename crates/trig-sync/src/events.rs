@@ -166,7 +166,7 @@ async fn range(ctx: &Ctx<'_>, spec: &EventsSpec, trigger: Trigger, prev: Option<
         // a slot of its own, so an interrupted one resumes where it stopped and
         // stays a backfill; the live cursor is set when the last window commits.
         (Trigger::Schedule | Trigger::Manual, None) | (Trigger::FullRefresh, _) => {
-            let resume = ctx.store.cursor(&ctx.pipeline.name, Slot::Backfill).await?;
+            let resume = ctx.store.cursor(ctx.key, Slot::Backfill).await?;
             let start = match resume {
                 Some(r) => Some(r),
                 None => source_start(ctx, spec).await?,
@@ -317,8 +317,8 @@ impl Sink for EventsSink<'_> {
     }
     async fn write(&self, txn: Txn<EventRow>) -> Result<RunCounts, Error> {
         let batch = EventBatch {
-            pipeline: self.ctx.pipeline.name.clone(),
-            run_id: self.ctx.run_id.clone(),
+            fence: self.ctx.fence,
+            run: self.ctx.run,
             rule: self.rule,
             backfill: self.backfill,
             rows: txn.rows,
@@ -331,14 +331,13 @@ impl Sink for EventsSink<'_> {
 }
 
 pub(crate) async fn run(ctx: &Ctx<'_>, spec: &EventsSpec, trigger: Trigger, run: &mut SyncRun) -> Result<(), Error> {
-    let name = &ctx.pipeline.name;
     let now = now_micros();
     // Parked events: expire the old (counted as dropped), re-match those whose person appeared.
-    run.counts.dropped += ctx.store.expire_parked(name, now - micros(ctx.options.parked_retention), &ctx.run_id).await?;
-    run.counts.rematched += ctx.store.rematch_parked(Some(name), &ctx.run_id).await?;
+    run.counts.dropped += ctx.store.expire_parked(ctx.fence, ctx.run, now - micros(ctx.options.parked_retention)).await?;
+    run.counts.rematched += ctx.store.rematch_parked(ctx.fence, ctx.run, true).await?;
 
     ctx.preflight(&wanted(spec)).await?;
-    let prev = ctx.store.cursor(name, Slot::Live).await?;
+    let prev = ctx.store.cursor(ctx.key, Slot::Live).await?;
     let range = range(ctx, spec, trigger, prev).await?;
     let layout = Layout::new(spec);
     let sink = EventsSink {
@@ -388,7 +387,7 @@ fn windows<'a>(ctx: &'a Ctx<'a>, spec: &'a EventsSpec, layout: &'a Layout, range
 
 pub(crate) async fn dry_run(ctx: &Ctx<'_>, spec: &EventsSpec, trigger: Trigger, limit: u64) -> Result<DryRun, Error> {
     ctx.preflight(&wanted(spec)).await?;
-    let prev = ctx.store.cursor(&ctx.pipeline.name, Slot::Live).await?;
+    let prev = ctx.store.cursor(ctx.key, Slot::Live).await?;
     let range = range(ctx, spec, trigger, prev).await?;
     let layout = Layout::new(spec);
     let backfill = range.backfill;

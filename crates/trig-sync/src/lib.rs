@@ -31,7 +31,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use trig_config::{Config, PipelineConfig, PipelineSpec};
-use trig_store::{Micros, Store, SyncRun};
+use trig_store::{Fence, Holder, Lease, Micros, PipelineKey, RunKey, Store, SyncRun};
 
 pub use error::{Class, Error};
 pub use query::{Query, QueryParameter};
@@ -101,6 +101,14 @@ pub struct EngineOptions {
     pub progress: Option<ProgressFn>,
     /// Called with every statement just before it is sent (`--print-sql`).
     pub on_statement: Option<StatementFn>,
+    /// Who runs the pipelines, as their leases record it.
+    pub holder: Holder,
+    /// How long a run's lease lasts without a heartbeat; it is extended every
+    /// third of that while the run runs. A run that cannot extend it stops
+    /// writing (its writes fail on the fence) and another may take over.
+    pub lease_ttl: Duration,
+    /// How long a run waits for a pipeline another run holds; `None` fails at once.
+    pub wait_for_lease: Option<Duration>,
 }
 
 impl Default for EngineOptions {
@@ -116,6 +124,9 @@ impl Default for EngineOptions {
             query: QueryOptions::default(),
             progress: None,
             on_statement: None,
+            holder: Holder::this_process("trig-databricks"),
+            lease_ttl: Duration::from_secs(60),
+            wait_for_lease: None,
         }
     }
 }
@@ -153,6 +164,10 @@ pub(crate) fn micros(d: Duration) -> Micros {
 /// What one run needs while it runs.
 pub(crate) struct Ctx<'a> {
     pub pipeline: &'a PipelineConfig,
+    /// The pipeline in the store, the fence of the lease the run holds, and the run's record.
+    pub key: PipelineKey,
+    pub fence: Fence,
+    pub run: RunKey,
     pub table: TableName,
     pub client: Client,
     pub store: &'a dyn Store,
@@ -227,14 +242,85 @@ impl Engine {
         self.config.pipeline(name).map_err(|m| Error::Config { key: "pipeline".into(), message: m })
     }
 
+    /// The pipeline in the store, in the config's tenant.
+    async fn key(&self, p: &PipelineConfig) -> Result<PipelineKey, Error> {
+        let tenant = self.store.tenant(self.config.tenant.as_str()).await?;
+        Ok(self.store.pipeline(tenant, &p.name).await?)
+    }
+
+    /// Leases the pipeline, waiting for another run's lease when the options say so.
+    async fn claim(&self, key: PipelineKey, cancel: &CancellationToken) -> Result<Lease, Error> {
+        let deadline = self.options.wait_for_lease.map(|w| Instant::now() + w);
+        loop {
+            match self.store.claim(key, &self.options.holder, self.options.lease_ttl).await {
+                Err(trig_store::Error::LeaseHeld { .. }) if deadline.is_some_and(|d| Instant::now() < d) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = cancel.cancelled() => return Err(Error::Cancelled),
+                    }
+                }
+                other => return Ok(other?),
+            }
+        }
+    }
+
     /// Runs `pipeline` once and records the run. `Err` only when no run
-    /// could be recorded (unknown pipeline, unreadable secret, store down);
-    /// otherwise the run's record, with its error when it failed.
+    /// could be recorded (unknown pipeline, unreadable secret, store down,
+    /// the pipeline held by another run, the lease lost); otherwise the
+    /// run's record, with its error when it failed.
     pub async fn run(&self, pipeline: &str, trigger: Trigger, cancel: &CancellationToken) -> Result<Finished, Error> {
         let p = self.pipeline(pipeline)?;
         let (client, table) = self.client_for(p)?;
-        // One run of a pipeline at a time: another holding it means this one does not start.
-        let _claim = self.store.claim(&p.name).await?;
+        let key = self.key(p).await?;
+        // One run of a pipeline at a time, across processes: the lease.
+        let lease = self.claim(key, cancel).await?;
+        // The heartbeat extends the lease while the run runs; a lease lost
+        // (expired, taken over) stops the run, whose writes would fail anyway.
+        let run_cancel = cancel.child_token();
+        let lost: Arc<std::sync::Mutex<Option<trig_store::Error>>> = Arc::default();
+        let heartbeat = {
+            let (store, lease, ttl, stop, lost) =
+                (self.store.clone(), lease.clone(), self.options.lease_ttl, run_cancel.clone(), lost.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(ttl / 3).await;
+                    match store.heartbeat(&lease, ttl).await {
+                        Ok(_) => {}
+                        Err(e @ trig_store::Error::LeaseLost { .. }) => {
+                            tracing::warn!(error = %e, "lease lost; stopping the run");
+                            *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                            stop.cancel();
+                            return;
+                        }
+                        // Busy or down: the next beat tries again; the lease outlives a few misses.
+                        Err(e) => tracing::warn!(error = %e, "lease heartbeat failed; retrying"),
+                    }
+                }
+            })
+        };
+        let result = self.run_leased(p, client, table, key, &lease, trigger, &run_cancel).await;
+        heartbeat.abort();
+        if let Some(e) = lost.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(e.into());
+        }
+        let finished = result?;
+        if let Err(e) = self.store.release(&lease).await {
+            tracing::warn!(error = %e, "could not release the lease; it expires on its own");
+        }
+        Ok(finished)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_leased(
+        &self,
+        p: &PipelineConfig,
+        client: Client,
+        table: TableName,
+        key: PipelineKey,
+        lease: &Lease,
+        trigger: Trigger,
+        cancel: &CancellationToken,
+    ) -> Result<Finished, Error> {
         let run_id = uuid::Uuid::new_v4().to_string();
         let mut run = SyncRun {
             run_id: run_id.clone(),
@@ -250,10 +336,22 @@ impl Engine {
             w = client.warehouse() => w.ok().map(|w| w.state),
             _ = cancel.cancelled() => None,
         };
-        self.store.begin_run(&run).await?;
-        tracing::info!(pipeline = %p.name, run_id = %run_id, trigger = trigger.as_str(), "sync run started");
-        let ctx =
-            Ctx { pipeline: p, table, client, store: self.store.as_ref(), options: &self.options, cancel, run_id, started: Instant::now() };
+        let fence = lease.fence;
+        let run_key = self.store.begin_run(fence, &run).await?;
+        tracing::info!(pipeline = %p.name, run_id = %run_id, trigger = trigger.as_str(), fence = fence.value, "sync run started");
+        let ctx = Ctx {
+            pipeline: p,
+            key,
+            fence,
+            run: run_key,
+            table,
+            client,
+            store: self.store.as_ref(),
+            options: &self.options,
+            cancel,
+            run_id,
+            started: Instant::now(),
+        };
         let result = match &p.spec {
             PipelineSpec::Events(spec) => events::run(&ctx, spec, trigger, &mut run).await,
             PipelineSpec::Attributes(spec) => attributes::run(&ctx, spec, trigger, &mut run).await,
@@ -267,6 +365,8 @@ impl Engine {
         }
         run.ended_at = Some(now_micros());
         let error = match result {
+            // A write refused on the fence: this run is no longer the pipeline's; the record is the new holder's to close.
+            Err(Error::Store(e @ trig_store::Error::LeaseLost { .. })) => return Err(Error::Store(e)),
             Ok(()) => {
                 run.status = "succeeded".into();
                 None
@@ -280,7 +380,7 @@ impl Engine {
                 Some(e)
             }
         };
-        self.store.finish_run(&run).await?;
+        self.store.finish_run(fence, run_key, &run).await?;
         tracing::info!(pipeline = %p.name, run_id = %run.run_id, status = %run.status, rows = run.counts.rows_read, "sync run ended");
         Ok(Finished { run, error })
     }
@@ -291,8 +391,13 @@ impl Engine {
         let p = self.pipeline(pipeline)?;
         let (client, table) = self.client_for(p)?;
         let cancel = CancellationToken::new();
+        let key = self.key(p).await?;
         let ctx = Ctx {
             pipeline: p,
+            key,
+            // Nothing is written: no lease, no run record.
+            fence: Fence { pipeline: key, value: -1 },
+            run: RunKey(-1),
             table,
             client,
             store: self.store.as_ref(),

@@ -138,16 +138,35 @@ impl Env {
     }
 
     async fn export(&self, what: Export) -> Vec<Value> {
+        let tenant = self.tenant().await;
         let mut out = Vec::new();
-        let mut after = 0;
+        let mut after: Option<String> = None;
         loop {
-            let (page, last) = self.store.export_page(what, after, 1000).await.unwrap();
-            if page.is_empty() {
-                return out;
-            }
+            let (page, next) = self.store.export_page(tenant, what, after.as_deref(), 1000).await.unwrap();
             out.extend(page);
-            after = last;
+            match next {
+                Some(n) => after = Some(n),
+                None => return out,
+            }
         }
+    }
+
+    /// The config's tenant (`default`).
+    async fn tenant(&self) -> trig_store::TenantId {
+        self.store.tenant(self.config.tenant.as_str()).await.unwrap()
+    }
+
+    async fn cursor(&self, pipeline: &str, slot: Slot) -> Result<Option<i64>, trig_store::Error> {
+        let key = self.store.pipeline(self.tenant().await, pipeline).await?;
+        self.store.cursor(key, slot).await
+    }
+
+    async fn totals(&self) -> Result<trig_store::Totals, trig_store::Error> {
+        self.store.totals(self.tenant().await).await
+    }
+
+    async fn runs(&self, pipeline: Option<&str>, limit: usize) -> Result<Vec<SyncRun>, trig_store::Error> {
+        self.store.runs(self.tenant().await, pipeline, limit).await
     }
 
     async fn ids(&self, what: Export) -> Vec<String> {
@@ -157,7 +176,7 @@ impl Env {
     /// The event ids that must be stored once (in events or parked): every id
     /// with at least one valid row at or before the live cursor.
     async fn expected_ids(&self, pipeline: &str) -> BTreeSet<String> {
-        let cursor = self.store.cursor(pipeline, Slot::Live).await.unwrap().expect("a cursor");
+        let cursor = self.cursor(pipeline, Slot::Live).await.unwrap().expect("a cursor");
         let rows = self
             .sql(&format!(
                 "SELECT DISTINCT event_id FROM main.product.events_v WHERE event_id IS NOT NULL AND event_name IS NOT NULL \
@@ -215,7 +234,7 @@ async fn events_land_exactly_once_matched_to_people_with_bad_rows_quarantined() 
     assert!(c.deduplicated > 0 && c.parked > 0 && c.quarantined > 0, "{c:?}");
     assert_eq!(c.late, 0, "a first sync has no watermark to be late against");
     assert_eq!(first.trigger, "schedule");
-    let totals = env.store.totals().await.unwrap();
+    let totals = env.totals().await.unwrap();
     assert_eq!(totals.events, totals.backfilled_events, "the first sync is a backfill");
 
     // Matched to the right people; parked ones belong to nobody known.
@@ -253,13 +272,13 @@ async fn events_land_exactly_once_matched_to_people_with_bad_rows_quarantined() 
     assert_eq!(tagged, first.statement_ids.len() + 1, "the window statements and the min(cursor) probe: {history}");
 
     // Running again stores nothing new and re-quarantines nothing.
-    let quarantined = env.store.totals().await.unwrap().quarantined;
+    let quarantined = env.totals().await.unwrap().quarantined;
     let second = env.ok("events", Trigger::Schedule).await;
     assert_eq!(second.counts.inserted + second.counts.parked, 0, "{:?}", second.counts);
-    assert_eq!(env.store.totals().await.unwrap().quarantined, quarantined);
+    assert_eq!(env.totals().await.unwrap().quarantined, quarantined);
     assert!(second.window_from.unwrap() < first.window_to.unwrap(), "the lookback re-reads the last two hours");
     env.assert_exactly_once("events").await;
-    let runs = env.store.runs(Some("events"), 10).await.unwrap();
+    let runs = env.runs(Some("events"), 10).await.unwrap();
     assert_eq!(runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), [second.run_id.as_str(), first.run_id.as_str()]);
 }
 
@@ -277,8 +296,8 @@ async fn a_crash_between_writing_and_committing_loses_and_duplicates_nothing() {
         let e = f.error.expect("the failpoint fails the run");
         assert_eq!((f.run.status.as_str(), e.kind()), ("failed", "store"));
         // The first sync is unfinished: its progress is the backfill's, the live cursor is unset.
-        assert_eq!(env.store.cursor("events", Slot::Live).await.unwrap(), None, "an unfinished backfill sets no live cursor");
-        cursors.push(env.store.cursor("events", Slot::Backfill).await.unwrap());
+        assert_eq!(env.cursor("events", Slot::Live).await.unwrap(), None, "an unfinished backfill sets no live cursor");
+        cursors.push(env.cursor("events", Slot::Backfill).await.unwrap());
     }
     // Each crash resumed from the last checkpoint and got further.
     assert!(cursors[0].is_some() && cursors[0] < cursors[2], "{cursors:?}");
@@ -290,7 +309,7 @@ async fn a_crash_between_writing_and_committing_loses_and_duplicates_nothing() {
     assert!(resumed.error.is_none(), "{:?}", resumed.error);
     assert_eq!(resumed.run.window_from, cursors[2], "resumed where it stopped, not restarted");
     assert_eq!(resumed.run.counts.late, 0, "re-read rows of a backfill are not late");
-    assert_eq!(env.store.cursor("events", Slot::Backfill).await.unwrap(), None, "the backfill finished");
+    assert_eq!(env.cursor("events", Slot::Backfill).await.unwrap(), None, "the backfill finished");
     env.assert_exactly_once("events").await;
     // Interrupted or not, the first sync's events are all backfilled (live triggers ignore them).
     let events = env.export(Export::Events).await;
@@ -300,7 +319,7 @@ async fn a_crash_between_writing_and_committing_loses_and_duplicates_nothing() {
         events.iter().filter(|e| e["backfill"] != true).count(),
         events.len()
     );
-    let runs = env.store.runs(Some("events"), 10).await.unwrap();
+    let runs = env.runs(Some("events"), 10).await.unwrap();
     assert_eq!(runs.iter().filter(|r| r.status == "failed" && r.error_kind.as_deref() == Some("store")).count(), 3);
     // Each stored event was counted once, by the run whose transaction committed it.
     let counted: u64 = runs.iter().map(|r| r.counts.inserted + r.counts.rematched).sum();
@@ -341,7 +360,7 @@ async fn late_rows_within_the_lookback_are_stored_and_counted() {
     let future_row = q.iter().find(|r| r["key"] == "future_1").expect("the future row is quarantined");
     assert!(future_row["reason"].as_str().unwrap().contains("in the future"), "{future_row}");
     for p in ["events", "by_ingestion"] {
-        let cursor = env.store.cursor(p, Slot::Live).await.unwrap().unwrap();
+        let cursor = env.cursor(p, Slot::Live).await.unwrap().unwrap();
         assert!(cursor <= chrono::Utc::now().timestamp_micros(), "{p}: the cursor never passes now");
     }
     let live: Vec<Value> =
@@ -371,7 +390,7 @@ user_id_kind = "email"
     assert!(first.counts.parked > 1000, "{:?}", first.counts);
     // People arrive: their parked events land.
     let people = env.ok("people", Trigger::Schedule).await;
-    let parked_left = env.store.totals().await.unwrap().parked;
+    let parked_left = env.totals().await.unwrap().parked;
     assert_eq!(people.counts.rematched + parked_left, first.counts.parked);
     assert!(parked_left > 0 && parked_left < first.counts.parked / 5, "only unknown users stay parked: {parked_left}");
     env.assert_exactly_once("events").await;
@@ -384,17 +403,17 @@ user_id_kind = "email"
                 "event_ts_local": null, "environment": "production"}]),
     )
     .await;
-    let before = env.store.totals().await.unwrap().people;
+    let before = env.totals().await.unwrap().people;
     let mail = env.ok("by_email", Trigger::Schedule).await;
     assert!(mail.counts.people_created >= 1 && mail.counts.quarantined > 0, "{:?}", mail.counts);
-    assert_eq!(env.store.totals().await.unwrap().people, before + mail.counts.people_created);
+    assert_eq!(env.totals().await.unwrap().people, before + mail.counts.people_created);
     let people = env.export(Export::People).await;
     assert!(people.iter().any(|p| p["email"] == "new.person@example.com" && p["id"].is_null()), "created by email");
 
     // Parked events wait for their retention, then are dropped and counted.
     let expired = env.run_with(EngineOptions { parked_retention: Duration::ZERO, ..Default::default() }, "events", Trigger::Schedule).await;
     assert_eq!(expired.run.counts.dropped, parked_left);
-    assert_eq!(env.store.totals().await.unwrap().parked, expired.run.counts.parked);
+    assert_eq!(env.totals().await.unwrap().parked, expired.run.counts.parked);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -452,7 +471,7 @@ async fn schema_drift_fails_naming_the_column_and_keeps_the_cursor() {
     let base = EVENTS.replace("product.events_v", "product.events") + "where = \"environment = 'production'\"\n";
     let env = Env::start(1000, &format!("{PEOPLE}{base}")).await;
     env.ok("events", Trigger::Schedule).await;
-    let cursor = env.store.cursor("events", Slot::Live).await.unwrap();
+    let cursor = env.cursor("events", Slot::Live).await.unwrap();
     let cols = format!("/emulator/v1/tables/{}/columns", demo::EVENTS_TABLE);
     env.admin(reqwest::Method::POST, &cols, json!({"action": "rename", "from": "event_name", "to": "event_type"})).await;
     let f = env.run("events", Trigger::Schedule).await;
@@ -466,7 +485,7 @@ async fn schema_drift_fails_naming_the_column_and_keeps_the_cursor() {
     assert_eq!(f.run.status, "failed");
     assert_eq!(f.run.error_kind.as_deref(), Some("schema_drift"));
     assert!(f.run.statement_ids.is_empty(), "nothing was read");
-    assert_eq!(env.store.cursor("events", Slot::Live).await.unwrap(), cursor, "the cursor did not move");
+    assert_eq!(env.cursor("events", Slot::Live).await.unwrap(), cursor, "the cursor did not move");
     // Renamed back and a new column added: fine.
     env.admin(reqwest::Method::POST, &cols, json!({"action": "rename", "from": "event_type", "to": "event_name"})).await;
     env.admin(reqwest::Method::POST, &cols, json!({"action": "add", "name": "experiment", "type": "STRING"})).await;
@@ -478,19 +497,19 @@ async fn replay_and_full_refresh_flag_backfill_and_keep_the_live_cursor() {
     let env = Env::start(2000, &format!("{PEOPLE}{EVENTS}")).await;
     env.ok("people", Trigger::Schedule).await;
     env.ok("events", Trigger::Schedule).await;
-    let live = env.store.cursor("events", Slot::Live).await.unwrap().unwrap();
+    let live = env.cursor("events", Slot::Live).await.unwrap().unwrap();
     // Rows three days old arrive: beyond the lookback, a scheduled run misses them.
     let old = ago(Duration::from_secs(3 * 86_400));
     env.append(demo::EVENTS_TABLE, json!([event("old-1", "u_000003", &old, &old), event("old-2", "u_000004", &old, &old)])).await;
     let missed = env.ok("events", Trigger::Schedule).await;
     assert_eq!(missed.counts.inserted, 0);
-    let live = env.store.cursor("events", Slot::Live).await.unwrap().unwrap().max(live);
+    let live = env.cursor("events", Slot::Live).await.unwrap().unwrap().max(live);
 
     let now = chrono::Utc::now().timestamp_micros();
     let day = 86_400 * 1_000_000;
     let replay = env.ok("events", Trigger::Replay { from: now - 4 * day, to: now - 2 * day }).await;
     assert_eq!(replay.counts.inserted, 2);
-    assert_eq!(env.store.cursor("events", Slot::Live).await.unwrap(), Some(live), "a replay never moves the live cursor");
+    assert_eq!(env.cursor("events", Slot::Live).await.unwrap(), Some(live), "a replay never moves the live cursor");
     let replayed: Vec<Value> =
         env.export(Export::Events).await.into_iter().filter(|e| e["event_id"].as_str().unwrap().starts_with("old-")).collect();
     assert!(replayed.len() == 2 && replayed.iter().all(|e| e["backfill"] == true), "{replayed:?}");
@@ -499,13 +518,13 @@ async fn replay_and_full_refresh_flag_backfill_and_keep_the_live_cursor() {
     let small = || EngineOptions { max_window: Duration::from_secs(3 * 86_400), ..Default::default() };
     env.store.set_failpoint(4, FailAction::Error);
     assert!(env.run_with(small(), "events", Trigger::FullRefresh).await.error.is_some());
-    let checkpoint = env.store.cursor("events", Slot::Backfill).await.unwrap().expect("a full-refresh checkpoint");
+    let checkpoint = env.cursor("events", Slot::Backfill).await.unwrap().expect("a full-refresh checkpoint");
     let resumed = env.run_with(small(), "events", Trigger::FullRefresh).await;
     assert!(resumed.error.is_none(), "{:?}", resumed.error);
     assert_eq!(resumed.run.window_from, Some(checkpoint), "resumed where it stopped");
     assert_eq!(resumed.run.counts.inserted, 0, "everything was already stored");
-    assert_eq!(env.store.cursor("events", Slot::Backfill).await.unwrap(), None);
-    assert!(env.store.cursor("events", Slot::Live).await.unwrap().unwrap() >= live);
+    assert_eq!(env.cursor("events", Slot::Backfill).await.unwrap(), None);
+    assert!(env.cursor("events", Slot::Live).await.unwrap().unwrap() >= live);
     env.assert_exactly_once("events").await;
 }
 
@@ -514,7 +533,7 @@ async fn remote_failures_fail_with_their_kind_and_throttling_is_survived() {
     let env = Env::start(1000, &format!("{PEOPLE}{EVENTS}")).await;
     env.ok("people", Trigger::Schedule).await;
     env.ok("events", Trigger::Schedule).await;
-    let cursor = env.store.cursor("events", Slot::Live).await.unwrap();
+    let cursor = env.cursor("events", Slot::Live).await.unwrap();
 
     // Throttled twice, then served: the run succeeds.
     env.admin(
@@ -529,12 +548,12 @@ async fn remote_failures_fail_with_their_kind_and_throttling_is_survived() {
     let grant =
         json!({"principal": demo::SERVICE_PRINCIPAL, "securable_type": "schema", "full_name": "main.product", "privileges": ["SELECT"]});
     env.admin(reqwest::Method::DELETE, "/emulator/v1/grants", grant.clone()).await;
-    let cursor_before = env.store.cursor("events", Slot::Live).await.unwrap();
+    let cursor_before = env.cursor("events", Slot::Live).await.unwrap();
     let f = env.run("events", Trigger::Schedule).await;
     let e = f.error.expect("no SELECT fails");
     assert_eq!((e.kind(), e.class()), ("missing_privilege", trig_sync::Class::User));
     assert!(e.hint().unwrap().contains("GRANT SELECT"), "{:?}", e.hint());
-    assert_eq!(env.store.cursor("events", Slot::Live).await.unwrap(), cursor_before);
+    assert_eq!(env.cursor("events", Slot::Live).await.unwrap(), cursor_before);
     env.admin(reqwest::Method::POST, "/emulator/v1/grants", grant).await;
 
     // A stopped warehouse that only starts manually.
@@ -565,8 +584,8 @@ async fn remote_failures_fail_with_their_kind_and_throttling_is_survived() {
     env.admin(reqwest::Method::POST, &format!("/emulator/v1/tokens/{}/expire", env.token), Value::Null).await;
     let f = env.run("events", Trigger::Schedule).await;
     assert_eq!(f.error.as_ref().map(|e| e.kind()), Some("token_invalid"), "{:?}", f.error);
-    assert!(cursor <= env.store.cursor("events", Slot::Live).await.unwrap());
-    let runs = env.store.runs(Some("events"), 10).await.unwrap();
+    assert!(cursor <= env.cursor("events", Slot::Live).await.unwrap());
+    let runs = env.runs(Some("events"), 10).await.unwrap();
     let kinds: Vec<Option<&str>> = runs.iter().map(|r| r.error_kind.as_deref()).collect();
     assert_eq!(kinds[..4], [Some("token_invalid"), Some("unavailable"), Some("warehouse_stopped"), Some("missing_privilege")]);
 }
@@ -587,7 +606,7 @@ async fn dry_run_shows_the_statement_a_real_run_sends_and_writes_nothing() {
     assert_eq!(names, ["window_from", "window_to"]);
     assert!(dry.parameters.iter().all(|p| p.type_name == "TIMESTAMP"));
     assert_eq!(dry.rows.len(), 20);
-    let t = env.store.totals().await.unwrap();
+    let t = env.totals().await.unwrap();
     assert_eq!((t.events, t.parked, t.quarantined, t.runs, t.people), (0, 0, 0, 0, 0), "a dry run writes nothing");
 
     // The first statement of a real run is the one the dry run showed.
@@ -682,7 +701,7 @@ async fn a_workspace_refusing_query_tags_is_synced_untagged_and_the_run_says_so(
     env.ok("people", Trigger::Schedule).await;
     let run = env.ok("events", Trigger::Schedule).await;
     assert!(run.notes.iter().any(|n| n.contains("refuses query_tags")), "{:?}", run.notes);
-    let stored = env.store.runs(Some("events"), 1).await.unwrap().remove(0);
+    let stored = env.runs(Some("events"), 1).await.unwrap().remove(0);
     assert_eq!(stored.notes, run.notes, "the note is in the stored record");
     env.assert_exactly_once("events").await;
 }

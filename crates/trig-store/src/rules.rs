@@ -1,0 +1,713 @@
+//! The store's domain rules, written once over a backend's transaction.
+//!
+//! A backend (SQLite, PostgreSQL) implements [`Tx`]: set-based reads and
+//! writes of rows, with no decision in them. Every decision is here: the
+//! lease and its fence, identity matching (external id, email, create),
+//! parking, re-matching and expiry, the attribute merge with its NULL clears
+//! and email conflicts, quarantine dedup and the run's record. A backend runs
+//! one of these functions inside one of its transactions and commits when it
+//! returns `Ok`.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::time::rfc3339;
+use crate::{
+    Checkpoint, Entity, Error, EventBatch, EventOutcome, EventRow, Fence, Holder, IdentityRule, Lease, Micros, PipelineId, PipelineKey,
+    Progress, Quarantined, RecordBatch, RecordOutcome, RunCounts, RunKey, Slot, SyncRun, TenantId,
+};
+
+/// How a lease row is read: to change it, or to rely on it until the commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lock {
+    /// Claims, heartbeats and releases (PostgreSQL: `FOR UPDATE`).
+    Update,
+    /// A run's writes: a takeover waits for them to commit (PostgreSQL: `FOR SHARE`).
+    Share,
+}
+
+/// A pipeline's lease as stored.
+#[derive(Debug, Clone)]
+pub(crate) struct LeaseRow {
+    pub name: String,
+    pub fence: i64,
+    pub holder: Option<Holder>,
+    pub since: Option<Micros>,
+    pub until: Option<Micros>,
+}
+
+/// A person as the rules need them.
+#[derive(Debug, Clone)]
+pub(crate) struct PersonRow {
+    pub id: i64,
+    pub external_id: Option<String>,
+    pub email: Option<String>,
+    pub name: Option<String>,
+    pub organisation: Option<String>,
+    pub attributes: String,
+}
+
+/// A person to create from an event.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct NewPerson {
+    pub external_id: Option<String>,
+    pub email: Option<String>,
+}
+
+/// A person's or organisation's fields as an attribute pipeline leaves them.
+#[derive(Debug, Clone)]
+pub(crate) struct RecordWrite {
+    /// `None` for a new one.
+    pub id: Option<i64>,
+    pub external_id: String,
+    pub name: String,
+    /// People: the email. Organisations: unused.
+    pub email: Option<String>,
+    /// People: the organisation's external id. Organisations: the domain.
+    pub link: Option<String>,
+    pub attributes: String,
+}
+
+/// An event that matched no person yet.
+#[derive(Debug, Clone)]
+pub(crate) struct ParkedRow {
+    pub id: i64,
+    pub key_kind: IdentityRule,
+    pub user_key: String,
+    pub email: Option<String>,
+}
+
+/// What a backend's transaction offers the rules. Reads and writes take
+/// sets, so a backend with a round trip per statement makes few of them.
+pub(crate) trait Tx {
+    /// The store's clock (PostgreSQL: the server's, shared by every process).
+    fn now(&mut self) -> Result<Micros, Error>;
+
+    fn lease(&mut self, p: PipelineKey, lock: Lock) -> Result<LeaseRow, Error>;
+    fn set_lease(
+        &mut self,
+        p: PipelineKey,
+        fence: i64,
+        holder: Option<&Holder>,
+        since: Option<Micros>,
+        until: Option<Micros>,
+    ) -> Result<(), Error>;
+    /// Marks the pipeline's runs still `running` as `interrupted`, ended at their last commit.
+    fn interrupt_running(&mut self, p: PipelineKey, message: &str) -> Result<u64, Error>;
+    fn insert_run(&mut self, p: PipelineKey, run: &SyncRun) -> Result<RunKey, Error>;
+    fn update_run(&mut self, run: RunKey, record: &SyncRun) -> Result<(), Error>;
+    /// Adds figures to a run's record and moves its last commit to `now`.
+    fn add_to_run(&mut self, run: RunKey, counts: &RunCounts, statement_ids: &[String], now: Micros) -> Result<(), Error>;
+
+    /// A counter moved whenever a person's email changes, so a process that
+    /// remembers people by email knows when to forget them.
+    fn people_epoch(&mut self, t: TenantId) -> Result<i64, Error>;
+    fn bump_people_epoch(&mut self, t: TenantId) -> Result<(), Error>;
+    fn people_by_external_id(&mut self, t: TenantId, keys: &[&str]) -> Result<Vec<PersonRow>, Error>;
+    fn people_by_email(&mut self, t: TenantId, emails: &[&str]) -> Result<Vec<PersonRow>, Error>;
+    /// Creates each person unless one with that external id or email exists
+    /// (another writer made it first): the new id, or `None`.
+    fn insert_people(&mut self, t: TenantId, people: &[NewPerson], now: Micros) -> Result<Vec<Option<i64>>, Error>;
+    /// Gives people created from an email event their external id.
+    fn set_external_ids(&mut self, t: TenantId, claims: &[(i64, &str)], now: Micros) -> Result<(), Error>;
+    fn write_people(&mut self, t: TenantId, rows: &[RecordWrite], now: Micros) -> Result<(), Error>;
+    fn organisations_by_external_id(&mut self, t: TenantId, keys: &[&str]) -> Result<Vec<(i64, String, String)>, Error>;
+    fn write_organisations(&mut self, t: TenantId, rows: &[RecordWrite], now: Micros) -> Result<(), Error>;
+    fn record_hashes(&mut self, p: PipelineKey, keys: &[&str]) -> Result<HashMap<String, String>, Error>;
+    fn put_record_hashes(&mut self, p: PipelineKey, rows: &[(&str, &str)]) -> Result<(), Error>;
+
+    /// Inserts events unless `(tenant, pipeline, event id)` is stored: which were new.
+    fn insert_events(
+        &mut self,
+        p: PipelineKey,
+        run: RunKey,
+        backfill: bool,
+        now: Micros,
+        rows: &[(&EventRow, i64)],
+    ) -> Result<Vec<bool>, Error>;
+    fn stored_event_ids(&mut self, p: PipelineKey, ids: &[&str]) -> Result<HashSet<String>, Error>;
+    /// Parks events unless parked already: which were new.
+    fn park(
+        &mut self,
+        p: PipelineKey,
+        run: RunKey,
+        backfill: bool,
+        rule: IdentityRule,
+        now: Micros,
+        rows: &[&EventRow],
+    ) -> Result<Vec<bool>, Error>;
+    fn any_parked(&mut self, p: PipelineKey) -> Result<bool, Error>;
+    /// Deletes parked events that are stored as events.
+    fn unpark_stored(&mut self, p: PipelineKey) -> Result<u64, Error>;
+    fn parked(&mut self, t: TenantId, only: Option<PipelineId>) -> Result<Vec<ParkedRow>, Error>;
+    /// Moves parked events to events with their person: how many left the parked set.
+    fn move_parked(&mut self, t: TenantId, moves: &[(i64, i64)], now: Micros) -> Result<u64, Error>;
+    fn expire_parked(&mut self, p: PipelineKey, before: Micros) -> Result<u64, Error>;
+    /// Inserts quarantined rows unless the same row hash and reason is kept: how many were new.
+    fn insert_quarantine(&mut self, p: PipelineKey, run: RunKey, now: Micros, rows: &[(&Quarantined, String)]) -> Result<u64, Error>;
+    fn set_cursor(&mut self, p: PipelineKey, slot: Slot, value: Option<Micros>, now: Micros) -> Result<(), Error>;
+}
+
+/// This host's name, as leases record it.
+pub(crate) fn this_host() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|f| std::fs::read_to_string(f).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()))
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Whether a holder is a process of this host that no longer exists (a
+/// killed `sync`): its lease is free at once instead of after its TTL.
+fn holder_gone(h: &Holder) -> bool {
+    cfg!(target_os = "linux")
+        && h.pid != std::process::id()
+        && h.host == this_host()
+        && !std::path::Path::new(&format!("/proc/{}", h.pid)).exists()
+}
+
+fn micros(d: std::time::Duration) -> Micros {
+    d.as_micros().min(i64::MAX as u128 / 2) as i64
+}
+
+pub(crate) const INTERRUPTED: &str =
+    "the process stopped before the run ended (or lost its lease); the next run resumed from the last checkpoint";
+
+/// Leases a pipeline (see [`crate::Store::claim`]).
+pub(crate) fn claim<T: Tx>(tx: &mut T, p: PipelineKey, holder: &Holder, ttl: std::time::Duration) -> Result<Lease, Error> {
+    let now = tx.now()?;
+    let l = tx.lease(p, Lock::Update)?;
+    if let Some(h) = &l.holder
+        && l.until.unwrap_or(0) >= now
+        && !holder_gone(h)
+    {
+        return Err(Error::LeaseHeld {
+            pipeline: l.name,
+            holder: h.to_string(),
+            since: l.since.map(rfc3339).unwrap_or_default(),
+            until: l.until.map(rfc3339).unwrap_or_default(),
+        });
+    }
+    let fence = Fence { pipeline: p, value: l.fence + 1 };
+    let until = now + micros(ttl);
+    tx.set_lease(p, fence.value, Some(holder), Some(now), Some(until))?;
+    // Nobody holds the pipeline, so a run still recorded as running died.
+    tx.interrupt_running(p, INTERRUPTED)?;
+    Ok(Lease { fence, holder: holder.clone(), since: now, until })
+}
+
+fn lost(l: &LeaseRow, fence: Fence, now: Micros) -> Option<String> {
+    if l.fence != fence.value {
+        return Some(match &l.holder {
+            Some(h) => format!("{h} took it over"),
+            None => "another run took it over and has finished".into(),
+        });
+    }
+    match (&l.holder, l.until) {
+        (None, _) => Some("it was released".into()),
+        (Some(_), Some(until)) if until < now => Some(format!("it expired at {} without a heartbeat", rfc3339(until))),
+        _ => None,
+    }
+}
+
+/// Extends a lease (see [`crate::Store::heartbeat`]).
+pub(crate) fn heartbeat<T: Tx>(tx: &mut T, lease: &Lease, ttl: std::time::Duration) -> Result<Micros, Error> {
+    let now = tx.now()?;
+    let l = tx.lease(lease.fence.pipeline, Lock::Update)?;
+    if let Some(reason) = lost(&l, lease.fence, now) {
+        return Err(Error::LeaseLost { pipeline: l.name, reason });
+    }
+    let until = now + micros(ttl);
+    tx.set_lease(lease.fence.pipeline, lease.fence.value, l.holder.as_ref(), l.since, Some(until))?;
+    Ok(until)
+}
+
+/// Gives a lease up, if it is still ours.
+pub(crate) fn release<T: Tx>(tx: &mut T, lease: &Lease) -> Result<(), Error> {
+    let l = tx.lease(lease.fence.pipeline, Lock::Update)?;
+    if l.fence == lease.fence.value && l.holder.is_some() {
+        tx.set_lease(lease.fence.pipeline, l.fence, None, None, None)?;
+    }
+    Ok(())
+}
+
+/// The first step of every write of a run: its fence must be the current,
+/// unexpired one. Returns the store's time and the pipeline's name.
+pub(crate) fn check_fence<T: Tx>(tx: &mut T, fence: Fence) -> Result<(Micros, String), Error> {
+    let now = tx.now()?;
+    let l = tx.lease(fence.pipeline, Lock::Share)?;
+    if let Some(reason) = lost(&l, fence, now) {
+        return Err(Error::LeaseLost { pipeline: l.name, reason });
+    }
+    Ok((now, l.name))
+}
+
+pub(crate) fn begin_run<T: Tx>(tx: &mut T, fence: Fence, run: &SyncRun) -> Result<RunKey, Error> {
+    check_fence(tx, fence)?;
+    tx.insert_run(fence.pipeline, run)
+}
+
+pub(crate) fn finish_run<T: Tx>(tx: &mut T, fence: Fence, run: RunKey, record: &SyncRun) -> Result<(), Error> {
+    check_fence(tx, fence)?;
+    tx.update_run(run, record)
+}
+
+/// People already resolved by identifier, per tenant. External ids never
+/// move and people are never deleted, so those hits stay right whoever
+/// writes; emails can move, so the email half is forgotten whenever the
+/// tenant's people epoch moves (any writer, any process). Entries are added
+/// only after their transaction commits.
+#[derive(Debug, Default)]
+pub(crate) struct PeopleCache {
+    maps: HashMap<(TenantId, IdentityRule), HashMap<String, i64>>,
+    epochs: HashMap<TenantId, i64>,
+    len: usize,
+}
+
+/// The most identifiers the cache holds before it starts over.
+const PEOPLE_CACHE_MAX: usize = 200_000;
+
+/// People resolved in a transaction, for the cache once it commits.
+pub(crate) type Found = Vec<(String, i64)>;
+
+impl PeopleCache {
+    fn observe_epoch(&mut self, t: TenantId, epoch: i64) {
+        if self.epochs.insert(t, epoch) != Some(epoch)
+            && let Some(m) = self.maps.remove(&(t, IdentityRule::Email))
+        {
+            self.len -= m.len();
+        }
+    }
+
+    /// Remembers what a committed transaction resolved.
+    pub(crate) fn remember(&mut self, t: TenantId, rule: IdentityRule, found: Found) {
+        if self.len + found.len() > PEOPLE_CACHE_MAX {
+            self.maps.clear();
+            self.len = 0;
+        }
+        let m = self.maps.entry((t, rule)).or_default();
+        for (k, id) in found {
+            if m.insert(k, id).is_none() {
+                self.len += 1;
+            }
+        }
+    }
+}
+
+fn quarantine_rows(rows: &[Quarantined]) -> Vec<(&Quarantined, String)> {
+    rows.iter().map(|q| (q, hex(&Sha256::digest(q.row.as_bytes())))).collect()
+}
+
+pub(crate) fn hex(b: &[u8]) -> String {
+    use std::fmt::Write;
+    b.iter().fold(String::with_capacity(b.len() * 2), |mut s, x| {
+        let _ = write!(s, "{x:02x}");
+        s
+    })
+}
+
+fn with_progress(mut c: RunCounts, p: &Progress) -> RunCounts {
+    c.rows_read += p.rows_read;
+    c.bytes += p.bytes;
+    c
+}
+
+fn write_checkpoints<T: Tx>(tx: &mut T, p: PipelineKey, checkpoints: &[Checkpoint], now: Micros) -> Result<(), Error> {
+    for c in checkpoints {
+        tx.set_cursor(p, c.slot, c.value, now)?;
+    }
+    Ok(())
+}
+
+/// Who each identifier of a batch belongs to: people known, found, claimed
+/// by email or created. Identifiers with no person (an external id without
+/// an email) are absent: their events are parked.
+fn resolve_people<T: Tx>(
+    tx: &mut T,
+    t: TenantId,
+    rule: IdentityRule,
+    rows: &[EventRow],
+    known: Option<&HashMap<String, i64>>,
+    now: Micros,
+    created: &mut u64,
+) -> Result<HashMap<String, i64>, Error> {
+    let mut resolved: HashMap<String, i64> = HashMap::new();
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut missing: Vec<&str> = Vec::new();
+    // The first email given for each identifier in the batch.
+    let mut email_of: HashMap<&str, &str> = HashMap::new();
+    for r in rows {
+        let k = r.user_key.as_str();
+        if known.is_some_and(|m| m.contains_key(k)) {
+            continue;
+        }
+        if seen.insert(k) {
+            missing.push(k);
+        }
+        if let Some(e) = r.email.as_deref() {
+            email_of.entry(k).or_insert(e);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(resolved);
+    }
+    let found = match rule {
+        IdentityRule::Email => tx.people_by_email(t, &missing)?.into_iter().filter_map(|p| Some((p.email?, p.id))).collect::<Vec<_>>(),
+        IdentityRule::ExternalId => {
+            tx.people_by_external_id(t, &missing)?.into_iter().filter_map(|p| Some((p.external_id?, p.id))).collect()
+        }
+    };
+    resolved.extend(found);
+    let mut unresolved: Vec<&str> = missing.into_iter().filter(|k| !resolved.contains_key(*k)).collect();
+    unresolved.sort_unstable(); // one order for every writer: concurrent creations cannot deadlock
+    let mut creates: Vec<NewPerson> = Vec::new();
+    match rule {
+        IdentityRule::Email => creates.extend(unresolved.iter().map(|k| NewPerson { external_id: None, email: Some(k.to_string()) })),
+        IdentityRule::ExternalId => {
+            let emails: Vec<&str> = unresolved.iter().filter_map(|k| email_of.get(k).copied()).collect();
+            let by_email: HashMap<String, PersonRow> = if emails.is_empty() {
+                HashMap::new()
+            } else {
+                tx.people_by_email(t, &emails)?.into_iter().filter_map(|p| Some((p.email.clone()?, p))).collect()
+            };
+            let mut claims: Vec<(i64, &str)> = Vec::new();
+            let mut creating: HashSet<&str> = HashSet::new();
+            for k in &unresolved {
+                let Some(e) = email_of.get(k).copied() else { continue };
+                match by_email.get(e) {
+                    // A person created from an email event gets this external id.
+                    Some(p) if p.external_id.is_none() && !claims.iter().any(|(id, _)| *id == p.id) => {
+                        claims.push((p.id, k));
+                        resolved.insert(k.to_string(), p.id);
+                    }
+                    // The email's person has another external id: the event is theirs.
+                    Some(p) => {
+                        resolved.insert(k.to_string(), p.id);
+                    }
+                    None if creating.insert(e) => creates.push(NewPerson { external_id: Some(k.to_string()), email: Some(e.to_string()) }),
+                    // Two new identifiers with one email: the second one's events are parked until a person pipeline says whose it is.
+                    None => {}
+                }
+            }
+            if !claims.is_empty() {
+                tx.set_external_ids(t, &claims, now)?;
+            }
+        }
+    }
+    if creates.is_empty() {
+        return Ok(resolved);
+    }
+    let ids = tx.insert_people(t, &creates, now)?;
+    let mut again: Vec<&NewPerson> = Vec::new();
+    for (np, id) in creates.iter().zip(&ids) {
+        let key = match rule {
+            IdentityRule::Email => np.email.clone(),
+            IdentityRule::ExternalId => np.external_id.clone(),
+        };
+        match (id, key) {
+            (Some(id), Some(key)) => {
+                *created += 1;
+                resolved.insert(key, *id);
+            }
+            _ => again.push(np),
+        }
+    }
+    // Another writer created these between our read and our insert: read them again.
+    if !again.is_empty() {
+        let exts: Vec<&str> = again.iter().filter_map(|n| n.external_id.as_deref()).collect();
+        let emails: Vec<&str> = again.iter().filter_map(|n| n.email.as_deref()).collect();
+        let mut by_ext: HashMap<String, i64> = HashMap::new();
+        if !exts.is_empty() {
+            by_ext.extend(tx.people_by_external_id(t, &exts)?.into_iter().filter_map(|p| Some((p.external_id?, p.id))));
+        }
+        let by_email: HashMap<String, i64> = tx.people_by_email(t, &emails)?.into_iter().filter_map(|p| Some((p.email?, p.id))).collect();
+        for np in again {
+            let id = np.external_id.as_ref().and_then(|e| by_ext.get(e)).or_else(|| np.email.as_ref().and_then(|e| by_email.get(e)));
+            let key = match rule {
+                IdentityRule::Email => &np.email,
+                IdentityRule::ExternalId => &np.external_id,
+            };
+            if let (Some(id), Some(key)) = (id, key) {
+                resolved.insert(key.clone(), *id);
+            }
+        }
+    }
+    Ok(resolved)
+}
+
+/// Stores a batch of events (see [`crate::Store::write_events`]).
+pub(crate) fn write_events<T: Tx>(tx: &mut T, cache: &mut PeopleCache, b: &EventBatch) -> Result<(EventOutcome, Found), Error> {
+    let (now, _) = check_fence(tx, b.fence)?;
+    let p = b.fence.pipeline;
+    let t = p.tenant;
+    let mut out = EventOutcome::default();
+    cache.observe_epoch(t, tx.people_epoch(t)?);
+    let known = cache.maps.get(&(t, b.rule));
+    let resolved = resolve_people(tx, t, b.rule, &b.rows, known, now, &mut out.people_created)?;
+    let any_parked = tx.any_parked(p)?;
+
+    let mut matched: Vec<(&EventRow, i64)> = Vec::with_capacity(b.rows.len());
+    let mut unmatched: Vec<&EventRow> = Vec::new();
+    for r in &b.rows {
+        let k = r.user_key.as_str();
+        match known.and_then(|m| m.get(k)).or_else(|| resolved.get(k)) {
+            Some(id) => matched.push((r, *id)),
+            None => unmatched.push(r),
+        }
+    }
+    let new = tx.insert_events(p, b.run, b.backfill, now, &matched)?;
+    for ((r, _), new) in matched.iter().zip(&new) {
+        if *new {
+            out.inserted += 1;
+            out.late += r.late as u64;
+        } else {
+            out.deduplicated += 1;
+        }
+    }
+    if !unmatched.is_empty() {
+        // Stored already (this batch or before): a duplicate, not a parked event.
+        let ids: Vec<&str> = unmatched.iter().map(|r| r.event_id.as_str()).collect();
+        let stored = tx.stored_event_ids(p, &ids)?;
+        let to_park: Vec<&EventRow> = unmatched.iter().copied().filter(|r| !stored.contains(&r.event_id)).collect();
+        out.deduplicated += (unmatched.len() - to_park.len()) as u64;
+        let new = tx.park(p, b.run, b.backfill, b.rule, now, &to_park)?;
+        for (r, new) in to_park.iter().zip(&new) {
+            if *new {
+                out.parked += 1;
+                out.late += r.late as u64;
+            } else {
+                out.deduplicated += 1;
+            }
+        }
+    }
+    // An event parked earlier that is now stored (a later row with the same
+    // id matched) leaves the parked set.
+    if out.inserted > 0 && (any_parked || out.parked > 0) {
+        tx.unpark_stored(p)?;
+    }
+    out.quarantined = tx.insert_quarantine(p, b.run, now, &quarantine_rows(&b.quarantine))?;
+    write_checkpoints(tx, p, &b.checkpoints, now)?;
+    tx.add_to_run(b.run, &with_progress(out.into(), &b.progress), &b.progress.statement_ids, now)?;
+    Ok((out, resolved.into_iter().collect()))
+}
+
+/// Replaces `pipeline`'s group in an attributes object.
+pub(crate) fn merge_attributes(existing: &str, pipeline: &str, group: &str) -> Result<String, Error> {
+    let mut all: Map<String, Value> = serde_json::from_str(existing).unwrap_or_default();
+    let group: Value = serde_json::from_str(group).map_err(|e| Error::Database(format!("attributes are not JSON: {e}")))?;
+    all.insert(pipeline.to_string(), group);
+    Ok(Value::Object(all).to_string())
+}
+
+/// A person's state while a batch is applied: the rows before it, changed by the rows before.
+struct Work {
+    row: RecordWrite,
+    dirty: bool,
+    email_changed: bool,
+}
+
+/// Upserts people or organisations (see [`crate::Store::write_records`]).
+pub(crate) fn write_records<T: Tx>(tx: &mut T, b: &RecordBatch) -> Result<RecordOutcome, Error> {
+    let (now, name) = check_fence(tx, b.fence)?;
+    let p = b.fence.pipeline;
+    let t = p.tenant;
+    let mut out = RecordOutcome::default();
+    let ids: Vec<&str> = b.rows.iter().map(|r| r.external_id.as_str()).collect();
+    let hashes = tx.record_hashes(p, &ids)?;
+    let changed: Vec<&crate::RecordRow> = b.rows.iter().filter(|r| hashes.get(&r.external_id) != Some(&r.hash)).collect();
+    out.unchanged = (b.rows.len() - changed.len()) as u64;
+
+    let mut works: Vec<Work> = Vec::new();
+    let mut by_ext: HashMap<String, usize> = HashMap::new();
+    let mut by_email: HashMap<String, usize> = HashMap::new();
+    let mut by_id: HashMap<i64, usize> = HashMap::new();
+    let mut seed = |w: RecordWrite, works: &mut Vec<Work>, by_ext: &mut HashMap<String, usize>, by_email: &mut HashMap<String, usize>| {
+        let Some(id) = w.id else { return };
+        if by_id.contains_key(&id) {
+            return;
+        }
+        let i = works.len();
+        by_id.insert(id, i);
+        if !w.external_id.is_empty() {
+            by_ext.insert(w.external_id.clone(), i);
+        }
+        if let Some(e) = &w.email {
+            by_email.insert(e.clone(), i);
+        }
+        works.push(Work { row: w, dirty: false, email_changed: false });
+    };
+    let exts: Vec<&str> = changed.iter().map(|r| r.external_id.as_str()).collect();
+    match b.entity {
+        Entity::People => {
+            let emails: Vec<&str> = changed.iter().filter_map(|r| r.email.as_deref()).collect();
+            let mut found = tx.people_by_external_id(t, &exts)?;
+            if !emails.is_empty() {
+                found.extend(tx.people_by_email(t, &emails)?);
+            }
+            for p in found {
+                let w = RecordWrite {
+                    id: Some(p.id),
+                    external_id: p.external_id.unwrap_or_default(),
+                    name: p.name.unwrap_or_default(),
+                    email: p.email,
+                    link: p.organisation,
+                    attributes: p.attributes,
+                };
+                seed(w, &mut works, &mut by_ext, &mut by_email);
+            }
+        }
+        Entity::Organisations => {
+            for (id, ext, attributes) in tx.organisations_by_external_id(t, &exts)? {
+                let w = RecordWrite { id: Some(id), external_id: ext, name: String::new(), email: None, link: None, attributes };
+                seed(w, &mut works, &mut by_ext, &mut by_email);
+            }
+        }
+    }
+
+    let mut conflicts = Vec::new();
+    let mut hashes_out: Vec<(&str, &str)> = Vec::new();
+    for r in changed {
+        let a = by_ext.get(&r.external_id).copied();
+        let e = if b.entity == Entity::People { r.email.as_ref().and_then(|e| by_email.get(e)).copied() } else { None };
+        let conflict = match (a, e) {
+            (Some(i), Some(j)) if i != j => Some(format!(
+                "email {} already belongs to another person ({})",
+                r.email.as_deref().unwrap_or_default(),
+                Some(&works[j].row.external_id)
+                    .filter(|x| !x.is_empty())
+                    .map(|x| format!("external id {x}"))
+                    .unwrap_or_else(|| "created from events".into())
+            )),
+            (None, Some(j)) if !works[j].row.external_id.is_empty() => Some(format!(
+                "email {} already belongs to the person with external id {}",
+                r.email.as_deref().unwrap_or_default(),
+                works[j].row.external_id
+            )),
+            _ => None,
+        };
+        if let Some(reason) = conflict {
+            conflicts.push(Quarantined {
+                key: Some(r.external_id.clone()),
+                reason,
+                row: json!({"id": r.external_id, "name": r.name, "email": r.email}).to_string(),
+            });
+            continue;
+        }
+        let i = match a.or(e) {
+            Some(i) => i,
+            None => {
+                works.push(Work {
+                    row: RecordWrite {
+                        id: None,
+                        external_id: String::new(),
+                        name: String::new(),
+                        email: None,
+                        link: None,
+                        attributes: "{}".into(),
+                    },
+                    dirty: false,
+                    email_changed: false,
+                });
+                works.len() - 1
+            }
+        };
+        let w = &mut works[i];
+        if w.row.id.is_none() && !w.dirty {
+            out.inserted += 1;
+        } else {
+            out.updated += 1;
+        }
+        w.row.external_id = r.external_id.clone();
+        w.row.name = r.name.clone();
+        w.row.link = r.link.clone();
+        if let Some(email) = &r.email
+            && w.row.email.as_ref() != Some(email)
+        {
+            if let Some(old) = w.row.email.take() {
+                by_email.remove(&old);
+                w.email_changed |= w.row.id.is_some();
+            }
+            w.row.email = Some(email.clone());
+            by_email.insert(email.clone(), i);
+        }
+        w.row.attributes = merge_attributes(&w.row.attributes, &name, &r.attributes)?;
+        w.dirty = true;
+        by_ext.insert(r.external_id.clone(), i);
+        hashes_out.push((&r.external_id, &r.hash));
+    }
+    let writes: Vec<RecordWrite> = works.iter().filter(|w| w.dirty).map(|w| w.row.clone()).collect();
+    if !writes.is_empty() {
+        match b.entity {
+            Entity::People => tx.write_people(t, &writes, now)?,
+            Entity::Organisations => tx.write_organisations(t, &writes, now)?,
+        }
+    }
+    if works.iter().any(|w| w.email_changed) {
+        tx.bump_people_epoch(t)?;
+    }
+    tx.put_record_hashes(p, &hashes_out)?;
+    out.quarantined = tx.insert_quarantine(p, b.run, now, &quarantine_rows(&b.quarantine))?;
+    out.quarantined += tx.insert_quarantine(p, b.run, now, &quarantine_rows(&conflicts))?;
+    write_checkpoints(tx, p, &b.checkpoints, now)?;
+    tx.add_to_run(b.run, &with_progress(out.into(), &b.progress), &b.progress.statement_ids, now)?;
+    Ok(out)
+}
+
+/// Moves parked events whose person now exists (see [`crate::Store::rematch_parked`]).
+pub(crate) fn rematch<T: Tx>(tx: &mut T, fence: Fence, run: RunKey, only_this_pipeline: bool) -> Result<u64, Error> {
+    let (now, _) = check_fence(tx, fence)?;
+    let t = fence.pipeline.tenant;
+    let parked = tx.parked(t, only_this_pipeline.then_some(fence.pipeline.pipeline))?;
+    if parked.is_empty() {
+        return Ok(0);
+    }
+    let mut exts: Vec<&str> = Vec::new();
+    let mut emails: Vec<&str> = Vec::new();
+    for r in &parked {
+        match r.key_kind {
+            IdentityRule::Email => emails.push(&r.user_key),
+            IdentityRule::ExternalId => exts.push(&r.user_key),
+        }
+        emails.extend(r.email.as_deref());
+    }
+    let by_ext: HashMap<String, i64> = if exts.is_empty() {
+        HashMap::new()
+    } else {
+        tx.people_by_external_id(t, &exts)?.into_iter().filter_map(|p| Some((p.external_id?, p.id))).collect()
+    };
+    let by_email: HashMap<String, i64> = if emails.is_empty() {
+        HashMap::new()
+    } else {
+        tx.people_by_email(t, &emails)?.into_iter().filter_map(|p| Some((p.email?, p.id))).collect()
+    };
+    let moves: Vec<(i64, i64)> = parked
+        .iter()
+        .filter_map(|r| {
+            let by_key = match r.key_kind {
+                IdentityRule::Email => by_email.get(&r.user_key),
+                IdentityRule::ExternalId => by_ext.get(&r.user_key),
+            };
+            by_key.or_else(|| r.email.as_ref().and_then(|e| by_email.get(e))).map(|person| (r.id, *person))
+        })
+        .collect();
+    if moves.is_empty() {
+        return Ok(0);
+    }
+    let n = tx.move_parked(t, &moves, now)?;
+    if n > 0 {
+        tx.add_to_run(run, &RunCounts { rematched: n, ..Default::default() }, &[], now)?;
+    }
+    Ok(n)
+}
+
+/// Drops a pipeline's events parked too long (see [`crate::Store::expire_parked`]).
+pub(crate) fn expire<T: Tx>(tx: &mut T, fence: Fence, run: RunKey, before: Micros) -> Result<u64, Error> {
+    let (now, _) = check_fence(tx, fence)?;
+    let n = tx.expire_parked(fence.pipeline, before)?;
+    if n > 0 {
+        tx.add_to_run(run, &RunCounts { dropped: n, ..Default::default() }, &[], now)?;
+    }
+    Ok(n)
+}

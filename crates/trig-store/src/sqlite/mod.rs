@@ -1,0 +1,552 @@
+//! The embedded store: one SQLite file, created and migrated on first use.
+//!
+//! One connection owned by one thread that runs the calls in turn; every
+//! call is one transaction (WAL, `synchronous = NORMAL`: a killed process loses
+//! nothing that committed). Several processes may share the file: every write
+//! transaction takes the write lock when it begins (`BEGIN IMMEDIATE`), so a
+//! writer waits up to [`BUSY_TIMEOUT`] for another instead of failing, and the
+//! migration runs inside one such transaction that re-reads the version.
+//! The decisions are the rules' (`rules.rs`); this module runs them in a
+//! transaction ([`tx`] offers the rows).
+
+mod tx;
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use serde_json::{Value, json};
+
+use crate::rules::{self, PeopleCache};
+use crate::time::rfc3339;
+use crate::{
+    Error, EventBatch, EventOutcome, Export, Fence, Holder, Lease, Micros, PipelineKey, RecordBatch, RecordOutcome, RunCounts, RunKey,
+    Slot, Store, SyncRun, TenantId, Totals,
+};
+
+/// The migrations, in order: version `i + 1` is `MIGRATIONS[i]`. A new file
+/// runs them all, so the path an old file takes is the path every file took.
+pub(crate) const MIGRATIONS: &[&str] = &[
+    include_str!("v1.sql"),
+    // 2: a run's record moves with each commit (its end is its last commit if
+    // it dies); the first sync's progress has a slot of its own, shared with
+    // the full refresh.
+    "ALTER TABLE sync_runs ADD COLUMN last_commit_at INTEGER;
+     ALTER TABLE sync_runs ADD COLUMN notes TEXT NOT NULL DEFAULT '[]';
+     UPDATE cursors SET slot = 'backfill' WHERE slot = 'full_refresh';",
+    // 3: tenants, pipelines by id with their lease, one b-tree per event.
+    include_str!("v3.sql"),
+];
+/// The schema version this build reads and writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// How long a write waits for another process's transaction before it fails
+/// as [`Error::Busy`] (transient: the next run retries).
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// SQLite's page cache, in KiB: bounded, whatever the size of the database.
+pub const PAGE_CACHE_KIB: i64 = 16 * 1024;
+
+/// What a failpoint does when it fires.
+#[cfg(feature = "failpoints")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailAction {
+    /// Return an error (the transaction rolls back).
+    Error,
+    /// Abort the process, as a kill would.
+    Abort,
+}
+
+/// Fires inside `write_events` after the rows are written and before the
+/// commit, on the `nth` call (1-based). Tests use it to prove that a crash at
+/// that instant loses and duplicates nothing.
+#[cfg(feature = "failpoints")]
+#[derive(Debug, Clone, Copy)]
+struct Failpoint {
+    nth: u64,
+    action: FailAction,
+}
+
+type Job = Box<dyn FnOnce(&mut Worker) + Send>;
+
+/// What the store's thread owns: the connection, and the people already resolved.
+struct Worker {
+    conn: Connection,
+    people: PeopleCache,
+}
+
+/// The SQLite store.
+#[derive(Clone)]
+pub struct SqliteStore {
+    /// Jobs for the thread that owns the connection.
+    jobs: std::sync::mpsc::Sender<Job>,
+    path: String,
+    busy_timeout: Duration,
+    #[cfg(feature = "failpoints")]
+    failpoint: std::sync::Arc<std::sync::Mutex<Option<(Failpoint, u64)>>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating) the database at `path`; `:memory:` for a private in-memory one.
+    ///
+    /// With the `failpoints` feature (tests only),
+    /// `TRIG_FAILPOINT=events_before_commit:N` aborts the process on the N-th
+    /// event batch, after its rows are written and before its commit.
+    pub fn open(path: &str) -> Result<SqliteStore, Error> {
+        SqliteStore::open_with(path, BUSY_TIMEOUT)
+    }
+
+    /// [`SqliteStore::open`] with another busy timeout (tests).
+    pub fn open_with(path: &str, busy_timeout: Duration) -> Result<SqliteStore, Error> {
+        let open_err = |e: rusqlite::Error| match Error::from(e) {
+            Error::Database(reason) => Error::Open { path: path.to_string(), reason },
+            other => other.at(path, busy_timeout),
+        };
+        if path != ":memory:"
+            && let Some(dir) = Path::new(path).parent()
+            && !dir.as_os_str().is_empty()
+            && !dir.exists()
+        {
+            return Err(Error::Open { path: path.to_string(), reason: format!("the folder {} does not exist", dir.display()) });
+        }
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(busy_timeout).map_err(open_err)?;
+        // Switching a new file to WAL and creating the schema can meet
+        // another process doing the same; SQLite answers some of those
+        // collisions with SQLITE_BUSY at once, without its busy handler, so
+        // the setup waits here, within the same timeout.
+        let deadline = std::time::Instant::now() + busy_timeout;
+        until_not_busy(deadline, || conn.pragma_update(None, "journal_mode", "WAL").map_err(Error::from)).map_err(|e| match e {
+            Error::Database(reason) => Error::Open { path: path.to_string(), reason },
+            other => other.at(path, busy_timeout),
+        })?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
+        conn.pragma_update(None, "cache_size", -PAGE_CACHE_KIB).map_err(open_err)?;
+        until_not_busy(deadline, || migrate(&mut conn, path)).map_err(|e| e.at(path, busy_timeout))?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
+        #[cfg(feature = "failpoints")]
+        let failpoint = std::env::var("TRIG_FAILPOINT").ok().and_then(|v| {
+            let n = v.strip_prefix("events_before_commit:")?.parse().ok()?;
+            Some((Failpoint { nth: n, action: FailAction::Abort }, 0))
+        });
+        // One thread owns the connection and runs every call in turn: SQLite
+        // sees one thread, and its memory stays in one allocator arena.
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("trig-store".into())
+            .spawn(move || {
+                let mut worker = Worker { conn, people: PeopleCache::default() };
+                while let Ok(job) = queue.recv() {
+                    // A panic is a bug; it fails that call (its answer is dropped), not the store.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut worker)));
+                }
+            })
+            .map_err(|e| Error::Open { path: path.to_string(), reason: format!("cannot start the store's thread: {e}") })?;
+        Ok(SqliteStore {
+            jobs,
+            path: path.to_string(),
+            busy_timeout,
+            #[cfg(feature = "failpoints")]
+            failpoint: std::sync::Arc::new(std::sync::Mutex::new(failpoint)),
+        })
+    }
+
+    /// Arms the failpoint in `write_events` for the `nth` call from now (tests).
+    #[cfg(feature = "failpoints")]
+    pub fn set_failpoint(&self, nth: u64, action: FailAction) {
+        *self.failpoint.lock().unwrap_or_else(|p| p.into_inner()) = Some((Failpoint { nth, action }, 0));
+    }
+
+    #[cfg(feature = "failpoints")]
+    fn fire_failpoint(&self) -> Option<FailAction> {
+        let mut fp = self.failpoint.lock().unwrap_or_else(|p| p.into_inner());
+        let (point, count) = fp.as_mut()?;
+        *count += 1;
+        if *count == point.nth {
+            let action = point.action;
+            *fp = None;
+            return Some(action);
+        }
+        None
+    }
+
+    async fn with<T: Send + 'static>(&self, f: impl FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+        self.with_worker(move |w| f(&mut w.conn)).await
+    }
+
+    /// Runs `f` in one write transaction, committed when it returns `Ok`.
+    async fn write<T: Send + 'static>(&self, f: impl FnOnce(&mut Transaction) -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+        self.with(move |c| {
+            let mut tx = write_tx(c)?;
+            let out = f(&mut tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn with_worker<T: Send + 'static>(&self, f: impl FnOnce(&mut Worker) -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+        let (path, timeout) = (self.path.clone(), self.busy_timeout);
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move |w: &mut Worker| {
+                let _ = answer.send(f(w));
+            }))
+            .map_err(|_| Error::Database("the store's thread has stopped".into()))?;
+        let out = answered.await.map_err(|_| Error::Database("a store call failed unexpectedly (a bug); see the log".into()))?;
+        out.map_err(|e| e.at(&path, timeout))
+    }
+}
+
+/// Runs `f` again while it fails with [`Error::Busy`], until `deadline`.
+fn until_not_busy<T>(deadline: std::time::Instant, mut f: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match f() {
+            Err(Error::Busy { .. }) if std::time::Instant::now() + pause < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`] in one write transaction that
+/// reads the version under the write lock, so two processes opening a new
+/// file never both create it, and a failed step leaves the old version whole.
+fn migrate(conn: &mut Connection, path: &str) -> Result<(), Error> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    if version > SCHEMA_VERSION {
+        return Err(Error::TooNew { path: path.to_string(), found: version, supported: SCHEMA_VERSION });
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(Error::TooNew { path: path.to_string(), found: version, supported: SCHEMA_VERSION });
+    }
+    for step in &MIGRATIONS[version.max(0) as usize..] {
+        tx.execute_batch(step)?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// A write transaction: it holds the write lock from its first statement, so
+/// waiting for another writer goes through the busy timeout (a deferred
+/// transaction that upgrades to a write fails at once instead).
+fn write_tx(conn: &mut Connection) -> Result<Transaction<'_>, Error> {
+    Ok(conn.transaction_with_behavior(TransactionBehavior::Immediate)?)
+}
+
+fn run_from_row(r: &rusqlite::Row) -> rusqlite::Result<SyncRun> {
+    let ids: String = r.get("statement_ids")?;
+    Ok(SyncRun {
+        run_id: r.get("run_id")?,
+        pipeline: r.get("pipeline")?,
+        trigger: r.get("trigger")?,
+        status: r.get("status")?,
+        started_at: r.get("started_at")?,
+        ended_at: r.get("ended_at")?,
+        window_from: r.get("window_from")?,
+        window_to: r.get("window_to")?,
+        statement_ids: serde_json::from_str(&ids).unwrap_or_default(),
+        warehouse_state: r.get("warehouse_state")?,
+        counts: RunCounts {
+            rows_read: r.get::<_, i64>("rows_read")? as u64,
+            inserted: r.get::<_, i64>("inserted")? as u64,
+            updated: r.get::<_, i64>("updated")? as u64,
+            unchanged: r.get::<_, i64>("unchanged")? as u64,
+            deduplicated: r.get::<_, i64>("deduplicated")? as u64,
+            parked: r.get::<_, i64>("parked")? as u64,
+            rematched: r.get::<_, i64>("rematched")? as u64,
+            dropped: r.get::<_, i64>("dropped")? as u64,
+            quarantined: r.get::<_, i64>("quarantined")? as u64,
+            late: r.get::<_, i64>("late")? as u64,
+            people_created: r.get::<_, i64>("people_created")? as u64,
+            bytes: r.get::<_, i64>("bytes")? as u64,
+        },
+        error_kind: r.get("error_kind")?,
+        error_message: r.get("error_message")?,
+        notes: serde_json::from_str(&r.get::<_, String>("notes")?).unwrap_or_default(),
+    })
+}
+
+fn json_text(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or(Value::String(s.to_string()))
+}
+
+fn export_tx(
+    conn: &Connection,
+    t: TenantId,
+    what: Export,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<Value>, Option<String>), Error> {
+    let n = limit as i64;
+    let mut last: Option<String> = None;
+    let mut out = Vec::new();
+    // Positions: a row id, or for events `pipeline id:event id` (their key).
+    let after_id: i64 = after.and_then(|a| a.parse().ok()).unwrap_or(0);
+    match what {
+        Export::Events => {
+            let (from_pipeline, from_event) = match after.and_then(|a| a.split_once(':')) {
+                Some((p, e)) => (p.parse::<i64>().unwrap_or(0), e.to_string()),
+                None => (0, String::new()),
+            };
+            let mut s = conn.prepare_cached(
+                "SELECT e.pipeline_id, e.event_id, e.name, e.ts, p.external_id, p.email, e.properties, e.backfill, l.name, e.ingested_at
+                 FROM events e JOIN people p ON p.id = e.person_id JOIN pipelines l ON l.id = e.pipeline_id
+                 WHERE e.tenant_id = ?1 AND (e.pipeline_id, e.event_id) > (?2, ?3) ORDER BY e.pipeline_id, e.event_id LIMIT ?4",
+            )?;
+            let mut rows = s.query(params![t.0, from_pipeline, from_event, n])?;
+            while let Some(r) = rows.next()? {
+                last = Some(format!("{}:{}", r.get::<_, i64>(0)?, r.get::<_, String>(1)?));
+                let props: String = r.get(6)?;
+                out.push(json!({
+                    "event_id": r.get::<_, String>(1)?,
+                    "event_name": r.get::<_, String>(2)?,
+                    "timestamp": rfc3339(r.get(3)?),
+                    "person_id": r.get::<_, Option<String>>(4)?,
+                    "email": r.get::<_, Option<String>>(5)?,
+                    "properties": json_text(&props),
+                    "backfill": r.get::<_, bool>(7)?,
+                    "pipeline": r.get::<_, String>(8)?,
+                    "ingested_at": rfc3339(r.get(9)?),
+                }));
+            }
+        }
+        Export::People => {
+            let mut s = conn.prepare_cached(
+                "SELECT id, external_id, name, email, organisation_external_id, attributes FROM people WHERE tenant_id = ?1 AND id > ?2
+                 ORDER BY id LIMIT ?3",
+            )?;
+            let mut rows = s.query(params![t.0, after_id, n])?;
+            while let Some(r) = rows.next()? {
+                last = Some(r.get::<_, i64>(0)?.to_string());
+                let attrs: String = r.get(5)?;
+                out.push(json!({
+                    "id": r.get::<_, Option<String>>(1)?,
+                    "name": r.get::<_, Option<String>>(2)?,
+                    "email": r.get::<_, Option<String>>(3)?,
+                    "organisation_id": r.get::<_, Option<String>>(4)?,
+                    "attributes": json_text(&attrs),
+                }));
+            }
+        }
+        Export::Organisations => {
+            let mut s = conn.prepare_cached(
+                "SELECT id, external_id, name, domain, attributes FROM organisations WHERE tenant_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+            )?;
+            let mut rows = s.query(params![t.0, after_id, n])?;
+            while let Some(r) = rows.next()? {
+                last = Some(r.get::<_, i64>(0)?.to_string());
+                let attrs: String = r.get(4)?;
+                out.push(json!({
+                    "id": r.get::<_, String>(1)?,
+                    "name": r.get::<_, String>(2)?,
+                    "domain": r.get::<_, Option<String>>(3)?,
+                    "attributes": json_text(&attrs),
+                }));
+            }
+        }
+        Export::Parked => {
+            let mut s = conn.prepare_cached(
+                "SELECT e.id, l.name, e.event_id, e.name, e.ts, e.key_kind, e.user_key, e.email, e.backfill, e.parked_at
+                 FROM parked_events e JOIN pipelines l ON l.id = e.pipeline_id WHERE e.tenant_id = ?1 AND e.id > ?2 ORDER BY e.id LIMIT ?3",
+            )?;
+            let mut rows = s.query(params![t.0, after_id, n])?;
+            while let Some(r) = rows.next()? {
+                last = Some(r.get::<_, i64>(0)?.to_string());
+                out.push(json!({
+                    "pipeline": r.get::<_, String>(1)?,
+                    "event_id": r.get::<_, String>(2)?,
+                    "event_name": r.get::<_, String>(3)?,
+                    "timestamp": rfc3339(r.get(4)?),
+                    "key_kind": r.get::<_, String>(5)?,
+                    "user_key": r.get::<_, String>(6)?,
+                    "email": r.get::<_, Option<String>>(7)?,
+                    "backfill": r.get::<_, bool>(8)?,
+                    "parked_at": rfc3339(r.get(9)?),
+                }));
+            }
+        }
+        Export::Quarantine => {
+            let mut s = conn.prepare_cached(
+                "SELECT q.id, l.name, r.run_id, q.key, q.reason, q.row, q.at FROM quarantine q JOIN pipelines l ON l.id = q.pipeline_id
+                 LEFT JOIN sync_runs r ON r.id = q.run WHERE q.tenant_id = ?1 AND q.id > ?2 ORDER BY q.id LIMIT ?3",
+            )?;
+            let mut rows = s.query(params![t.0, after_id, n])?;
+            while let Some(r) = rows.next()? {
+                last = Some(r.get::<_, i64>(0)?.to_string());
+                let row: String = r.get(5)?;
+                out.push(json!({
+                    "pipeline": r.get::<_, String>(1)?,
+                    "run_id": r.get::<_, Option<String>>(2)?,
+                    "key": r.get::<_, Option<String>>(3)?,
+                    "reason": r.get::<_, String>(4)?,
+                    "row": json_text(&row),
+                    "at": rfc3339(r.get(6)?),
+                }));
+            }
+        }
+    }
+    // A short page is the last one.
+    let next = if out.len() < limit { None } else { last };
+    Ok((out, next))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn tenant(&self, name: &str) -> Result<TenantId, Error> {
+        let name = name.to_string();
+        self.write(move |tx| {
+            tx.execute("INSERT INTO tenants (name, created_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING", params![name, tx::now_micros()])?;
+            Ok(TenantId(tx.query_row("SELECT id FROM tenants WHERE name = ?1", [&name], |r| r.get(0))?))
+        })
+        .await
+    }
+
+    async fn pipeline(&self, tenant: TenantId, name: &str) -> Result<PipelineKey, Error> {
+        let name = name.to_string();
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO pipelines (tenant_id, name, created_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                params![tenant.0, name, tx::now_micros()],
+            )
+            .map_err(|e| match Error::from(e) {
+                Error::Database(m) if m.contains("FOREIGN KEY") => Error::NotFound { what: format!("tenant {}", tenant.0) },
+                other => other,
+            })?;
+            let id = tx.query_row("SELECT id FROM pipelines WHERE tenant_id = ?1 AND name = ?2", params![tenant.0, name], |r| r.get(0))?;
+            Ok(PipelineKey { tenant, pipeline: crate::PipelineId(id) })
+        })
+        .await
+    }
+
+    async fn claim(&self, pipeline: PipelineKey, holder: &Holder, ttl: Duration) -> Result<Lease, Error> {
+        let holder = holder.clone();
+        self.write(move |tx| rules::claim(tx, pipeline, &holder, ttl)).await
+    }
+
+    async fn heartbeat(&self, lease: &Lease, ttl: Duration) -> Result<Micros, Error> {
+        let lease = lease.clone();
+        self.write(move |tx| rules::heartbeat(tx, &lease, ttl)).await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), Error> {
+        let lease = lease.clone();
+        self.write(move |tx| rules::release(tx, &lease)).await
+    }
+
+    async fn cursor(&self, p: PipelineKey, slot: Slot) -> Result<Option<Micros>, Error> {
+        self.with(move |c| {
+            Ok(c.prepare_cached("SELECT value FROM cursors WHERE pipeline_id = ?1 AND slot = ?2")?
+                .query_row(params![p.pipeline.0, slot.as_str()], |r| r.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn begin_run(&self, fence: Fence, run: &SyncRun) -> Result<RunKey, Error> {
+        let run = run.clone();
+        self.write(move |tx| rules::begin_run(tx, fence, &run)).await
+    }
+
+    async fn write_events(&self, batch: EventBatch) -> Result<EventOutcome, Error> {
+        #[cfg(feature = "failpoints")]
+        let fire = self.fire_failpoint();
+        self.with_worker(move |w| {
+            let mut tx = write_tx(&mut w.conn)?;
+            let (out, found) = rules::write_events(&mut tx, &mut w.people, &batch)?;
+            #[cfg(feature = "failpoints")]
+            match fire {
+                Some(FailAction::Abort) => {
+                    // The rows are written, the commit has not happened: a kill here must lose nothing.
+                    std::process::abort();
+                }
+                Some(FailAction::Error) => return Err(Error::Failpoint("events_before_commit".into())),
+                None => {}
+            }
+            tx.commit()?;
+            // Only what committed is remembered.
+            w.people.remember(batch.fence.pipeline.tenant, batch.rule, found);
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn write_records(&self, batch: RecordBatch) -> Result<RecordOutcome, Error> {
+        self.write(move |tx| rules::write_records(tx, &batch)).await
+    }
+
+    async fn rematch_parked(&self, fence: Fence, run: RunKey, only_this_pipeline: bool) -> Result<u64, Error> {
+        self.write(move |tx| rules::rematch(tx, fence, run, only_this_pipeline)).await
+    }
+
+    async fn expire_parked(&self, fence: Fence, run: RunKey, before: Micros) -> Result<u64, Error> {
+        self.write(move |tx| rules::expire(tx, fence, run, before)).await
+    }
+
+    async fn finish_run(&self, fence: Fence, run: RunKey, record: &SyncRun) -> Result<(), Error> {
+        let record = record.clone();
+        self.write(move |tx| rules::finish_run(tx, fence, run, &record)).await
+    }
+
+    async fn runs(&self, tenant: TenantId, pipeline: Option<&str>, limit: usize) -> Result<Vec<SyncRun>, Error> {
+        let pipeline = pipeline.map(str::to_string);
+        self.with(move |c| {
+            let mut s = c.prepare_cached(
+                "SELECT r.*, p.name AS pipeline FROM sync_runs r JOIN pipelines p ON p.id = r.pipeline_id
+                 WHERE r.tenant_id = ?1 AND (?2 IS NULL OR p.name = ?2) ORDER BY r.started_at DESC, r.id DESC LIMIT ?3",
+            )?;
+            let rows = s.query_map(params![tenant.0, pipeline, limit as i64], run_from_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn export_page(
+        &self,
+        tenant: TenantId,
+        what: Export,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Value>, Option<String>), Error> {
+        let after = after.map(str::to_string);
+        self.with(move |c| export_tx(c, tenant, what, after.as_deref(), limit)).await
+    }
+
+    async fn totals(&self, tenant: TenantId) -> Result<Totals, Error> {
+        self.with(move |c| {
+            let n = |table: &str, filter: &str| -> Result<u64, Error> {
+                let sql = format!("SELECT count(*) FROM {table} WHERE tenant_id = ?1 {filter}");
+                Ok(c.prepare_cached(&sql)?.query_row([tenant.0], |r| r.get::<_, i64>(0))? as u64)
+            };
+            Ok(Totals {
+                organisations: n("organisations", "")?,
+                people: n("people", "")?,
+                events: n("events", "")?,
+                backfilled_events: n("events", "AND backfill")?,
+                parked: n("parked_events", "")?,
+                quarantined: n("quarantine", "")?,
+                runs: n("sync_runs", "")?,
+            })
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,506 @@
+//! The store's conformance suite: every test runs against each backend
+//! through `dyn Store` only (SQLite: a fresh file; two handles on it are two
+//! connections). The rules (identity, parking, the attribute merge,
+//! quarantine dedup), the lease and its fence, tenants, and concurrent
+//! writers from two tasks and two connections.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use trig_store::{
+    Checkpoint, Entity, Error, EventBatch, EventRow, Export, Fence, Holder, IdentityRule, Lease, PipelineKey, Progress, Quarantined,
+    RecordBatch, RecordRow, RunKey, Slot, SqliteStore, Store, SyncRun,
+};
+
+/// Two connections to one fresh store, and what removes it afterwards.
+struct Fixture {
+    a: Arc<dyn Store>,
+    b: Arc<dyn Store>,
+    _dir: Option<TempDir>,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn sqlite(name: &str) -> Fixture {
+    let dir = std::env::temp_dir().join(format!("trig-store-suite-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("trig.db").to_str().unwrap().to_string();
+    let a = SqliteStore::open(&file).unwrap();
+    let b = SqliteStore::open(&file).unwrap();
+    Fixture { a: Arc::new(a), b: Arc::new(b), _dir: Some(TempDir(dir)) }
+}
+
+/// Runs each test against every backend.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::sqlite(stringify!($name)).await).await
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    tenants_keep_everything_apart,
+    events_dedup_park_and_rematch,
+    a_parked_event_whose_id_later_matches_is_stored_once,
+    records_skip_unchanged_hashes_and_claim_email_people,
+    attributes_merge_by_pipeline_and_nulls_clear,
+    quarantine_keeps_a_row_and_reason_once,
+    parked_events_expire_and_are_counted,
+    a_lease_is_held_by_one_run_and_a_stale_fence_writes_nothing,
+    a_claim_after_expiry_marks_the_dead_run_interrupted_at_its_last_commit,
+    a_moved_email_is_seen_by_every_connection,
+    two_connections_create_each_person_once,
+    export_pages_through_everything,
+);
+
+const TTL: Duration = Duration::from_secs(60);
+
+fn holder(label: &str) -> Holder {
+    Holder::this_process(label)
+}
+
+fn ev(id: &str, user: &str, email: Option<&str>) -> EventRow {
+    EventRow {
+        event_id: id.into(),
+        name: "signed_in".into(),
+        ts: 1_700_000_000_000_000,
+        user_key: user.into(),
+        email: email.map(str::to_string),
+        properties: "{}".into(),
+        late: false,
+    }
+}
+
+fn person(id: &str, email: Option<&str>, hash: &str) -> RecordRow {
+    RecordRow {
+        external_id: id.into(),
+        name: format!("Name {id}"),
+        email: email.map(str::to_string),
+        link: None,
+        attributes: r#"{"role":"admin"}"#.into(),
+        hash: hash.into(),
+    }
+}
+
+/// A pipeline leased, with a run begun.
+struct Running {
+    key: PipelineKey,
+    lease: Lease,
+    run: RunKey,
+}
+
+impl Running {
+    fn fence(&self) -> Fence {
+        self.lease.fence
+    }
+
+    fn events(&self, rows: Vec<EventRow>, rule: IdentityRule) -> EventBatch {
+        EventBatch {
+            fence: self.fence(),
+            run: self.run,
+            rule,
+            backfill: false,
+            rows,
+            quarantine: vec![],
+            checkpoints: vec![],
+            progress: Progress::default(),
+        }
+    }
+
+    fn records(&self, entity: Entity, rows: Vec<RecordRow>) -> RecordBatch {
+        RecordBatch {
+            fence: self.fence(),
+            run: self.run,
+            entity,
+            rows,
+            quarantine: vec![],
+            checkpoints: vec![],
+            progress: Progress::default(),
+        }
+    }
+}
+
+fn record(pipeline: &str, run_id: &str) -> SyncRun {
+    SyncRun {
+        run_id: run_id.into(),
+        pipeline: pipeline.into(),
+        trigger: "schedule".into(),
+        status: "running".into(),
+        started_at: now(),
+        ..Default::default()
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64
+}
+
+async fn start(s: &dyn Store, tenant: &str, pipeline: &str) -> Running {
+    start_with(s, tenant, pipeline, TTL).await
+}
+
+async fn start_with(s: &dyn Store, tenant: &str, pipeline: &str, ttl: Duration) -> Running {
+    let t = s.tenant(tenant).await.unwrap();
+    let key = s.pipeline(t, pipeline).await.unwrap();
+    let lease = s.claim(key, &holder("suite"), ttl).await.unwrap();
+    let run = s.begin_run(lease.fence, &record(pipeline, &format!("{tenant}-{pipeline}-{}", lease.fence.value))).await.unwrap();
+    Running { key, lease, run }
+}
+
+async fn finish(s: &dyn Store, r: &Running) {
+    let mut rec = s.runs(r.key.tenant, None, 100).await.unwrap().into_iter().find(|x| x.status == "running").unwrap();
+    rec.status = "succeeded".into();
+    rec.ended_at = Some(now());
+    s.finish_run(r.fence(), r.run, &rec).await.unwrap();
+    s.release(&r.lease).await.unwrap();
+}
+
+async fn tenants_keep_everything_apart(f: Fixture) {
+    let s = f.a.as_ref();
+    let acme = s.tenant("acme").await.unwrap();
+    assert_eq!(s.tenant("acme").await.unwrap(), acme, "a tenant is created once");
+    let globex = s.tenant("globex").await.unwrap();
+    assert_ne!(acme, globex);
+    let a = start(s, "acme", "events").await;
+    let g = start(s, "globex", "events").await;
+    assert_ne!(a.key, g.key, "one pipeline name, two tenants, two pipelines");
+    // The same event id and the same email in both tenants: two events, two people.
+    let o = s.write_events(a.events(vec![ev("e1", "pat@x.com", None)], IdentityRule::Email)).await.unwrap();
+    assert_eq!((o.inserted, o.people_created), (1, 1));
+    let o = s.write_events(g.events(vec![ev("e1", "pat@x.com", None)], IdentityRule::Email)).await.unwrap();
+    assert_eq!((o.inserted, o.deduplicated, o.people_created), (1, 0, 1), "dedup and matching stay inside a tenant");
+    // An external id known in one tenant does not match in the other.
+    let ap = start(s, "acme", "people").await;
+    s.write_records(ap.records(Entity::People, vec![person("u1", None, "h")])).await.unwrap();
+    let o = s.write_events(g.events(vec![ev("e2", "u1", None)], IdentityRule::ExternalId)).await.unwrap();
+    assert_eq!(o.parked, 1);
+    let o = s.write_events(a.events(vec![ev("e2", "u1", None)], IdentityRule::ExternalId)).await.unwrap();
+    assert_eq!(o.inserted, 1);
+    let (ta, tg) = (s.totals(acme).await.unwrap(), s.totals(globex).await.unwrap());
+    assert_eq!((ta.events, ta.people, ta.parked, ta.runs), (2, 2, 0, 2));
+    assert_eq!((tg.events, tg.people, tg.parked, tg.runs), (1, 1, 1, 1));
+    // Cursors, runs and exports are per tenant too.
+    let mut b = g.events(vec![], IdentityRule::Email);
+    b.checkpoints.push(Checkpoint { slot: Slot::Live, value: Some(9) });
+    s.write_events(b).await.unwrap();
+    assert_eq!(s.cursor(g.key, Slot::Live).await.unwrap(), Some(9));
+    assert_eq!(s.cursor(a.key, Slot::Live).await.unwrap(), None);
+    assert!(s.runs(globex, None, 10).await.unwrap().iter().all(|r| r.pipeline == "events"));
+    assert_eq!(s.runs(acme, Some("people"), 10).await.unwrap().len(), 1);
+    let (rows, _) = s.export_page(globex, Export::Events, None, 100).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["email"], "pat@x.com");
+    // The other connection sees the same tenants.
+    assert_eq!(f.b.tenant("globex").await.unwrap(), globex);
+}
+
+async fn events_dedup_park_and_rematch(f: Fixture) {
+    let s = f.a.as_ref();
+    let r = start(s, "default", "p").await;
+    // Email rule creates people; external-id rule without email parks.
+    let o = s.write_events(r.events(vec![ev("e1", "a@x.com", None), ev("e1", "a@x.com", None)], IdentityRule::Email)).await.unwrap();
+    assert_eq!((o.inserted, o.deduplicated, o.people_created), (1, 1, 1));
+    let o = s.write_events(r.events(vec![ev("e2", "u1", None), ev("e3", "u2", Some("b@x.com"))], IdentityRule::ExternalId)).await.unwrap();
+    assert_eq!((o.inserted, o.parked, o.people_created), (1, 1, 1));
+    // Parked again on a re-read: a duplicate, not a second parked row.
+    let o = s.write_events(r.events(vec![ev("e2", "u1", None)], IdentityRule::ExternalId)).await.unwrap();
+    assert_eq!((o.parked, o.deduplicated), (0, 1));
+    // The person appears: the parked event moves.
+    let people = start(s, "default", "people").await;
+    assert_eq!(s.write_records(people.records(Entity::People, vec![person("u1", None, "h1")])).await.unwrap().inserted, 1);
+    let other = start(s, "default", "other").await;
+    assert_eq!(s.rematch_parked(other.fence(), other.run, true).await.unwrap(), 0, "only the pipeline's own parked events");
+    assert_eq!(s.rematch_parked(r.fence(), r.run, true).await.unwrap(), 1);
+    let t = s.totals(r.key.tenant).await.unwrap();
+    assert_eq!((t.events, t.parked, t.people), (3, 0, 3));
+    let run = s.runs(r.key.tenant, Some("p"), 1).await.unwrap().remove(0);
+    assert_eq!((run.counts.inserted, run.counts.parked, run.counts.rematched, run.counts.deduplicated), (2, 1, 1, 2));
+}
+
+async fn a_parked_event_whose_id_later_matches_is_stored_once(f: Fixture) {
+    let s = f.a.as_ref();
+    let r = start(s, "default", "p").await;
+    // The same id twice in one batch: once with no email, once with the email that creates the person.
+    let o = s.write_events(r.events(vec![ev("e9", "u9", None), ev("e9", "u9", Some("n@x.com"))], IdentityRule::ExternalId)).await.unwrap();
+    assert_eq!((o.inserted, o.parked, o.people_created), (1, 0, 1));
+    assert_eq!(o.inserted + o.parked + o.deduplicated, 2, "every row accounted for");
+    // Across batches: parked first, stored by a later row with the same id.
+    s.write_events(r.events(vec![ev("e10", "u10", None)], IdentityRule::ExternalId)).await.unwrap();
+    assert_eq!(s.totals(r.key.tenant).await.unwrap().parked, 1);
+    let o = s.write_events(r.events(vec![ev("e10", "u9", None)], IdentityRule::ExternalId)).await.unwrap();
+    assert_eq!(o.inserted, 1);
+    let t = s.totals(r.key.tenant).await.unwrap();
+    assert_eq!((t.events, t.parked), (2, 0), "stored once, no longer parked");
+    // A re-read of a stored event with an unknown person is a duplicate, not parked.
+    let o = s.write_events(r.events(vec![ev("e10", "nobody", None)], IdentityRule::ExternalId)).await.unwrap();
+    assert_eq!((o.parked, o.deduplicated), (0, 1));
+}
+
+async fn records_skip_unchanged_hashes_and_claim_email_people(f: Fixture) {
+    let s = f.a.as_ref();
+    let ev_run = start(s, "default", "events").await;
+    s.write_events(ev_run.events(vec![ev("e1", "a@x.com", None)], IdentityRule::Email)).await.unwrap();
+    let r = start(s, "default", "people").await;
+    let batch = |rows| {
+        let mut b = r.records(Entity::People, rows);
+        b.checkpoints.push(Checkpoint { slot: Slot::Live, value: Some(42) });
+        b
+    };
+    // The person created from an email event gets its external id.
+    let o = s.write_records(batch(vec![person("u1", Some("a@x.com"), "h1")])).await.unwrap();
+    assert_eq!((o.inserted, o.updated), (0, 1));
+    let o = s.write_records(batch(vec![person("u1", Some("a@x.com"), "h1")])).await.unwrap();
+    assert_eq!(o.unchanged, 1);
+    // Another id claiming the same email is quarantined, not merged.
+    let o = s.write_records(batch(vec![person("u2", Some("a@x.com"), "h2")])).await.unwrap();
+    assert_eq!(o.quarantined, 1);
+    assert_eq!(s.cursor(r.key, Slot::Live).await.unwrap(), Some(42));
+    assert_eq!(s.totals(r.key.tenant).await.unwrap().people, 1);
+    // The same id twice in one batch: one person, inserted then updated.
+    let o = s.write_records(batch(vec![person("u3", Some("c@x.com"), "h3"), person("u3", Some("d@x.com"), "h4")])).await.unwrap();
+    assert_eq!((o.inserted, o.updated), (1, 1));
+    let (people, _) = s.export_page(r.key.tenant, Export::People, None, 10).await.unwrap();
+    let u3: Vec<_> = people.iter().filter(|p| p["id"] == "u3").collect();
+    assert_eq!(u3.len(), 1);
+    assert_eq!(u3[0]["email"], "d@x.com");
+    // External-id events now find u1 (the claimed person).
+    let o = s.write_events(ev_run.events(vec![ev("e2", "u1", None)], IdentityRule::ExternalId)).await.unwrap();
+    assert_eq!((o.inserted, o.people_created), (1, 0));
+}
+
+async fn attributes_merge_by_pipeline_and_nulls_clear(f: Fixture) {
+    let s = f.a.as_ref();
+    let crm = start(s, "default", "crm").await;
+    let billing = start(s, "default", "billing").await;
+    let row = |attrs: &str, hash: &str| RecordRow { attributes: attrs.into(), ..person("u1", Some("u1@x.com"), hash) };
+    s.write_records(crm.records(Entity::People, vec![row(r#"{"role":"admin","plan":"pro"}"#, "a")])).await.unwrap();
+    s.write_records(billing.records(Entity::People, vec![row(r#"{"mrr":120}"#, "b")])).await.unwrap();
+    // A NULL arrives as an absent key: the crm group is replaced, so `plan` clears; billing's stays.
+    s.write_records(crm.records(Entity::People, vec![row(r#"{"role":"owner"}"#, "c")])).await.unwrap();
+    let (people, _) = s.export_page(crm.key.tenant, Export::People, None, 10).await.unwrap();
+    assert_eq!(people.len(), 1);
+    assert_eq!(people[0]["attributes"], serde_json::json!({"crm": {"role": "owner"}, "billing": {"mrr": 120}}));
+    // Organisations merge the same way.
+    let orgs = start(s, "default", "orgs").await;
+    let org = |attrs: &str, hash: &str| RecordRow {
+        external_id: "o1".into(),
+        name: "Acme".into(),
+        email: None,
+        link: Some("acme.com".into()),
+        attributes: attrs.into(),
+        hash: hash.into(),
+    };
+    assert_eq!(s.write_records(orgs.records(Entity::Organisations, vec![org(r#"{"tier":"gold"}"#, "1")])).await.unwrap().inserted, 1);
+    assert_eq!(s.write_records(orgs.records(Entity::Organisations, vec![org(r#"{}"#, "2")])).await.unwrap().updated, 1);
+    let (o, _) = s.export_page(orgs.key.tenant, Export::Organisations, None, 10).await.unwrap();
+    assert_eq!(o[0]["attributes"], serde_json::json!({"orgs": {}}));
+    assert_eq!(o[0]["domain"], "acme.com");
+}
+
+async fn quarantine_keeps_a_row_and_reason_once(f: Fixture) {
+    let s = f.a.as_ref();
+    let r = start(s, "default", "p").await;
+    let bad = |reason: &str| Quarantined { key: Some("e1".into()), reason: reason.into(), row: r#"{"id":"e1"}"#.into() };
+    let mut b = r.events(vec![], IdentityRule::Email);
+    b.quarantine = vec![bad("no timestamp"), bad("no timestamp"), bad("in the future")];
+    assert_eq!(s.write_events(b.clone()).await.unwrap().quarantined, 2);
+    assert_eq!(s.write_events(b).await.unwrap().quarantined, 0, "a re-read quarantines nothing twice");
+    let (q, _) = s.export_page(r.key.tenant, Export::Quarantine, None, 10).await.unwrap();
+    assert_eq!(q.len(), 2);
+    assert_eq!(q[0]["pipeline"], "p");
+    assert!(q[0]["run_id"].as_str().unwrap().starts_with("default-p-"));
+}
+
+async fn parked_events_expire_and_are_counted(f: Fixture) {
+    let s = f.a.as_ref();
+    let r = start(s, "default", "p").await;
+    s.write_events(r.events(vec![ev("e1", "u1", None), ev("e2", "u2", None)], IdentityRule::ExternalId)).await.unwrap();
+    let other = start(s, "default", "q").await;
+    s.write_events(other.events(vec![ev("e1", "u1", None)], IdentityRule::ExternalId)).await.unwrap();
+    assert_eq!(s.expire_parked(r.fence(), r.run, now() - 3_600_000_000).await.unwrap(), 0, "none is old yet");
+    assert_eq!(s.expire_parked(r.fence(), r.run, now() + 1).await.unwrap(), 2, "only this pipeline's");
+    assert_eq!(s.totals(r.key.tenant).await.unwrap().parked, 1);
+    let run = s.runs(r.key.tenant, Some("p"), 1).await.unwrap().remove(0);
+    assert_eq!((run.counts.parked, run.counts.dropped), (2, 2));
+}
+
+async fn a_lease_is_held_by_one_run_and_a_stale_fence_writes_nothing(f: Fixture) {
+    let (a, b) = (f.a.as_ref(), f.b.as_ref());
+    let t = a.tenant("acme").await.unwrap();
+    let key = a.pipeline(t, "events").await.unwrap();
+    let first = a.claim(key, &holder("worker one"), Duration::from_millis(400)).await.unwrap();
+    // Held: another connection's claim names the holder and when it started.
+    let e = b.claim(key, &holder("worker two"), TTL).await.unwrap_err();
+    match &e {
+        Error::LeaseHeld { pipeline, holder, since, .. } => {
+            assert_eq!(pipeline, "events");
+            assert!(holder.contains("worker one") && holder.contains(&std::process::id().to_string()), "{holder}");
+            assert!(since.ends_with('Z'), "{since}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(e.to_string().contains("--wait"), "{e}");
+    let run = a.begin_run(first.fence, &record("events", "r1")).await.unwrap();
+    // A heartbeat extends it.
+    let until = a.heartbeat(&first, Duration::from_millis(400)).await.unwrap();
+    assert!(until >= first.until);
+    let write = |fence: Fence, id: &str| EventBatch {
+        fence,
+        run,
+        rule: IdentityRule::Email,
+        backfill: false,
+        rows: vec![ev(id, "a@x.com", None)],
+        quarantine: vec![],
+        checkpoints: vec![Checkpoint { slot: Slot::Live, value: Some(100) }],
+        progress: Progress::default(),
+    };
+    assert_eq!(a.write_events(write(first.fence, "e1")).await.unwrap().inserted, 1);
+    // It expires without a heartbeat: the holder's next write is refused, whole.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let e = a.write_events(write(first.fence, "e2")).await.unwrap_err();
+    assert!(matches!(&e, Error::LeaseLost { reason, .. } if reason.contains("expired")), "{e:?}");
+    // Another worker takes over with the next fence.
+    let second = b.claim(key, &holder("worker two"), TTL).await.unwrap();
+    assert_eq!(second.fence.value, first.fence.value + 1);
+    let mut late = write(first.fence, "e3");
+    late.checkpoints[0].value = Some(50);
+    let e = a.write_events(late).await.unwrap_err();
+    assert!(matches!(&e, Error::LeaseLost { reason, .. } if reason.contains("worker two")), "{e:?}");
+    assert!(matches!(a.heartbeat(&first, TTL).await, Err(Error::LeaseLost { .. })));
+    assert!(matches!(a.finish_run(first.fence, run, &record("events", "r1")).await, Err(Error::LeaseLost { .. })));
+    assert!(matches!(a.rematch_parked(first.fence, run, true).await, Err(Error::LeaseLost { .. })));
+    assert!(matches!(a.expire_parked(first.fence, run, now()).await, Err(Error::LeaseLost { .. })));
+    assert!(matches!(a.begin_run(first.fence, &record("events", "r9")).await, Err(Error::LeaseLost { .. })));
+    // Nothing of the zombie's landed: one event, the cursor where the live holder left it.
+    assert_eq!(a.totals(t).await.unwrap().events, 1);
+    assert_eq!(a.cursor(key, Slot::Live).await.unwrap(), Some(100));
+    // Releasing someone else's lease does nothing; releasing one's own frees it.
+    a.release(&first).await.unwrap();
+    assert!(matches!(a.claim(key, &holder("worker three"), TTL).await, Err(Error::LeaseHeld { .. })));
+    b.release(&second).await.unwrap();
+    let third = a.claim(key, &holder("worker three"), TTL).await.unwrap();
+    assert_eq!(third.fence.value, second.fence.value + 1);
+    // A lease of another pipeline is independent.
+    let other = a.pipeline(t, "people").await.unwrap();
+    a.claim(other, &holder("worker one"), TTL).await.unwrap();
+}
+
+async fn a_claim_after_expiry_marks_the_dead_run_interrupted_at_its_last_commit(f: Fixture) {
+    let s = f.a.as_ref();
+    let r = start_with(s, "default", "p", Duration::from_millis(300)).await;
+    let mut b = r.events(vec![ev("e1", "a@x.com", None), ev("e2", "b@x.com", None)], IdentityRule::Email);
+    b.progress = Progress { rows_read: 3, bytes: 100, statement_ids: vec!["s1".into()] };
+    b.quarantine.push(Quarantined { key: None, reason: "bad".into(), row: "{}".into() });
+    s.write_events(b).await.unwrap();
+    let mut b = r.events(vec![ev("e3", "a@x.com", None)], IdentityRule::Email);
+    b.progress = Progress { rows_read: 1, bytes: 0, statement_ids: vec!["s2".into()] };
+    s.write_events(b).await.unwrap();
+    let committed = s.runs(r.key.tenant, None, 1).await.unwrap().remove(0);
+    assert_eq!(committed.status, "running");
+    assert_eq!((committed.counts.rows_read, committed.counts.inserted, committed.counts.quarantined), (4, 3, 1));
+    assert_eq!((committed.counts.people_created, committed.counts.bytes), (2, 100));
+    assert_eq!(committed.statement_ids, ["s1", "s2"]);
+    // The holder dies (no heartbeat). Starting another run alone does not touch the record;
+    // the next claim, once the lease has expired, does.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(s.runs(r.key.tenant, None, 1).await.unwrap()[0].status, "running");
+    let next = s.claim(r.key, &holder("next"), TTL).await.unwrap();
+    let dead = s.runs(r.key.tenant, None, 5).await.unwrap().into_iter().find(|x| x.run_id == committed.run_id).unwrap();
+    assert_eq!(dead.status, "interrupted");
+    assert_eq!(dead.counts, committed.counts);
+    let ended = dead.ended_at.unwrap();
+    assert!(ended > dead.started_at && ended < now() - 300_000, "ended at its last commit, not when found dead");
+    // The new run's record is untouched by the next claim's sweep.
+    let run = s.begin_run(next.fence, &record("p", "r2")).await.unwrap();
+    s.heartbeat(&next, TTL).await.unwrap();
+    let live = Running { key: r.key, lease: next, run };
+    finish(s, &live).await;
+    let runs = s.runs(r.key.tenant, None, 5).await.unwrap();
+    assert_eq!(runs.iter().map(|x| x.status.as_str()).collect::<Vec<_>>(), ["succeeded", "interrupted"]);
+}
+
+async fn a_moved_email_is_seen_by_every_connection(f: Fixture) {
+    let (a, b) = (f.a.as_ref(), f.b.as_ref());
+    let events = start(a, "default", "events").await;
+    let o = a.write_events(events.events(vec![ev("e1", "old@x.com", None)], IdentityRule::Email)).await.unwrap();
+    assert_eq!(o.people_created, 1);
+    // Another connection's people pipeline gives that person another email.
+    let people = start(b, "default", "people").await;
+    b.write_records(people.records(Entity::People, vec![person("u1", Some("old@x.com"), "1")])).await.unwrap();
+    b.write_records(people.records(Entity::People, vec![person("u1", Some("new@x.com"), "2")])).await.unwrap();
+    // The first connection, which had resolved old@x.com, no longer attaches events to them.
+    let o =
+        a.write_events(events.events(vec![ev("e2", "old@x.com", None), ev("e3", "new@x.com", None)], IdentityRule::Email)).await.unwrap();
+    assert_eq!((o.inserted, o.people_created), (2, 1), "old@x.com is a new person now");
+    let (rows, _) = a.export_page(events.key.tenant, Export::Events, None, 10).await.unwrap();
+    let of = |id: &str| rows.iter().find(|r| r["event_id"] == id).unwrap()["person_id"].clone();
+    assert_eq!(of("e1"), "u1");
+    assert_eq!(of("e3"), "u1");
+    assert_eq!(of("e2"), serde_json::Value::Null);
+}
+
+async fn two_connections_create_each_person_once(f: Fixture) {
+    let t = f.a.tenant("default").await.unwrap();
+    let mut tasks = Vec::new();
+    for (i, s) in [f.a.clone(), f.b.clone(), f.a.clone(), f.b.clone()].into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let r = start(s.as_ref(), "default", &format!("p{i}")).await;
+            for round in 0..20 {
+                // Every writer sees the same 50 new emails in a different order.
+                let mut rows: Vec<EventRow> = (0..50)
+                    .map(|j| ev(&format!("{i}-{round}-{j}"), &format!("user{}@x.com", (j * 7 + i * 13 + round) % 50), None))
+                    .collect();
+                rows.rotate_left(i * 11);
+                s.write_events(r.events(rows, IdentityRule::Email)).await?;
+            }
+            Ok::<_, Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let totals = f.a.totals(t).await.unwrap();
+    assert_eq!((totals.people, totals.events), (50, 4 * 20 * 50));
+    let created: u64 = f.a.runs(t, None, 10).await.unwrap().iter().map(|r| r.counts.people_created).sum();
+    assert_eq!(created, 50, "each person created by exactly one writer");
+}
+
+async fn export_pages_through_everything(f: Fixture) {
+    let s = f.a.as_ref();
+    let t = s.tenant("default").await.unwrap();
+    for p in ["a", "b"] {
+        let r = start(s, "default", p).await;
+        let rows = (0..25).map(|j| ev(&format!("id:{j:03}"), &format!("u{j}@x.com"), None)).collect();
+        s.write_events(r.events(rows, IdentityRule::Email)).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let (page, next) = s.export_page(t, Export::Events, after.as_deref(), 7).await.unwrap();
+        assert!(page.len() <= 7);
+        seen.extend(page.into_iter().map(|v| format!("{}/{}", v["pipeline"].as_str().unwrap(), v["event_id"].as_str().unwrap())));
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 50, "every event once, ids with `:` included");
+    let mut sorted = seen.clone();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 50);
+    let (people, next) = s.export_page(t, Export::People, None, 100).await.unwrap();
+    assert_eq!((people.len(), next), (25, None));
+}
