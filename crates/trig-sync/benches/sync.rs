@@ -54,9 +54,9 @@ fn main() {
     println!("sync of the events pipeline's first run (a backfill) into SQLite; {cores} cores; write batches of {} rows", write_batch());
     let mut results = Vec::new();
     for n in sizes {
-        let mut emu = child("serve", n, None);
+        let mut emu = Reaped(child("serve", n, None));
         let mut line = String::new();
-        BufReader::new(emu.stdout.take().unwrap()).read_line(&mut line).expect("the emulator prints its address");
+        BufReader::new(emu.0.stdout.take().unwrap()).read_line(&mut line).expect("the emulator prints its address");
         let info: Value = serde_json::from_str(line.trim()).expect("JSON");
         let mut best: Option<Value> = None;
         let mut best_script: f64 = 0.0;
@@ -75,8 +75,7 @@ fn main() {
                 best = Some(r);
             }
         }
-        let _ = emu.kill();
-        let _ = emu.wait();
+        drop(emu);
         results.push((n, best.unwrap(), best_script));
     }
     println!("\nbest of 3 per size:");
@@ -100,6 +99,16 @@ fn main() {
             "peak RSS ratio largest / smallest: {:.2}",
             large["peak_rss_mib"].as_f64().unwrap() / small["peak_rss_mib"].as_f64().unwrap()
         );
+    }
+}
+
+/// A child process killed when the bench ends, also by a panic.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

@@ -22,7 +22,7 @@ from databricks.sdk import WorkspaceClient
 from databricks.sdk.service.sql import Disposition, Format, StatementState
 
 SQL = """SELECT event_id, event_name, CAST(event_ts AS STRING) AS event_ts, user_id, email,
-                CAST(properties AS STRING) AS properties, platform
+                to_json(properties) AS properties, platform
          FROM main.product.events_v"""
 
 
