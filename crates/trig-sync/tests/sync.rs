@@ -705,3 +705,50 @@ async fn a_workspace_refusing_query_tags_is_synced_untagged_and_the_run_says_so(
     assert_eq!(stored.notes, run.notes, "the note is in the stored record");
     env.assert_exactly_once("events").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_keeps_its_lease_by_heartbeat_and_stops_writing_when_it_loses_it() {
+    let env = Env::start(4000, &format!("{PEOPLE}{EVENTS}")).await;
+    env.ok("people", Trigger::Schedule).await;
+    // Slow answers make the run outlast its lease's TTL several times over: the heartbeat keeps it.
+    let slow = json!({"kind": "latency", "ms": 250, "times": 8});
+    env.admin(reqwest::Method::POST, "/emulator/v1/faults", slow.clone()).await;
+    let short = || EngineOptions { lease_ttl: Duration::from_millis(300), ..EngineOptions::default() };
+    let started = std::time::Instant::now();
+    let f = env.run_with(short(), "events", Trigger::Schedule).await;
+    assert!(f.error.is_none(), "{:?}", f.error);
+    assert!(started.elapsed() > Duration::from_millis(900), "the run outlasted the TTL: {:?}", started.elapsed());
+    let stored = env.totals().await.unwrap().events;
+    assert!(stored > 0);
+
+    // Another run, whose lease is taken over while it waits on Databricks: it stops with
+    // LeaseLost, writes nothing more, and the new holder's claim closes its record.
+    env.admin(reqwest::Method::POST, "/emulator/v1/faults", slow).await;
+    let db = env.dir.join("trig.db");
+    let thief = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let c = rusqlite::Connection::open(db).unwrap();
+        c.execute(
+            "UPDATE pipelines SET fence = fence + 1, holder = 'another worker', holder_host = 'elsewhere', holder_pid = 1,
+               lease_until = lease_until + 600000000 WHERE name = 'events'",
+            [],
+        )
+        .unwrap();
+    });
+    let e = env.engine(short()).run("events", Trigger::Schedule, &CancellationToken::new()).await.unwrap_err();
+    thief.await.unwrap();
+    assert!(
+        matches!(&e, trig_sync::Error::Store(trig_store::Error::LeaseLost { reason, .. }) if reason.contains("another worker")),
+        "{e:?}"
+    );
+    assert_eq!(e.kind(), "lease_lost");
+    assert_eq!(env.totals().await.unwrap().events, stored, "nothing written after the takeover");
+    // Held by the other worker: a third run does not start and names it.
+    let e = env.engine(short()).run("events", Trigger::Schedule, &CancellationToken::new()).await.unwrap_err();
+    assert!(
+        matches!(&e, trig_sync::Error::Store(trig_store::Error::LeaseHeld { holder, .. }) if holder.contains("another worker")),
+        "{e:?}"
+    );
+    let runs = env.runs(Some("events"), 5).await.unwrap();
+    assert_eq!(runs[0].status, "running", "the zombie's record is left for the holder's claim to close");
+}
