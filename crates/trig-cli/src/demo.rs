@@ -170,7 +170,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
 
-    let store: Arc<dyn Store> = Arc::from(trig_store::open(&config.store_url)?);
+    let store: Arc<dyn Store> =
+        Arc::from(trig_store::open(&config.resolve_store_url().map_err(|e| anyhow::anyhow!("{}: {}", e.key, e.message))?)?);
     // A short settle so the second sync, a few seconds later, sees the live
     // rows; the product waits a minute for rows still being written.
     let engine = Engine::new(config.clone(), store.clone(), EngineOptions { settle: SETTLE, ..EngineOptions::default() });

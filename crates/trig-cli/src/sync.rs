@@ -110,7 +110,8 @@ fn store_exit(e: &trig_store::Error) -> ExitCode {
 }
 
 pub fn open_store(config: &Config, json: bool) -> Result<Arc<dyn Store>, ExitCode> {
-    trig_store::open(&config.store_url).map(Arc::from).map_err(|e| store_failed(&e, json))
+    let url = config.resolve_store_url().map_err(|e| problem::user(json, &[Problem::new(&e.key, e.message)]))?;
+    trig_store::open(&url).map(Arc::from).map_err(|e| store_failed(&e, json))
 }
 
 fn store_failed(e: &trig_store::Error, json: bool) -> ExitCode {

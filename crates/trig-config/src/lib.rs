@@ -263,8 +263,12 @@ pub struct Config {
     /// The Trig customer account everything this config syncs belongs to
     /// (top-level `tenant = "acme"`; `default` when absent).
     pub tenant: TenantName,
-    /// `[store] url`, with a relative SQLite path resolved against the config's folder.
+    /// `[store] url` as written, with a relative SQLite path resolved against
+    /// the config's folder; empty when the URL comes from a secret
+    /// ([`Config::resolve_store_url`] reads either).
     pub store_url: String,
+    /// `[store] url = { env = "…" }` or `{ file = "…" }`: a URL holding a password.
+    pub store_url_secret: Option<SecretRef>,
     pub connections: BTreeMap<String, ConnectionConfig>,
     pub pipelines: BTreeMap<String, PipelineConfig>,
 }
@@ -299,14 +303,23 @@ impl Config {
                 TenantName::default()
             }
         };
-        let store_url = match r.table(&root, "store", "store") {
+        let (store_url, store_url_secret) = match r.table(&root, "store", "store") {
             Some(t) => {
                 r.unknown(t, "store", &["url"]);
-                r.string(t, "url", "store.url", true).map(|u| resolve_store_url(&u, &base)).unwrap_or_default()
+                match t.get("url") {
+                    Some(Value::Table(_)) => (String::new(), r.secret(t, "url", "store.url", &base)),
+                    _ => {
+                        let url = r.string(t, "url", "store.url", true).map(|u| resolve_store_url(&u, &base)).unwrap_or_default();
+                        if let Some(m) = store_url_problem(&url) {
+                            r.err("store.url", m);
+                        }
+                        (url, None)
+                    }
+                }
             }
             None => {
                 r.err("store", "missing: add [store] with url = \"sqlite://trig.db\"");
-                String::new()
+                (String::new(), None)
             }
         };
         let mut connections = BTreeMap::new();
@@ -347,7 +360,7 @@ impl Config {
             }
         }
         if errs.is_empty() {
-            Ok(Config { path: path.to_path_buf(), tenant, store_url, connections, pipelines })
+            Ok(Config { path: path.to_path_buf(), tenant, store_url, store_url_secret, connections, pipelines })
         } else {
             Err(ConfigErrors { path: path.display().to_string(), errors: errs })
         }
@@ -375,6 +388,45 @@ impl Config {
 
 fn list(names: &[&str]) -> String {
     if names.is_empty() { "(none)".into() } else { names.join(", ") }
+}
+
+/// What is wrong with a store URL written in the file, if anything (the
+/// password is never repeated).
+fn store_url_problem(url: &str) -> Option<String> {
+    if url.is_empty() || url.starts_with("sqlite://") {
+        return None;
+    }
+    let Some(rest) = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://")) else {
+        return Some("must start with sqlite:// (a file) or postgres:// (a server), e.g. url = \"sqlite://trig.db\"".into());
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    match authority.rsplit_once('@') {
+        Some((userinfo, _)) if userinfo.contains(':') => Some(
+            "holds a password, and a secret is never written in the config file; put the whole URL in a variable or file: url = { env = \"TRIG_STORE_URL\" }"
+                .into(),
+        ),
+        _ => None,
+    }
+}
+
+impl Config {
+    /// The store's URL: as written, or read from its variable or file.
+    pub fn resolve_store_url(&self) -> Result<String, ConfigError> {
+        match &self.store_url_secret {
+            None => Ok(self.store_url.clone()),
+            Some(s) => {
+                let url = s.resolve("store.url")?.expose().to_string();
+                let url = resolve_store_url(&url, self.path.parent().unwrap_or(Path::new("")));
+                match url.split_once("://").map(|(scheme, _)| scheme) {
+                    Some("sqlite" | "postgres" | "postgresql") => Ok(url),
+                    _ => Err(ConfigError {
+                        key: "store.url".into(),
+                        message: "the URL read from its variable or file must start with sqlite:// or postgres://".into(),
+                    }),
+                }
+            }
+        }
+    }
 }
 
 fn resolve_store_url(url: &str, base: &Path) -> String {
@@ -980,6 +1032,22 @@ exclude = ["internal_notes"]
 updated_at = "updated_at"
 schedule = "24h"
 "#;
+
+    #[test]
+    fn a_store_url_with_a_password_comes_from_a_secret() {
+        let with = |store: &str| GOOD.replacen("url = \"sqlite://trig.db\"", store, 1);
+        let e = Config::parse(&with("url = \"postgres://trig:hunter2@db:5432/trig\""), Path::new("/etc/trig/trig.toml")).unwrap_err();
+        assert_eq!(e.errors[0].key, "store.url");
+        assert!(e.errors[0].message.contains("{ env = \"TRIG_STORE_URL\" }"), "{e}");
+        assert!(!e.to_string().contains("hunter2"), "the password is never repeated: {e}");
+        let c = Config::parse(&with("url = \"postgres://trig@db:5432/trig\""), Path::new("/etc/trig/trig.toml")).unwrap();
+        assert_eq!(c.resolve_store_url().unwrap(), "postgres://trig@db:5432/trig", "no password: fine as written");
+        let c = Config::parse(&with("url = { env = \"TRIG_TEST_STORE_URL_X\" }"), Path::new("/etc/trig/trig.toml")).unwrap();
+        let e = c.resolve_store_url().unwrap_err();
+        assert!(e.message.contains("TRIG_TEST_STORE_URL_X is not set"), "{e:?}");
+        let e = Config::parse(&with("url = \"mysql://db\""), Path::new("/etc/trig/trig.toml")).unwrap_err();
+        assert!(e.errors[0].message.contains("sqlite:// (a file) or postgres://"), "{e}");
+    }
 
     #[test]
     fn a_config_names_its_tenant_at_the_top() {

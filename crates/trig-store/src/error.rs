@@ -40,6 +40,12 @@ pub enum Error {
     /// A pipeline or tenant the store does not know.
     #[error("{what} is not in the store")]
     NotFound { what: String },
+    /// The PostgreSQL server could not be reached (down, wrong host or port, a network problem).
+    #[error("cannot reach the PostgreSQL store at {target}: {reason}; nothing was written, and the next run retries")]
+    Unreachable { target: String, reason: String },
+    /// The PostgreSQL server refused us: a wrong user or password, a missing database, no privilege.
+    #[error("the PostgreSQL store at {target} refused the connection: {reason}")]
+    Refused { target: String, reason: String },
     /// A database call failed.
     #[error("store: {0}")]
     Database(String),
@@ -59,16 +65,30 @@ impl Error {
         }
     }
 
+    /// Names the PostgreSQL server in errors that were raised without it.
+    pub(crate) fn at_target(self, target: &str) -> Error {
+        match self {
+            Error::Unreachable { target: t, reason } if t.is_empty() => Error::Unreachable { target: target.to_string(), reason },
+            Error::Refused { target: t, reason } if t.is_empty() => Error::Refused { target: target.to_string(), reason },
+            other => other,
+        }
+    }
+
     /// Whether the same call may succeed later without anyone changing anything.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Busy { .. } | Error::LeaseHeld { .. } | Error::LeaseLost { .. })
+        matches!(self, Error::Busy { .. } | Error::LeaseHeld { .. } | Error::LeaseLost { .. } | Error::Unreachable { .. })
     }
 
     /// Whether the operator must fix something (the URL, the file, its permissions).
     pub fn is_user_fixable(&self) -> bool {
         matches!(
             self,
-            Error::Unsupported { .. } | Error::Open { .. } | Error::TooNew { .. } | Error::Corrupt { .. } | Error::ReadOnly { .. }
+            Error::Unsupported { .. }
+                | Error::Open { .. }
+                | Error::TooNew { .. }
+                | Error::Corrupt { .. }
+                | Error::ReadOnly { .. }
+                | Error::Refused { .. }
         )
     }
 }
@@ -81,6 +101,39 @@ impl From<rusqlite::Error> for Error {
             Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => Error::Corrupt { path: String::new() },
             Some(ErrorCode::ReadOnly) => Error::ReadOnly { path: String::new() },
             _ => Error::Database(e.to_string()),
+        }
+    }
+}
+
+impl From<postgres::Error> for Error {
+    fn from(e: postgres::Error) -> Self {
+        use postgres::error::SqlState;
+        let reason = || {
+            // The server's own words (never the URL, which may hold a password).
+            e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| {
+                let mut s = e.to_string();
+                if let Some(src) = std::error::Error::source(&e) {
+                    s = format!("{s}: {src}");
+                }
+                s
+            })
+        };
+        match e.code() {
+            Some(c) if *c == SqlState::INVALID_PASSWORD || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
+                Error::Refused { target: String::new(), reason: format!("{}; check the user and password in [store] url", reason()) }
+            }
+            Some(c) if *c == SqlState::INVALID_CATALOG_NAME => Error::Refused {
+                target: String::new(),
+                reason: format!("{}; create the database (createdb) or fix its name in [store] url", reason()),
+            },
+            Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED => {
+                Error::Busy { path: "PostgreSQL".into(), timeout_secs: 0 }
+            }
+            Some(_) => Error::Database(reason()),
+            None if e.is_closed() || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>()) => {
+                Error::Unreachable { target: String::new(), reason: reason() }
+            }
+            None => Error::Database(reason()),
         }
     }
 }

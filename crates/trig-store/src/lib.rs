@@ -21,6 +21,7 @@
 //! migrated on first use); nothing above the trait assumes SQLite.
 
 mod error;
+pub mod postgres;
 mod rules;
 pub mod sqlite;
 pub mod time;
@@ -31,6 +32,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 pub use error::Error;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use trig_model::{Entity, IdentityRule};
 
@@ -399,10 +401,10 @@ pub fn open(url: &str) -> Result<Box<dyn Store>, Error> {
         return Ok(Box::new(SqliteStore::open(path)?));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err(Error::Unsupported {
-            url: url.split('@').next_back().unwrap_or("").to_string(),
-            reason: "the PostgreSQL store is not built yet; use sqlite://FILE for now".into(),
-        });
+        return Ok(Box::new(PostgresStore::open(url)?));
     }
-    Err(Error::Unsupported { url: url.to_string(), reason: "the store URL must start with sqlite://".into() })
+    Err(Error::Unsupported {
+        url: url.split('@').next_back().unwrap_or("").to_string(),
+        reason: "the store URL must start with sqlite:// or postgres://".into(),
+    })
 }

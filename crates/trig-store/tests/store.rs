@@ -17,6 +17,7 @@ struct Fixture {
     a: Arc<dyn Store>,
     b: Arc<dyn Store>,
     _dir: Option<TempDir>,
+    _db: Option<DropDb>,
 }
 
 struct TempDir(std::path::PathBuf);
@@ -34,7 +35,56 @@ async fn sqlite(name: &str) -> Fixture {
     let file = dir.join("trig.db").to_str().unwrap().to_string();
     let a = SqliteStore::open(&file).unwrap();
     let b = SqliteStore::open(&file).unwrap();
-    Fixture { a: Arc::new(a), b: Arc::new(b), _dir: Some(TempDir(dir)) }
+    Fixture { a: Arc::new(a), b: Arc::new(b), _dir: Some(TempDir(dir)), _db: None }
+}
+
+/// A fresh PostgreSQL database on the server `TRIG_TEST_POSTGRES_URL` names
+/// (e.g. `postgres://root@127.0.0.1:5432/test`), dropped afterwards; `None`
+/// (the test is skipped, saying how to enable it) when the variable is unset
+/// outside CI. With `CI` set, an unset variable or an unreachable server fails.
+async fn postgres(name: &str) -> Option<Fixture> {
+    let Ok(admin) = std::env::var("TRIG_TEST_POSTGRES_URL") else {
+        assert!(std::env::var_os("CI").is_none(), "CI is set but TRIG_TEST_POSTGRES_URL is not: the PostgreSQL tests must run in CI");
+        eprintln!("skipped: set TRIG_TEST_POSTGRES_URL=postgres://root@127.0.0.1:5432/test to run the PostgreSQL store's tests");
+        return None;
+    };
+    let db = format!("trig_test_{}_{}", name.chars().take(40).collect::<String>(), std::process::id());
+    let url = with_database(&admin, &db);
+    let (admin2, db2) = (admin.clone(), db.clone());
+    std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&admin2, postgres::NoTls).unwrap_or_else(|e| panic!("PostgreSQL at {admin2}: {e}"));
+        c.batch_execute(&format!("DROP DATABASE IF EXISTS {db2} WITH (FORCE)")).unwrap();
+        c.batch_execute(&format!("CREATE DATABASE {db2}")).unwrap();
+    })
+    .join()
+    .unwrap();
+    let a = trig_store::PostgresStore::open(&url).unwrap();
+    let b = trig_store::PostgresStore::open(&url).unwrap();
+    Some(Fixture { a: Arc::new(a), b: Arc::new(b), _dir: None, _db: Some(DropDb { admin, db }) })
+}
+
+/// `url` with another database.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, _) = url.rsplit_once('/').expect("a URL ending in /DATABASE");
+    format!("{base}/{db}")
+}
+
+struct DropDb {
+    admin: String,
+    db: String,
+}
+
+impl Drop for DropDb {
+    fn drop(&mut self) {
+        let (admin, db) = (self.admin.clone(), self.db.clone());
+        // The blocking client runs on a thread of its own, outside the test's runtime.
+        let _ = std::thread::spawn(move || {
+            if let Ok(mut c) = postgres::Client::connect(&admin, postgres::NoTls) {
+                let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+            }
+        })
+        .join();
+    }
 }
 
 /// Runs each test against every backend.
@@ -45,6 +95,16 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(super::sqlite(stringify!($name)).await).await
+                }
+            )*
+        }
+        mod postgres_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(f) = super::postgres(stringify!($name)).await {
+                        super::$name(f).await
+                    }
                 }
             )*
         }
