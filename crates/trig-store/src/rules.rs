@@ -150,6 +150,21 @@ pub(crate) trait Tx {
     fn set_cursor(&mut self, p: PipelineKey, slot: Slot, value: Option<Micros>, now: Micros) -> Result<(), Error>;
 }
 
+/// This process's clock, in microseconds since the Unix epoch.
+pub(crate) fn now_micros() -> Micros {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+/// A list as the stores keep it: JSON text.
+pub(crate) fn json_list(v: &[String]) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
+}
+
+/// Stored JSON text as a value (text that is not JSON stays a string).
+pub(crate) fn json_text(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or(Value::String(s.to_string()))
+}
+
 /// This host's name, as leases record it.
 pub(crate) fn this_host() -> String {
     ["/proc/sys/kernel/hostname", "/etc/hostname"]

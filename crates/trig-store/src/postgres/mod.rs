@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use postgres::{Client, NoTls, Transaction};
 use serde_json::{Value, json};
 
-use crate::rules::{self, PeopleCache};
+use crate::rules::{self, PeopleCache, json_text, now_micros};
 use crate::time::rfc3339;
 use crate::{
     Error, EventBatch, EventOutcome, Export, Fence, Holder, Lease, Micros, PipelineId, PipelineKey, RecordBatch, RecordOutcome, RunCounts,
@@ -204,10 +204,6 @@ fn run_from_row(r: &postgres::Row) -> SyncRun {
     }
 }
 
-fn json_text(s: &str) -> Value {
-    serde_json::from_str(s).unwrap_or(Value::String(s.to_string()))
-}
-
 fn export(c: &mut Client, t: TenantId, what: Export, after: Option<&str>, limit: usize) -> Result<(Vec<Value>, Option<String>), Error> {
     let n = limit as i64;
     let after_id: i64 = after.and_then(|a| a.parse().ok()).unwrap_or(0);
@@ -311,10 +307,6 @@ fn export(c: &mut Client, t: TenantId, what: Export, after: Option<&str>, limit:
     }
     let next = if out.len() < limit { None } else { last };
     Ok((out, next))
-}
-
-fn now_micros() -> Micros {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
 #[async_trait]

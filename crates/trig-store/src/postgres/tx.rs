@@ -7,7 +7,7 @@ use postgres::Transaction;
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::{ToSql, Type};
 
-use crate::rules::{LeaseRow, Lock, NewPerson, ParkedRow, PersonRow, RecordWrite, Tx};
+use crate::rules::{LeaseRow, Lock, NewPerson, ParkedRow, PersonRow, RecordWrite, Tx, json_list};
 use crate::{
     Error, EventRow, Holder, IdentityRule, Micros, PipelineId, PipelineKey, Quarantined, RunCounts, RunKey, Slot, SyncRun, TenantId,
 };
@@ -16,10 +16,6 @@ const PERSON: &str = "SELECT id, external_id, email, name, organisation_external
 
 fn person_row(r: &postgres::Row) -> PersonRow {
     PersonRow { id: r.get(0), external_id: r.get(1), email: r.get(2), name: r.get(3), organisation: r.get(4), attributes: r.get(5) }
-}
-
-fn json_list(v: &[String]) -> String {
-    serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
 }
 
 /// Positions of `ids` that are the first of their id and were returned by the insert.

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde_json::{Value, json};
 
-use crate::rules::{self, PeopleCache};
+use crate::rules::{self, PeopleCache, json_text, now_micros};
 use crate::time::rfc3339;
 use crate::{
     Error, EventBatch, EventOutcome, Export, Fence, Holder, Lease, Micros, PipelineKey, RecordBatch, RecordOutcome, RunCounts, RunKey,
@@ -283,10 +283,6 @@ fn run_from_row(r: &rusqlite::Row) -> rusqlite::Result<SyncRun> {
     })
 }
 
-fn json_text(s: &str) -> Value {
-    serde_json::from_str(s).unwrap_or(Value::String(s.to_string()))
-}
-
 fn export_tx(
     conn: &Connection,
     t: TenantId,
@@ -412,7 +408,7 @@ impl Store for SqliteStore {
     async fn tenant(&self, name: &str) -> Result<TenantId, Error> {
         let name = name.to_string();
         self.write(move |tx| {
-            tx.execute("INSERT INTO tenants (name, created_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING", params![name, tx::now_micros()])?;
+            tx.execute("INSERT INTO tenants (name, created_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING", params![name, now_micros()])?;
             Ok(TenantId(tx.query_row("SELECT id FROM tenants WHERE name = ?1", [&name], |r| r.get(0))?))
         })
         .await
@@ -423,7 +419,7 @@ impl Store for SqliteStore {
         self.write(move |tx| {
             tx.execute(
                 "INSERT INTO pipelines (tenant_id, name, created_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-                params![tenant.0, name, tx::now_micros()],
+                params![tenant.0, name, now_micros()],
             )
             .map_err(|e| match Error::from(e) {
                 Error::Database(m) if m.contains("FOREIGN KEY") => Error::NotFound { what: format!("tenant {}", tenant.0) },

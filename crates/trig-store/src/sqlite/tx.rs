@@ -5,14 +5,10 @@ use std::collections::{HashMap, HashSet};
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
-use crate::rules::{LeaseRow, Lock, NewPerson, ParkedRow, PersonRow, RecordWrite, Tx};
+use crate::rules::{LeaseRow, Lock, NewPerson, ParkedRow, PersonRow, RecordWrite, Tx, json_list, now_micros};
 use crate::{
     Error, EventRow, Holder, IdentityRule, Micros, PipelineId, PipelineKey, Quarantined, RunCounts, RunKey, Slot, SyncRun, TenantId,
 };
-
-pub(crate) fn now_micros() -> Micros {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
-}
 
 fn person_row(r: &rusqlite::Row) -> rusqlite::Result<PersonRow> {
     Ok(PersonRow {
@@ -26,10 +22,6 @@ fn person_row(r: &rusqlite::Row) -> rusqlite::Result<PersonRow> {
 }
 
 const PERSON: &str = "SELECT id, external_id, email, name, organisation_external_id, attributes FROM people";
-
-fn json_list(v: &[String]) -> String {
-    serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
-}
 
 impl Tx for Transaction<'_> {
     fn now(&mut self) -> Result<Micros, Error> {
