@@ -21,6 +21,8 @@
 //! migrated on first use); nothing above the trait assumes SQLite.
 
 mod error;
+#[cfg(feature = "failpoints")]
+mod failpoint;
 pub mod postgres;
 mod rules;
 pub mod sqlite;
@@ -32,6 +34,8 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 pub use error::Error;
+#[cfg(feature = "failpoints")]
+pub use failpoint::FailAction;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use trig_model::{Entity, IdentityRule};

@@ -1,5 +1,7 @@
-//! The sync engine end to end: the emulator in-process over real HTTP, a
-//! fresh SQLite file per test. Expectations are computed from the source
+//! The sync engine end to end: the emulator in-process over real HTTP, and
+//! each test run against both stores: a fresh SQLite file, and a fresh
+//! PostgreSQL database (dropped afterwards) on the server
+//! `TRIG_TEST_POSTGRES_URL` names. Expectations are computed from the source
 //! with plain HTTP calls to the Statement API (not through our client).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,8 +16,7 @@ use databricks_emulator::{EmulatorConfig, RunningEmulator};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use trig_config::Config;
-use trig_store::sqlite::FailAction;
-use trig_store::{Export, Slot, SqliteStore, Store, SyncRun};
+use trig_store::{Export, FailAction, PostgresStore, Slot, SqliteStore, Store, SyncRun};
 use trig_sync::{Engine, EngineOptions, Finished, Query, Trigger};
 
 static N: AtomicU32 = AtomicU32::new(0);
@@ -40,11 +41,173 @@ const ORGS: Part = Part(|| trig_config::demo::organisations("orgs", "emu"));
 const PEOPLE: Part = Part(|| trig_config::demo::people("people", "emu"));
 const EVENTS: Part = Part(|| trig_config::demo::events("events", "emu"));
 
+/// Which store a test runs on.
+#[derive(Clone, Debug)]
+enum Backend {
+    Sqlite,
+    /// The server's URL (`TRIG_TEST_POSTGRES_URL`); each Env makes a database on it.
+    Postgres(String),
+}
+
+impl Backend {
+    /// PostgreSQL when `TRIG_TEST_POSTGRES_URL` is set; `None` (the test is
+    /// skipped, saying how to enable it) outside CI; a failure in CI.
+    fn postgres() -> Option<Backend> {
+        match std::env::var("TRIG_TEST_POSTGRES_URL") {
+            Ok(url) => Some(Backend::Postgres(url)),
+            Err(_) => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "CI is set but TRIG_TEST_POSTGRES_URL is not: the PostgreSQL tests must run in CI"
+                );
+                eprintln!(
+                    "skipped: set TRIG_TEST_POSTGRES_URL=postgres://root@127.0.0.1:5432/test to run the sync tests on PostgreSQL too"
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Runs each test against SQLite and PostgreSQL.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(b) = super::Backend::postgres() {
+                        super::$name(b).await
+                    }
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    events_land_exactly_once_matched_to_people_with_bad_rows_quarantined,
+    a_crash_between_writing_and_committing_loses_and_duplicates_nothing,
+    late_rows_within_the_lookback_are_stored_and_counted,
+    identity_rules_park_rematch_create_and_expire,
+    attributes_diff_by_hash_clear_nulls_link_people_and_never_delete,
+    schema_drift_fails_naming_the_column_and_keeps_the_cursor,
+    replay_and_full_refresh_flag_backfill_and_keep_the_live_cursor,
+    remote_failures_fail_with_their_kind_and_throttling_is_survived,
+    dry_run_shows_the_statement_a_real_run_sends_and_writes_nothing,
+    a_cancelled_run_is_recorded_and_the_next_one_completes,
+    backfill_windows_follow_the_data_density,
+    a_sparse_source_costs_statements_by_its_rows_not_its_calendar,
+    a_properties_column_merges_its_keys_and_listed_properties_win,
+    a_workspace_refusing_query_tags_is_synced_untagged_and_the_run_says_so,
+    a_run_keeps_its_lease_by_heartbeat_and_stops_writing_when_it_loses_it,
+);
+
+/// The store under test, with what tests reach past the trait for: the
+/// failpoint, and raw SQL to play another worker.
+enum Backing {
+    Sqlite(Arc<SqliteStore>, PathBuf),
+    Postgres(Arc<PostgresStore>, DropDb),
+}
+
+/// A fresh PostgreSQL database, dropped with it.
+struct DropDb {
+    admin: String,
+    db: String,
+    url: String,
+}
+
+impl DropDb {
+    fn create(admin: &str) -> DropDb {
+        let db = format!("trig_sync_test_{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
+        let (base, _) = admin.rsplit_once('/').expect("TRIG_TEST_POSTGRES_URL ends in /DATABASE");
+        let url = format!("{base}/{db}");
+        // Two statements: CREATE DATABASE cannot share an (implicit) transaction.
+        pg(admin, &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+        pg(admin, &format!("CREATE DATABASE {db}"));
+        DropDb { admin: admin.to_string(), db, url }
+    }
+}
+
+impl Drop for DropDb {
+    fn drop(&mut self) {
+        let (admin, db) = (self.admin.clone(), self.db.clone());
+        let _ = std::thread::spawn(move || {
+            if let Ok(mut c) = postgres::Client::connect(&admin, postgres::NoTls) {
+                let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+            }
+        })
+        .join();
+    }
+}
+
+/// Runs `sql` on PostgreSQL at `url`, on a thread of its own (the blocking client stays out of the runtime).
+fn pg(url: &str, sql: &str) {
+    let (url, sql) = (url.to_string(), sql.to_string());
+    std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap_or_else(|e| panic!("PostgreSQL at {url}: {e}"));
+        c.batch_execute(&sql).unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    })
+    .join()
+    .unwrap();
+}
+
+impl Backing {
+    fn open(backend: &Backend, dir: &std::path::Path) -> (Backing, String) {
+        match backend {
+            Backend::Sqlite => {
+                let file = dir.join("trig.db");
+                let store = Arc::new(SqliteStore::open(file.to_str().unwrap()).unwrap());
+                (Backing::Sqlite(store, file), "sqlite://trig.db".into())
+            }
+            Backend::Postgres(admin) => {
+                let db = DropDb::create(admin);
+                let store = Arc::new(PostgresStore::open(&db.url).unwrap_or_else(|e| panic!("{e}")));
+                let url = db.url.clone();
+                (Backing::Postgres(store, db), url)
+            }
+        }
+    }
+
+    fn store(&self) -> Arc<dyn Store> {
+        match self {
+            Backing::Sqlite(s, _) => s.clone(),
+            Backing::Postgres(s, _) => s.clone(),
+        }
+    }
+
+    fn set_failpoint(&self, nth: u64, action: FailAction) {
+        match self {
+            Backing::Sqlite(s, _) => s.set_failpoint(nth, action),
+            Backing::Postgres(s, _) => s.set_failpoint(nth, action),
+        }
+    }
+
+    /// Runs `sql` on the store's database directly, as another process would.
+    fn execute(&self, sql: &str) {
+        match self {
+            Backing::Sqlite(_, file) => {
+                rusqlite::Connection::open(file).unwrap().execute_batch(sql).unwrap();
+            }
+            Backing::Postgres(_, db) => pg(&db.url, sql),
+        }
+    }
+}
+
 struct Env {
-    emu: RunningEmulator,
+    emu: Arc<RunningEmulator>,
     dir: PathBuf,
     config: Config,
-    store: Arc<SqliteStore>,
+    backing: Backing,
+    store: Arc<dyn Store>,
     token: String,
     http: reqwest::Client,
 }
@@ -62,24 +225,34 @@ fn quick_client() -> ClientOptions {
 }
 
 impl Env {
-    async fn start(events: u64, pipelines: &str) -> Env {
+    async fn start(backend: Backend, events: u64, pipelines: &str) -> Env {
         let loaded = demo::workspace(&DemoOptions { events, start_delay_ms: Some(50), running: true, ..Default::default() })
             .await
             .expect("demo workspace loads");
         let token = loaded.tokens["service_principal"].clone();
         let emu = databricks_emulator::start(loaded.workspace, EmulatorConfig::default(), "127.0.0.1:0").await.expect("emulator starts");
+        Env::on(Arc::new(emu), token, backend, pipelines)
+    }
+
+    /// Another store (of either kind) syncing from this Env's workspace.
+    fn beside(&self, backend: Backend, pipelines: &str) -> Env {
+        Env::on(self.emu.clone(), self.token.clone(), backend, pipelines)
+    }
+
+    fn on(emu: Arc<RunningEmulator>, token: String, backend: Backend, pipelines: &str) -> Env {
         let dir = std::env::temp_dir().join(format!("trig-sync-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("token"), &token).unwrap();
-        let text = trig_config::demo::store("sqlite://trig.db")
+        let (backing, url) = Backing::open(&backend, &dir);
+        let text = trig_config::demo::store(&url)
             + &trig_config::demo::connection("emu", &emu.base_url(), demo::WAREHOUSE_ID, &emu.addr().to_string(), "token")
             + pipelines;
         let path = dir.join("trig.toml");
         std::fs::write(&path, text).unwrap();
         let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-        let store = Arc::new(SqliteStore::open(dir.join("trig.db").to_str().unwrap()).unwrap());
-        Env { emu, dir, config, store, token, http: reqwest::Client::new() }
+        let store = backing.store();
+        Env { emu, dir, config, backing, store, token, http: reqwest::Client::new() }
     }
 
     fn engine(&self, options: EngineOptions) -> Engine {
@@ -218,9 +391,8 @@ fn event(id: &str, user: &str, ts: &str, ingested: &str) -> Value {
            "platform": "web", "properties": {}, "ingested_at": ingested, "event_ts_local": null, "environment": "production"})
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_land_exactly_once_matched_to_people_with_bad_rows_quarantined() {
-    let env = Env::start(4000, &format!("{ORGS}{PEOPLE}{EVENTS}")).await;
+async fn events_land_exactly_once_matched_to_people_with_bad_rows_quarantined(backend: Backend) {
+    let env = Env::start(backend.clone(), 4000, &format!("{ORGS}{PEOPLE}{EVENTS}")).await;
     let orgs = env.ok("orgs", Trigger::Schedule).await;
     assert_eq!((orgs.counts.rows_read, orgs.counts.inserted, orgs.counts.quarantined), (20, 20, 0));
     let people = env.ok("people", Trigger::Schedule).await;
@@ -282,16 +454,15 @@ async fn events_land_exactly_once_matched_to_people_with_bad_rows_quarantined() 
     assert_eq!(runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), [second.run_id.as_str(), first.run_id.as_str()]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_between_writing_and_committing_loses_and_duplicates_nothing() {
-    let env = Env::start(6000, &format!("{PEOPLE}{EVENTS}")).await;
+async fn a_crash_between_writing_and_committing_loses_and_duplicates_nothing(backend: Backend) {
+    let env = Env::start(backend.clone(), 6000, &format!("{PEOPLE}{EVENTS}")).await;
     env.ok("people", Trigger::Schedule).await;
     // Small windows (a cursor every two days) and small transactions (several per window),
     // so crashes land both between windows and inside one.
     let options = || EngineOptions { max_window: Duration::from_secs(2 * 86_400), write_batch_rows: 150, ..Default::default() };
     let mut cursors = Vec::new();
     for nth in [5, 4, 6] {
-        env.store.set_failpoint(nth, FailAction::Error);
+        env.backing.set_failpoint(nth, FailAction::Error);
         let f = env.run_with(options(), "events", Trigger::Schedule).await;
         let e = f.error.expect("the failpoint fails the run");
         assert_eq!((f.run.status.as_str(), e.kind()), ("failed", "store"));
@@ -326,10 +497,9 @@ async fn a_crash_between_writing_and_committing_loses_and_duplicates_nothing() {
     assert_eq!(counted, events.len() as u64, "{runs:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn late_rows_within_the_lookback_are_stored_and_counted() {
+async fn late_rows_within_the_lookback_are_stored_and_counted(backend: Backend) {
     let ingest = EVENTS.replace("[pipelines.events]", "[pipelines.by_ingestion]") + "cursor = \"ingested_at\"\n";
-    let env = Env::start(2000, &format!("{PEOPLE}{EVENTS}{ingest}")).await;
+    let env = Env::start(backend.clone(), 2000, &format!("{PEOPLE}{EVENTS}{ingest}")).await;
     env.ok("people", Trigger::Schedule).await;
     env.ok("events", Trigger::Schedule).await;
     env.ok("by_ingestion", Trigger::Schedule).await;
@@ -369,8 +539,7 @@ async fn late_rows_within_the_lookback_are_stored_and_counted() {
     assert!(live.iter().all(|e| e["backfill"] == false), "incremental rows are live rows");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn identity_rules_park_rematch_create_and_expire() {
+async fn identity_rules_park_rematch_create_and_expire(backend: Backend) {
     let by_email = r#"
 [pipelines.by_email]
 connection = "emu"
@@ -383,7 +552,7 @@ user_id = "email"
 user_id_kind = "email"
 "#;
     let external = EVENTS.replace("email = \"email\"\n", "");
-    let env = Env::start(2000, &format!("{PEOPLE}{external}{by_email}")).await;
+    let env = Env::start(backend.clone(), 2000, &format!("{PEOPLE}{external}{by_email}")).await;
     // Events before people: external ids match nobody, so everything is parked.
     let first = env.ok("events", Trigger::Schedule).await;
     assert_eq!(first.counts.inserted, 0);
@@ -416,9 +585,8 @@ user_id_kind = "email"
     assert_eq!(env.totals().await.unwrap().parked, expired.run.counts.parked);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn attributes_diff_by_hash_clear_nulls_link_people_and_never_delete() {
-    let env = Env::start(2000, &format!("{ORGS}{PEOPLE}")).await;
+async fn attributes_diff_by_hash_clear_nulls_link_people_and_never_delete(backend: Backend) {
+    let env = Env::start(backend.clone(), 2000, &format!("{ORGS}{PEOPLE}")).await;
     env.ok("orgs", Trigger::Schedule).await;
     let first = env.ok("people", Trigger::Schedule).await;
     assert_eq!((first.counts.inserted, first.counts.updated), (160, 0));
@@ -451,7 +619,7 @@ async fn attributes_diff_by_hash_clear_nulls_link_people_and_never_delete() {
 
     // With updated_at, a scheduled run reads only the recently changed rows.
     let incremental = PEOPLE.replace("[pipelines.people]", "[pipelines.people_inc]") + "updated_at = \"updated_at\"\n";
-    let env2 = Env::start(2000, &incremental).await;
+    let env2 = Env::start(backend.clone(), 2000, &incremental).await;
     let full = env2.ok("people_inc", Trigger::Schedule).await;
     assert_eq!(full.counts.rows_read, 160);
     env2.append(
@@ -466,10 +634,9 @@ async fn attributes_diff_by_hash_clear_nulls_link_people_and_never_delete() {
     assert_eq!((refresh.counts.rows_read, refresh.counts.unchanged), (161, 161));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn schema_drift_fails_naming_the_column_and_keeps_the_cursor() {
+async fn schema_drift_fails_naming_the_column_and_keeps_the_cursor(backend: Backend) {
     let base = EVENTS.replace("product.events_v", "product.events") + "where = \"environment = 'production'\"\n";
-    let env = Env::start(1000, &format!("{PEOPLE}{base}")).await;
+    let env = Env::start(backend.clone(), 1000, &format!("{PEOPLE}{base}")).await;
     env.ok("events", Trigger::Schedule).await;
     let cursor = env.cursor("events", Slot::Live).await.unwrap();
     let cols = format!("/emulator/v1/tables/{}/columns", demo::EVENTS_TABLE);
@@ -492,9 +659,8 @@ async fn schema_drift_fails_naming_the_column_and_keeps_the_cursor() {
     env.ok("events", Trigger::Schedule).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_and_full_refresh_flag_backfill_and_keep_the_live_cursor() {
-    let env = Env::start(2000, &format!("{PEOPLE}{EVENTS}")).await;
+async fn replay_and_full_refresh_flag_backfill_and_keep_the_live_cursor(backend: Backend) {
+    let env = Env::start(backend.clone(), 2000, &format!("{PEOPLE}{EVENTS}")).await;
     env.ok("people", Trigger::Schedule).await;
     env.ok("events", Trigger::Schedule).await;
     let live = env.cursor("events", Slot::Live).await.unwrap().unwrap();
@@ -516,7 +682,7 @@ async fn replay_and_full_refresh_flag_backfill_and_keep_the_live_cursor() {
 
     // A full refresh crashes half-way, then resumes from its own checkpoint.
     let small = || EngineOptions { max_window: Duration::from_secs(3 * 86_400), ..Default::default() };
-    env.store.set_failpoint(4, FailAction::Error);
+    env.backing.set_failpoint(4, FailAction::Error);
     assert!(env.run_with(small(), "events", Trigger::FullRefresh).await.error.is_some());
     let checkpoint = env.cursor("events", Slot::Backfill).await.unwrap().expect("a full-refresh checkpoint");
     let resumed = env.run_with(small(), "events", Trigger::FullRefresh).await;
@@ -528,9 +694,8 @@ async fn replay_and_full_refresh_flag_backfill_and_keep_the_live_cursor() {
     env.assert_exactly_once("events").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn remote_failures_fail_with_their_kind_and_throttling_is_survived() {
-    let env = Env::start(1000, &format!("{PEOPLE}{EVENTS}")).await;
+async fn remote_failures_fail_with_their_kind_and_throttling_is_survived(backend: Backend) {
+    let env = Env::start(backend.clone(), 1000, &format!("{PEOPLE}{EVENTS}")).await;
     env.ok("people", Trigger::Schedule).await;
     env.ok("events", Trigger::Schedule).await;
     let cursor = env.cursor("events", Slot::Live).await.unwrap();
@@ -590,9 +755,8 @@ async fn remote_failures_fail_with_their_kind_and_throttling_is_survived() {
     assert_eq!(kinds[..4], [Some("token_invalid"), Some("unavailable"), Some("warehouse_stopped"), Some("missing_privilege")]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dry_run_shows_the_statement_a_real_run_sends_and_writes_nothing() {
-    let env = Env::start(1000, &format!("{PEOPLE}{EVENTS}")).await;
+async fn dry_run_shows_the_statement_a_real_run_sends_and_writes_nothing(backend: Backend) {
+    let env = Env::start(backend.clone(), 1000, &format!("{PEOPLE}{EVENTS}")).await;
     let engine = env.engine(EngineOptions::default());
     let dry = engine.dry_run("events", Trigger::Schedule, 20).await.unwrap();
     assert!(
@@ -622,9 +786,8 @@ async fn dry_run_shows_the_statement_a_real_run_sends_and_writes_nothing() {
     assert_eq!(first_window.parameters[0], dry.parameters[0], "same window start");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancelled_run_is_recorded_and_the_next_one_completes() {
-    let env = Env::start(3000, &format!("{PEOPLE}{EVENTS}")).await;
+async fn a_cancelled_run_is_recorded_and_the_next_one_completes(backend: Backend) {
+    let env = Env::start(backend.clone(), 3000, &format!("{PEOPLE}{EVENTS}")).await;
     env.ok("people", Trigger::Schedule).await;
     let cancel = CancellationToken::new();
     cancel.cancel();
@@ -635,9 +798,8 @@ async fn a_cancelled_run_is_recorded_and_the_next_one_completes() {
     env.assert_exactly_once("events").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backfill_windows_follow_the_data_density() {
-    let env = Env::start(4000, &format!("{PEOPLE}{EVENTS}")).await;
+async fn backfill_windows_follow_the_data_density(backend: Backend) {
+    let env = Env::start(backend.clone(), 4000, &format!("{PEOPLE}{EVENTS}")).await;
     env.ok("people", Trigger::Schedule).await;
     // About 130 rows a day: windows of ~400 rows are about three days long.
     let options = EngineOptions { window_rows: 400, write_batch_rows: 100, ..Default::default() };
@@ -654,10 +816,9 @@ async fn statements_of(env: &Env, run_id: &str) -> usize {
     history["statements"].as_array().unwrap().iter().filter(|s| s.to_string().contains(run_id)).count()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sparse_source_costs_statements_by_its_rows_not_its_calendar() {
+async fn a_sparse_source_costs_statements_by_its_rows_not_its_calendar(backend: Backend) {
     // One row stamped 1970-01-01 in a table whose other rows are from the last month.
-    let env = Env::start(4000, &format!("{PEOPLE}{EVENTS}")).await;
+    let env = Env::start(backend.clone(), 4000, &format!("{PEOPLE}{EVENTS}")).await;
     env.ok("people", Trigger::Schedule).await;
     env.append(demo::EVENTS_TABLE, json!([event("epoch-1", "u_000003", "1970-01-01T00:00:00Z", "1970-01-01T00:00:00Z")])).await;
     let first = env.ok("events", Trigger::Schedule).await;
@@ -667,7 +828,7 @@ async fn a_sparse_source_costs_statements_by_its_rows_not_its_calendar() {
     assert!(env.ids(Export::Events).await.contains(&"epoch-1".to_string()), "the old row is read");
 
     // A backfill from year 1 costs no more.
-    let env = Env::start(4000, &format!("{PEOPLE}{EVENTS}backfill_from = \"0001-01-01T00:00:00Z\"\n")).await;
+    let env = Env::start(backend.clone(), 4000, &format!("{PEOPLE}{EVENTS}backfill_from = \"0001-01-01T00:00:00Z\"\n")).await;
     env.ok("people", Trigger::Schedule).await;
     let first = env.ok("events", Trigger::Schedule).await;
     let sent = statements_of(&env, &first.run_id).await;
@@ -675,10 +836,9 @@ async fn a_sparse_source_costs_statements_by_its_rows_not_its_calendar() {
     env.assert_exactly_once("events").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_properties_column_merges_its_keys_and_listed_properties_win() {
+async fn a_properties_column_merges_its_keys_and_listed_properties_win(backend: Backend) {
     let with_column = EVENTS.replace("[pipelines.events]", "[pipelines.merged]") + "properties_column = \"properties\"\n";
-    let env = Env::start(500, &format!("{PEOPLE}{with_column}")).await;
+    let env = Env::start(backend.clone(), 500, &format!("{PEOPLE}{with_column}")).await;
     env.ok("people", Trigger::Schedule).await;
     env.ok("merged", Trigger::Schedule).await;
     let at = ago(Duration::from_secs(600));
@@ -694,9 +854,8 @@ async fn a_properties_column_merges_its_keys_and_listed_properties_win() {
     assert_eq!(props["platform"], "web");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_workspace_refusing_query_tags_is_synced_untagged_and_the_run_says_so() {
-    let env = Env::start(500, &format!("{PEOPLE}{EVENTS}")).await;
+async fn a_workspace_refusing_query_tags_is_synced_untagged_and_the_run_says_so(backend: Backend) {
+    let env = Env::start(backend.clone(), 500, &format!("{PEOPLE}{EVENTS}")).await;
     env.admin(reqwest::Method::POST, "/emulator/v1/faults", json!({"kind": "refuse_query_tags"})).await;
     env.ok("people", Trigger::Schedule).await;
     let run = env.ok("events", Trigger::Schedule).await;
@@ -706,9 +865,8 @@ async fn a_workspace_refusing_query_tags_is_synced_untagged_and_the_run_says_so(
     env.assert_exactly_once("events").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_keeps_its_lease_by_heartbeat_and_stops_writing_when_it_loses_it() {
-    let env = Env::start(4000, &format!("{PEOPLE}{EVENTS}")).await;
+async fn a_run_keeps_its_lease_by_heartbeat_and_stops_writing_when_it_loses_it(backend: Backend) {
+    let env = Env::start(backend.clone(), 4000, &format!("{PEOPLE}{EVENTS}")).await;
     env.ok("people", Trigger::Schedule).await;
     // Slow answers make the run outlast its lease's TTL several times over: the heartbeat keeps it.
     let slow = json!({"kind": "latency", "ms": 250, "times": 8});
@@ -724,19 +882,18 @@ async fn a_run_keeps_its_lease_by_heartbeat_and_stops_writing_when_it_loses_it()
     // Another run, whose lease is taken over while it waits on Databricks: it stops with
     // LeaseLost, writes nothing more, and the new holder's claim closes its record.
     env.admin(reqwest::Method::POST, "/emulator/v1/faults", slow).await;
-    let db = env.dir.join("trig.db");
-    let thief = tokio::spawn(async move {
+    let thief = async {
         tokio::time::sleep(Duration::from_millis(400)).await;
-        let c = rusqlite::Connection::open(db).unwrap();
-        c.execute(
-            "UPDATE pipelines SET fence = fence + 1, holder = 'another worker', holder_host = 'elsewhere', holder_pid = 1,
-               lease_until = lease_until + 600000000 WHERE name = 'events'",
-            [],
-        )
-        .unwrap();
-    });
-    let e = env.engine(short()).run("events", Trigger::Schedule, &CancellationToken::new()).await.unwrap_err();
-    thief.await.unwrap();
+        tokio::task::block_in_place(|| {
+            env.backing.execute(
+                "UPDATE pipelines SET fence = fence + 1, holder = 'another worker', holder_host = 'elsewhere', holder_pid = 1,
+                   lease_until = lease_until + 600000000 WHERE name = 'events'",
+            )
+        });
+    };
+    let (engine, cancel) = (env.engine(short()), CancellationToken::new());
+    let (run, ()) = tokio::join!(engine.run("events", Trigger::Schedule, &cancel), thief);
+    let e = run.unwrap_err();
     assert!(
         matches!(&e, trig_sync::Error::Store(trig_store::Error::LeaseLost { reason, .. }) if reason.contains("another worker")),
         "{e:?}"
@@ -751,4 +908,80 @@ async fn a_run_keeps_its_lease_by_heartbeat_and_stops_writing_when_it_loses_it()
     );
     let runs = env.runs(Some("events"), 5).await.unwrap();
     assert_eq!(runs[0].status, "running", "the zombie's record is left for the holder's claim to close");
+}
+
+/// What a store holds, comparable across stores: every export, each row
+/// without the instants of its writing, in one order.
+async fn contents(env: &Env, up_to: i64) -> BTreeMap<&'static str, Vec<String>> {
+    let up_to = trig_store::time::rfc3339(up_to);
+    let mut out = BTreeMap::new();
+    for (name, what) in [
+        ("events", Export::Events),
+        ("parked", Export::Parked),
+        ("people", Export::People),
+        ("organisations", Export::Organisations),
+        ("quarantine", Export::Quarantine),
+    ] {
+        let mut rows: Vec<String> = env
+            .export(what)
+            .await
+            .into_iter()
+            // Both stores read up to the earlier of their cursors.
+            .filter(|r| r["timestamp"].as_str().is_none_or(|t| t <= up_to.as_str()))
+            .map(|mut r| {
+                let o = r.as_object_mut().unwrap();
+                for volatile in ["run_id", "at", "parked_at", "ingested_at"] {
+                    o.remove(volatile);
+                }
+                r.to_string()
+            })
+            .collect();
+        rows.sort();
+        out.insert(name, rows);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_and_postgres_store_the_same_rows_for_the_same_source() {
+    let Some(pg) = Backend::postgres() else { return };
+    let pipelines = format!("{ORGS}{PEOPLE}{EVENTS}");
+    let lite = Env::start(Backend::Sqlite, 3000, &pipelines).await;
+    let post = lite.beside(pg, &pipelines);
+    let both = [&lite, &post];
+    // Events first (parked: no people yet), then the attributes that land them, then more of each.
+    for p in ["events", "orgs", "people", "events"] {
+        let (a, b) = (lite.ok(p, Trigger::Schedule).await, post.ok(p, Trigger::Schedule).await);
+        assert_eq!(a.counts, b.counts, "{p}: the same run on each store counts the same");
+    }
+    let at = ago(Duration::from_secs(600));
+    lite.append(demo::EVENTS_TABLE, json!([event("same-1", "u_000004", &at, &at), event("same-2", "nobody", &at, &at)])).await;
+    let path = format!("/emulator/v1/tables/{}/rows", demo::PEOPLE);
+    lite.admin(reqwest::Method::DELETE, &path, json!({"column": "user_id", "equals": "u_000005"})).await;
+    lite.append(
+        demo::PEOPLE,
+        json!([{"user_id": "u_000005", "email": "moved@example.com", "name": "Moved", "organisation_id": null,
+                "role": null, "signup_date": null, "updated_at": at}]),
+    )
+    .await;
+    for p in ["people", "events"] {
+        let (a, b) = (lite.ok(p, Trigger::Schedule).await, post.ok(p, Trigger::Schedule).await);
+        assert_eq!(a.counts, b.counts, "{p}: the same run on each store counts the same");
+    }
+    let mut cursors = Vec::new();
+    for env in both {
+        cursors.push(env.cursor("events", Slot::Live).await.unwrap().unwrap());
+    }
+    let up_to = *cursors.iter().min().unwrap();
+    let (a, b) = (contents(&lite, up_to).await, contents(&post, up_to).await);
+    for (what, rows) in &a {
+        assert!(!rows.is_empty(), "the comparison covers {what}");
+        let other = &b[what];
+        assert_eq!(rows.len(), other.len(), "{what}: as many rows on each store");
+        for (x, y) in rows.iter().zip(other) {
+            assert_eq!(x, y, "{what}: row for row the same");
+        }
+    }
+    let (ta, tb) = (lite.totals().await.unwrap(), post.totals().await.unwrap());
+    assert_eq!(format!("{ta:?}"), format!("{tb:?}"));
 }

@@ -36,6 +36,8 @@ struct Inner {
     idle: Mutex<Vec<Client>>,
     permits: tokio::sync::Semaphore,
     people: Mutex<PeopleCache>,
+    #[cfg(feature = "failpoints")]
+    failpoint: crate::failpoint::Failpoint,
 }
 
 impl Drop for Inner {
@@ -127,11 +129,19 @@ impl PostgresStore {
                     idle: Mutex::new(vec![c]),
                     permits: tokio::sync::Semaphore::new(POOL_SIZE),
                     people: Mutex::default(),
+                    #[cfg(feature = "failpoints")]
+                    failpoint: crate::failpoint::Failpoint::from_env(),
                 }),
             })
         })
         .join()
         .map_err(|_| Error::Database("opening the PostgreSQL store failed unexpectedly (a bug)".into()))?
+    }
+
+    /// Arms the failpoint in `write_events` for the `nth` call from now (tests).
+    #[cfg(feature = "failpoints")]
+    pub fn set_failpoint(&self, nth: u64, action: crate::FailAction) {
+        self.inner.failpoint.arm(nth, action);
     }
 
     /// Where the store is, without credentials.
@@ -371,6 +381,8 @@ impl Store for PostgresStore {
             let mut people = inner.people.lock().unwrap_or_else(|p| p.into_inner());
             let mut tx = c.transaction()?;
             let (out, found) = rules::write_events(&mut tx, &mut people, &batch)?;
+            #[cfg(feature = "failpoints")]
+            crate::failpoint::Failpoint::act(inner.failpoint.fire())?;
             tx.commit()?;
             people.remember(batch.fence.pipeline.tenant, batch.rule, found);
             Ok(out)

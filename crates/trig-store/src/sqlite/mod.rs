@@ -48,26 +48,6 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// SQLite's page cache, in KiB: bounded, whatever the size of the database.
 pub const PAGE_CACHE_KIB: i64 = 16 * 1024;
 
-/// What a failpoint does when it fires.
-#[cfg(feature = "failpoints")]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailAction {
-    /// Return an error (the transaction rolls back).
-    Error,
-    /// Abort the process, as a kill would.
-    Abort,
-}
-
-/// Fires inside `write_events` after the rows are written and before the
-/// commit, on the `nth` call (1-based). Tests use it to prove that a crash at
-/// that instant loses and duplicates nothing.
-#[cfg(feature = "failpoints")]
-#[derive(Debug, Clone, Copy)]
-struct Failpoint {
-    nth: u64,
-    action: FailAction,
-}
-
 type Job = Box<dyn FnOnce(&mut Worker) + Send>;
 
 /// What the store's thread owns: the connection, and the people already resolved.
@@ -84,7 +64,7 @@ pub struct SqliteStore {
     path: String,
     busy_timeout: Duration,
     #[cfg(feature = "failpoints")]
-    failpoint: std::sync::Arc<std::sync::Mutex<Option<(Failpoint, u64)>>>,
+    failpoint: crate::failpoint::Failpoint,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -131,11 +111,6 @@ impl SqliteStore {
         conn.pragma_update(None, "cache_size", -PAGE_CACHE_KIB).map_err(open_err)?;
         until_not_busy(deadline, || migrate(&mut conn, path)).map_err(|e| e.at(path, busy_timeout))?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
-        #[cfg(feature = "failpoints")]
-        let failpoint = std::env::var("TRIG_FAILPOINT").ok().and_then(|v| {
-            let n = v.strip_prefix("events_before_commit:")?.parse().ok()?;
-            Some((Failpoint { nth: n, action: FailAction::Abort }, 0))
-        });
         // One thread owns the connection and runs every call in turn: SQLite
         // sees one thread, and its memory stays in one allocator arena.
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
@@ -154,27 +129,14 @@ impl SqliteStore {
             path: path.to_string(),
             busy_timeout,
             #[cfg(feature = "failpoints")]
-            failpoint: std::sync::Arc::new(std::sync::Mutex::new(failpoint)),
+            failpoint: crate::failpoint::Failpoint::from_env(),
         })
     }
 
     /// Arms the failpoint in `write_events` for the `nth` call from now (tests).
     #[cfg(feature = "failpoints")]
-    pub fn set_failpoint(&self, nth: u64, action: FailAction) {
-        *self.failpoint.lock().unwrap_or_else(|p| p.into_inner()) = Some((Failpoint { nth, action }, 0));
-    }
-
-    #[cfg(feature = "failpoints")]
-    fn fire_failpoint(&self) -> Option<FailAction> {
-        let mut fp = self.failpoint.lock().unwrap_or_else(|p| p.into_inner());
-        let (point, count) = fp.as_mut()?;
-        *count += 1;
-        if *count == point.nth {
-            let action = point.action;
-            *fp = None;
-            return Some(action);
-        }
-        None
+    pub fn set_failpoint(&self, nth: u64, action: crate::FailAction) {
+        self.failpoint.arm(nth, action);
     }
 
     async fn with<T: Send + 'static>(&self, f: impl FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
@@ -462,19 +424,12 @@ impl Store for SqliteStore {
 
     async fn write_events(&self, batch: EventBatch) -> Result<EventOutcome, Error> {
         #[cfg(feature = "failpoints")]
-        let fire = self.fire_failpoint();
+        let fire = self.failpoint.fire();
         self.with_worker(move |w| {
             let mut tx = write_tx(&mut w.conn)?;
             let (out, found) = rules::write_events(&mut tx, &mut w.people, &batch)?;
             #[cfg(feature = "failpoints")]
-            match fire {
-                Some(FailAction::Abort) => {
-                    // The rows are written, the commit has not happened: a kill here must lose nothing.
-                    std::process::abort();
-                }
-                Some(FailAction::Error) => return Err(Error::Failpoint("events_before_commit".into())),
-                None => {}
-            }
+            crate::failpoint::Failpoint::act(fire)?;
             tx.commit()?;
             // Only what committed is remembered.
             w.people.remember(batch.fence.pipeline.tenant, batch.rule, found);

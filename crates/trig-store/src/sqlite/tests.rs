@@ -3,6 +3,8 @@
 //! conformance suite's (`tests/store.rs`).
 
 use super::*;
+#[cfg(feature = "failpoints")]
+use crate::FailAction;
 use crate::{EventRow, IdentityRule, Progress};
 
 fn temp_db(name: &str) -> (std::path::PathBuf, String) {
