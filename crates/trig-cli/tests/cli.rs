@@ -680,3 +680,109 @@ async fn connection_test_reads_databricks_profiles() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// `sync_config` with another `[store] url` line.
+fn with_store(config: &std::path::Path, url_line: &str) {
+    let text = std::fs::read_to_string(config).unwrap().replace("url = \"sqlite://trig.db\"", url_line);
+    std::fs::write(config, text).unwrap();
+}
+
+/// The PostgreSQL server of the tests (`TRIG_TEST_POSTGRES_URL`), or `None`
+/// (skipped, saying how to enable it) outside CI.
+fn postgres_server() -> Option<String> {
+    match std::env::var("TRIG_TEST_POSTGRES_URL") {
+        Ok(url) => Some(url),
+        Err(_) => {
+            assert!(std::env::var_os("CI").is_none(), "CI is set but TRIG_TEST_POSTGRES_URL is not");
+            eprintln!("skipped: set TRIG_TEST_POSTGRES_URL=postgres://root@127.0.0.1:5432/test to run the CLI on PostgreSQL");
+            None
+        }
+    }
+}
+
+/// Runs `sql` on the server, on a thread of its own (the blocking client stays out of the runtime).
+fn pg(url: &str, sql: &str) {
+    let (url, sql) = (url.to_string(), sql.to_string());
+    std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap_or_else(|e| panic!("PostgreSQL at {url}: {e}"));
+        c.batch_execute(&sql).unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    })
+    .join()
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_postgres_store_that_cannot_be_used_is_named_and_two_processes_share_one_that_can() {
+    let (_emu, info) = demo_emulator().await;
+    let dir = temp_dir("postgres");
+    let config = sync_config(&dir, &info, "service_principal", "");
+    let c = config.to_str().unwrap();
+    let original = std::fs::read_to_string(&config).unwrap();
+    let reset = || std::fs::write(&config, &original).unwrap();
+
+    // Nothing listens on port 1: transient (exit 3), naming host and port; the password, from
+    // the environment, is never printed.
+    with_store(&config, "url = { env = \"TRIG_TEST_STORE_URL\" }");
+    let out = Command::new(BIN)
+        .args(["sync", "events", "--config", c])
+        .env("TRIG_TEST_STORE_URL", "postgres://root:hunter2-not-printed@127.0.0.1:1/test")
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(said.contains("cannot reach the PostgreSQL store at 127.0.0.1:1/test") && said.contains("the next run retries"), "{said}");
+    assert!(!said.contains("hunter2"), "the password is printed: {said}");
+    reset();
+    // A password written into the file itself is refused, and not echoed.
+    with_store(&config, "url = \"postgres://root:hunter2-in-the-file@127.0.0.1:1/test\"");
+    let out = cli(&["sync", "events", "--config", c]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("store.url") && !said.contains("hunter2"), "{said}");
+    reset();
+
+    let Some(server) = postgres_server() else { return };
+    let (base, _) = server.rsplit_once('/').unwrap();
+    let host = base.rsplit_once('@').map_or(base, |(_, h)| h).to_string();
+    // A database that does not exist, and a user the server does not know: exit 2, naming which.
+    with_store(&config, &format!("url = \"postgres://root@{host}/trig_no_such_database\""));
+    let out = cli(&["sync", "events", "--config", c]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("trig_no_such_database") && said.contains("create the database"), "{said}");
+    reset();
+    with_store(&config, &format!("url = \"postgres://trig_nobody_at_all@{host}/test\""));
+    let out = cli(&["sync", "events", "--config", c]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("trig_nobody_at_all") && said.contains("check the user and password"), "{said}");
+    reset();
+
+    // A fresh database: two processes sync the same pipeline at once with --wait; one waits for
+    // the other's lease, both succeed, and every event is stored once.
+    let db = format!("trig_cli_test_{}", std::process::id());
+    pg(&server, &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+    pg(&server, &format!("CREATE DATABASE {db}"));
+    with_store(&config, &format!("url = \"postgres://root@{host}/{db}\""));
+    assert_eq!(cli(&["sync", "people", "--config", c]).status.code(), Some(0));
+    let spawn = || Command::new(BIN).args(["sync", "events", "--config", c, "--wait"]).env_remove("TRIG_FAILPOINT").output().unwrap();
+    let (a, b) = std::thread::scope(|sc| {
+        let a = sc.spawn(spawn);
+        let b = sc.spawn(spawn);
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert_eq!(a.status.code(), Some(0), "{}", text(&a));
+    assert_eq!(b.status.code(), Some(0), "{}", text(&b));
+    let runs: Value = serde_json::from_slice(&cli(&["runs", "--config", c, "--json"]).stdout).unwrap();
+    let events_runs: Vec<&Value> = runs.as_array().unwrap().iter().filter(|r| r["pipeline"] == "events").collect();
+    assert_eq!(events_runs.iter().filter(|r| r["status"] == "succeeded").count(), 2, "{runs}");
+    let events = ndjson(&cli(&["export", "events", "--config", c]));
+    let ids: std::collections::BTreeSet<&str> = events.iter().map(|e| e["event_id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), events.len(), "an event stored twice");
+    let inserted: u64 =
+        events_runs.iter().map(|r| r["counts"]["inserted"].as_u64().unwrap() + r["counts"]["rematched"].as_u64().unwrap()).sum();
+    assert!(events.len() > 100);
+    assert_eq!(inserted, events.len() as u64, "each event was counted by the one run that stored it");
+    pg(&server, &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -139,8 +139,8 @@ pub(crate) trait Tx {
         rows: &[&EventRow],
     ) -> Result<Vec<bool>, Error>;
     fn any_parked(&mut self, p: PipelineKey) -> Result<bool, Error>;
-    /// Deletes parked events that are stored as events.
-    fn unpark_stored(&mut self, p: PipelineKey) -> Result<u64, Error>;
+    /// Deletes the parked events of these ids (just stored as events).
+    fn unpark(&mut self, p: PipelineKey, ids: &[&str]) -> Result<u64, Error>;
     fn parked(&mut self, t: TenantId, only: Option<PipelineId>) -> Result<Vec<ParkedRow>, Error>;
     /// Moves parked events to events with their person: how many left the parked set.
     fn move_parked(&mut self, t: TenantId, moves: &[(i64, i64)], now: Micros) -> Result<u64, Error>;
@@ -473,8 +473,12 @@ pub(crate) fn write_events<T: Tx>(tx: &mut T, cache: &mut PeopleCache, b: &Event
         }
     }
     let new = tx.insert_events(p, b.run, b.backfill, now, &matched)?;
+    let mut inserted: Vec<&str> = Vec::new();
     for ((r, _), new) in matched.iter().zip(&new) {
         if *new {
+            if any_parked {
+                inserted.push(&r.event_id);
+            }
             out.inserted += 1;
             out.late += r.late as u64;
         } else {
@@ -498,9 +502,11 @@ pub(crate) fn write_events<T: Tx>(tx: &mut T, cache: &mut PeopleCache, b: &Event
         }
     }
     // An event parked earlier that is now stored (a later row with the same
-    // id matched) leaves the parked set.
-    if out.inserted > 0 && (any_parked || out.parked > 0) {
-        tx.unpark_stored(p)?;
+    // id matched) leaves the parked set. (This batch parks no id it stored:
+    // those were deduplicated above.) By the ids just stored, not by a scan
+    // of everything parked: the cost follows the batch.
+    if !inserted.is_empty() {
+        tx.unpark(p, &inserted)?;
     }
     out.quarantined = tx.insert_quarantine(p, b.run, now, &quarantine_rows(&b.quarantine))?;
     write_checkpoints(tx, p, &b.checkpoints, now)?;

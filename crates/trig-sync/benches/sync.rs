@@ -17,6 +17,12 @@
 //!   text columns, inserted by prepared statement into a fresh 7-column
 //!   table with a primary key, in transactions of the same size.
 //!
+//! - **PostgreSQL** (when `TRIG_BENCH_POSTGRES_URL` or `TRIG_TEST_POSTGRES_URL`
+//!   names a server): the same sync into a fresh database on it, against a
+//!   **bare binary COPY** of the rows it stored into a fresh table like our
+//!   `events` (same columns, same primary key), in transactions of the same
+//!   size, in the same run.
+//!
 //! `cargo bench -p trig-sync --bench sync` (BENCH_SIZES=100000,1000000 changes the sizes).
 
 #![allow(clippy::print_stdout)]
@@ -32,7 +38,7 @@ use rusqlite::params;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use trig_config::Config;
-use trig_store::SqliteStore;
+use trig_store::{PostgresStore, SqliteStore, Store};
 use trig_sync::{Engine, EngineOptions, Trigger};
 
 /// Rows per transaction, for the sync and the ceiling alike (BENCH_WRITE_BATCH changes it).
@@ -51,6 +57,7 @@ fn main() {
         std::env::var("BENCH_SIZES").unwrap_or_else(|_| "100000,1000000".into()).split(',').filter_map(|s| s.trim().parse().ok()).collect();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let python = venv();
+    let postgres = postgres_server();
     println!("sync of the events pipeline's first run (a backfill) into SQLite; {cores} cores; write batches of {} rows", write_batch());
     let mut results = Vec::new();
     for n in sizes {
@@ -60,12 +67,9 @@ fn main() {
         let info: Value = serde_json::from_str(line.trim()).expect("JSON");
         let mut best: Option<Value> = None;
         let mut best_script: f64 = 0.0;
+        let mut best_pg: Option<Value> = None;
         for _ in 0..3 {
-            let mut s = child("sync", n, Some(line.trim()));
-            let mut out = String::new();
-            BufReader::new(s.stdout.take().unwrap()).read_line(&mut out).expect("the sync prints its result");
-            let _ = s.wait();
-            let r: Value = serde_json::from_str(&out).expect("a JSON result");
+            let r = ours(n, line.trim(), None);
             println!("  {n} events, ours: {r}");
             let script = user_script(&python, &info);
             println!("  {n} events, the user's script: {script}");
@@ -74,16 +78,23 @@ fn main() {
             if best.as_ref().is_none_or(|b| r["sync_rows_per_s"].as_f64() > b["sync_rows_per_s"].as_f64()) {
                 best = Some(r);
             }
+            if let Some(url) = &postgres {
+                let r = ours(n, line.trim(), Some(url));
+                println!("  {n} events, ours on PostgreSQL: {r}");
+                if best_pg.as_ref().is_none_or(|b| r["sync_stored_per_s"].as_f64() > b["sync_stored_per_s"].as_f64()) {
+                    best_pg = Some(r);
+                }
+            }
         }
         drop(emu);
-        results.push((n, best.unwrap(), best_script));
+        results.push((n, best.unwrap(), best_script, best_pg));
     }
     println!("\nbest of 3 per size:");
     println!(
         "| events | ours: rows read/s | ours: events stored/s | user's script: rows/s | ratio ours / script | bare insert: rows/s | peak RSS (ours) |"
     );
     println!("|---|---|---|---|---|---|---|");
-    for (n, r, script) in &results {
+    for (n, r, script, _) in &results {
         println!(
             "| {n} | {:.0} | {:.0} | {:.0} | **{:.2}** | {:.0} | {:.0} MiB |",
             r["sync_rows_per_s"].as_f64().unwrap(),
@@ -94,12 +105,51 @@ fn main() {
             r["peak_rss_mib"].as_f64().unwrap()
         );
     }
-    if let [(_, small, _), .., (_, large, _)] = results.as_slice() {
+    if let [(_, small, ..), .., (_, large, ..)] = results.as_slice() {
         println!(
             "peak RSS ratio largest / smallest: {:.2}",
             large["peak_rss_mib"].as_f64().unwrap() / small["peak_rss_mib"].as_f64().unwrap()
         );
     }
+    if postgres.is_some() {
+        println!("\non PostgreSQL, best of 3 per size:");
+        println!(
+            "| events | ours: rows read/s | ours: events stored/s | bare binary COPY: rows/s | ratio stored / COPY | peak RSS (ours) |"
+        );
+        println!("|---|---|---|---|---|---|");
+        for (n, _, _, pg) in &results {
+            let r = pg.as_ref().unwrap();
+            println!(
+                "| {n} | {:.0} | {:.0} | {:.0} | **{:.2}** | {:.0} MiB |",
+                r["sync_rows_per_s"].as_f64().unwrap(),
+                r["sync_stored_per_s"].as_f64().unwrap(),
+                r["bare_rows_per_s"].as_f64().unwrap(),
+                r["sync_stored_per_s"].as_f64().unwrap() / r["bare_rows_per_s"].as_f64().unwrap(),
+                r["peak_rss_mib"].as_f64().unwrap()
+            );
+        }
+    } else {
+        println!("\n(PostgreSQL skipped: set TRIG_BENCH_POSTGRES_URL=postgres://root@127.0.0.1:5432/test to measure it)");
+    }
+}
+
+/// The PostgreSQL server to measure on, if one is named.
+fn postgres_server() -> Option<String> {
+    std::env::var("TRIG_BENCH_POSTGRES_URL").or_else(|_| std::env::var("TRIG_TEST_POSTGRES_URL")).ok()
+}
+
+/// One sync of ours in a fresh process: into SQLite, or into a fresh database on the PostgreSQL server `postgres`.
+fn ours(n: u64, info: &str, postgres: Option<&str>) -> Value {
+    let mut c = Command::new(std::env::current_exe().expect("own path"));
+    c.env("TRIG_BENCH_ROLE", "sync").env("BENCH_EVENTS", n.to_string()).env("BENCH_INFO", info).stdout(Stdio::piped());
+    if let Some(url) = postgres {
+        c.env("BENCH_POSTGRES", url);
+    }
+    let mut s = Reaped(c.spawn().expect("child starts"));
+    let mut out = String::new();
+    BufReader::new(s.0.stdout.take().unwrap()).read_line(&mut out).expect("the sync prints its result");
+    let _ = s.0.wait();
+    serde_json::from_str(&out).expect("a JSON result")
 }
 
 /// A child process killed when the bench ends, also by a panic.
@@ -185,7 +235,8 @@ async fn sync() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("token"), info["token"].as_str().unwrap()).unwrap();
-    let text = trig_config::demo::store("sqlite://trig.db")
+    let pg = std::env::var("BENCH_POSTGRES").ok().map(|server| FreshDb::create(&server));
+    let text = trig_config::demo::store(pg.as_ref().map_or("sqlite://trig.db", |d| d.url.as_str()))
         + &trig_config::demo::connection(
             "bench",
             info["base"].as_str().unwrap(),
@@ -199,7 +250,10 @@ async fn sync() {
     std::fs::write(dir.join("trig.toml"), text).unwrap();
     let config = Config::load(&dir.join("trig.toml")).expect("config");
     let db = dir.join("trig.db");
-    let store = Arc::new(SqliteStore::open(db.to_str().unwrap()).unwrap());
+    let store: Arc<dyn Store> = match &pg {
+        Some(d) => Arc::new(PostgresStore::open(&d.url).expect("PostgreSQL store")),
+        None => Arc::new(SqliteStore::open(db.to_str().unwrap()).unwrap()),
+    };
     let mut options = EngineOptions { write_batch_rows: write_batch(), ..Default::default() };
     if let Some(n) = std::env::var("BENCH_CHUNKS").ok().and_then(|v| v.parse().ok()) {
         options.query.max_concurrent_chunks = n;
@@ -224,7 +278,10 @@ async fn sync() {
     let c = f.run.counts;
     let stored = c.inserted + c.parked;
 
-    let bare = bare_insert(&db, &dir.join("bare.db"));
+    let bare = match &pg {
+        Some(d) => bare_copy(&d.url),
+        None => bare_insert(&db, &dir.join("bare.db")),
+    };
     println!(
         "{}",
         json!({
@@ -236,7 +293,81 @@ async fn sync() {
         })
     );
     drop(store);
+    drop(pg);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A fresh database on a PostgreSQL server, dropped with this.
+struct FreshDb {
+    server: String,
+    name: String,
+    url: String,
+}
+
+impl FreshDb {
+    fn create(server: &str) -> FreshDb {
+        let name = format!("trig_bench_{}", std::process::id());
+        let (base, _) = server.rsplit_once('/').expect("a URL ending in /DATABASE");
+        let url = format!("{base}/{name}");
+        let (server2, name2) = (server.to_string(), name.clone());
+        std::thread::spawn(move || {
+            let mut c = postgres::Client::connect(&server2, postgres::NoTls).expect("the PostgreSQL server");
+            c.batch_execute(&format!("DROP DATABASE IF EXISTS {name2} WITH (FORCE)")).unwrap();
+            c.batch_execute(&format!("CREATE DATABASE {name2}")).unwrap();
+        })
+        .join()
+        .unwrap();
+        FreshDb { server: server.to_string(), name, url }
+    }
+}
+
+impl Drop for FreshDb {
+    fn drop(&mut self) {
+        let (server, name) = (self.server.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            if let Ok(mut c) = postgres::Client::connect(&server, postgres::NoTls) {
+                let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            }
+        })
+        .join();
+    }
+}
+
+/// The stored events, copied by binary `COPY` into a fresh table like ours
+/// (the same columns, types and primary key), in transactions of the sync's
+/// size: the least work that stores them on PostgreSQL. Returns (rows, seconds).
+fn bare_copy(url: &str) -> (u64, f64) {
+    use postgres::binary_copy::BinaryCopyInWriter;
+    use postgres::types::{ToSql, Type};
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        c.batch_execute("CREATE TABLE bare_events (LIKE events INCLUDING ALL)").unwrap();
+        type Row = (i64, i64, String, String, i64, i64, String, bool, i64, i64);
+        let rows: Vec<Row> = c
+            .query("SELECT tenant_id, pipeline_id, event_id, name, ts, person_id, properties, backfill, ingested_at, run FROM events", &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6), r.get(7), r.get(8), r.get(9)))
+            .collect();
+        let types =
+            [Type::INT8, Type::INT8, Type::TEXT, Type::TEXT, Type::INT8, Type::INT8, Type::TEXT, Type::BOOL, Type::INT8, Type::INT8];
+        let t = Instant::now();
+        for chunk in rows.chunks(write_batch()) {
+            let mut tx = c.transaction().unwrap();
+            let sink = tx.copy_in("COPY bare_events FROM STDIN BINARY").unwrap();
+            let mut w = BinaryCopyInWriter::new(sink, &types);
+            for r in chunk {
+                let values: [&(dyn ToSql + Sync); 10] = [&r.0, &r.1, &r.2, &r.3, &r.4, &r.5, &r.6, &r.7, &r.8, &r.9];
+                w.write(&values).unwrap();
+            }
+            w.finish().unwrap();
+            tx.commit().unwrap();
+        }
+        (rows.len() as u64, t.elapsed().as_secs_f64())
+    })
+    .join()
+    .unwrap()
 }
 
 /// The stored events as 7 text columns, inserted straight into a fresh

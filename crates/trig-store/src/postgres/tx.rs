@@ -12,7 +12,28 @@ use crate::{
     Error, EventRow, Holder, IdentityRule, Micros, PipelineId, PipelineKey, Quarantined, RunCounts, RunKey, Slot, SyncRun, TenantId,
 };
 
-const PERSON: &str = "SELECT id, external_id, email, name, organisation_external_id, attributes FROM people";
+const PERSON_COLUMNS: &str = "id, external_id, email, name, organisation_external_id, attributes";
+
+/// `SELECT columns FROM table WHERE scope = key` for each key of the text
+/// array `$N` (`$2` when the scope uses `$1`, else `$1`), as one index probe
+/// per key. Not `key = ANY($N)`: before a table's first ANALYZE the planner
+/// takes its scope (tenant, pipeline) for a handful of rows and scans all of
+/// them, filtering by the array — a scan of every event for each batch.
+fn each_key(columns: &str, table: &str, scope_and_key: &str) -> String {
+    let keys = if scope_and_key.contains("$1") { "$2" } else { "$1" };
+    let inner_columns: String = columns.split(", ").map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ");
+    format!(
+        "SELECT hit.* FROM UNNEST({keys}::text[]) AS k(key),
+           LATERAL (SELECT {inner_columns} FROM {table} t WHERE {} = k.key LIMIT 1) AS hit",
+        scope_and_key.split(" AND ").map(|c| format!("t.{c}")).collect::<Vec<_>>().join(" AND ")
+    )
+}
+
+/// The keys once each (a repeated key would return its row twice).
+fn distinct<'a>(keys: &[&'a str]) -> Vec<&'a str> {
+    let mut seen = HashSet::new();
+    keys.iter().copied().filter(|k| seen.insert(*k)).collect()
+}
 
 fn person_row(r: &postgres::Row) -> PersonRow {
     PersonRow { id: r.get(0), external_id: r.get(1), email: r.get(2), name: r.get(3), organisation: r.get(4), attributes: r.get(5) }
@@ -178,12 +199,12 @@ impl Tx for Transaction<'_> {
     }
 
     fn people_by_external_id(&mut self, t: TenantId, keys: &[&str]) -> Result<Vec<PersonRow>, Error> {
-        let rows = self.query(&format!("{PERSON} WHERE tenant_id = $1 AND external_id = ANY($2)"), &[&t.0, &keys])?;
+        let rows = self.query(&each_key(PERSON_COLUMNS, "people", "tenant_id = $1 AND external_id"), &[&t.0, &distinct(keys)])?;
         Ok(rows.iter().map(person_row).collect())
     }
 
     fn people_by_email(&mut self, t: TenantId, emails: &[&str]) -> Result<Vec<PersonRow>, Error> {
-        let rows = self.query(&format!("{PERSON} WHERE tenant_id = $1 AND email = ANY($2)"), &[&t.0, &emails])?;
+        let rows = self.query(&each_key(PERSON_COLUMNS, "people", "tenant_id = $1 AND email"), &[&t.0, &distinct(emails)])?;
         Ok(rows.iter().map(person_row).collect())
     }
 
@@ -247,10 +268,8 @@ impl Tx for Transaction<'_> {
     }
 
     fn organisations_by_external_id(&mut self, t: TenantId, keys: &[&str]) -> Result<Vec<(i64, String, String)>, Error> {
-        let rows = self.query(
-            "SELECT id, external_id, attributes FROM organisations WHERE tenant_id = $1 AND external_id = ANY($2)",
-            &[&t.0, &keys],
-        )?;
+        let rows = self
+            .query(&each_key("id, external_id, attributes", "organisations", "tenant_id = $1 AND external_id"), &[&t.0, &distinct(keys)])?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
     }
 
@@ -288,8 +307,8 @@ impl Tx for Transaction<'_> {
 
     fn record_hashes(&mut self, p: PipelineKey, keys: &[&str]) -> Result<HashMap<String, String>, Error> {
         let rows = self.query(
-            "SELECT external_id, hash FROM record_hashes WHERE pipeline_id = $1 AND external_id = ANY($2)",
-            &[&p.pipeline.0, &keys],
+            &each_key("external_id, hash", "record_hashes", "pipeline_id = $1 AND external_id"),
+            &[&p.pipeline.0, &distinct(keys)],
         )?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
@@ -355,8 +374,8 @@ impl Tx for Transaction<'_> {
 
     fn stored_event_ids(&mut self, p: PipelineKey, ids: &[&str]) -> Result<HashSet<String>, Error> {
         let rows = self.query(
-            "SELECT event_id FROM events WHERE tenant_id = $1 AND pipeline_id = $2 AND event_id = ANY($3)",
-            &[&p.tenant.0, &p.pipeline.0, &ids],
+            &each_key("event_id", "events", "tenant_id = $2 AND pipeline_id = $3 AND event_id"),
+            &[&distinct(ids), &p.tenant.0, &p.pipeline.0],
         )?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
@@ -403,11 +422,13 @@ impl Tx for Transaction<'_> {
             .get(0))
     }
 
-    fn unpark_stored(&mut self, p: PipelineKey) -> Result<u64, Error> {
+    fn unpark(&mut self, p: PipelineKey, ids: &[&str]) -> Result<u64, Error> {
         Ok(self.execute(
-            "DELETE FROM parked_events x WHERE x.tenant_id = $1 AND x.pipeline_id = $2
-               AND EXISTS (SELECT 1 FROM events e WHERE e.tenant_id = $1 AND e.pipeline_id = $2 AND e.event_id = x.event_id)",
-            &[&p.tenant.0, &p.pipeline.0],
+            &format!(
+                "DELETE FROM parked_events WHERE id IN ({})",
+                each_key("id", "parked_events", "pipeline_id = $2 AND tenant_id = $3 AND event_id")
+            ),
+            &[&distinct(ids), &p.pipeline.0, &p.tenant.0],
         )?)
     }
 

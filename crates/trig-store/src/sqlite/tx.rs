@@ -351,13 +351,13 @@ impl Tx for Transaction<'_> {
             .exists(params![p.tenant.0, p.pipeline.0])?)
     }
 
-    fn unpark_stored(&mut self, p: PipelineKey) -> Result<u64, Error> {
-        Ok(self
-            .prepare_cached(
-                "DELETE FROM parked_events WHERE tenant_id = ?1 AND pipeline_id = ?2
-                   AND EXISTS (SELECT 1 FROM events e WHERE e.tenant_id = ?1 AND e.pipeline_id = ?2 AND e.event_id = parked_events.event_id)",
-            )?
-            .execute(params![p.tenant.0, p.pipeline.0])? as u64)
+    fn unpark(&mut self, p: PipelineKey, ids: &[&str]) -> Result<u64, Error> {
+        let mut s = self.prepare_cached("DELETE FROM parked_events WHERE pipeline_id = ?1 AND event_id = ?2 AND tenant_id = ?3")?;
+        let mut n = 0;
+        for id in ids {
+            n += s.execute(params![p.pipeline.0, id, p.tenant.0])? as u64;
+        }
+        Ok(n)
     }
 
     fn parked(&mut self, t: TenantId, only: Option<PipelineId>) -> Result<Vec<ParkedRow>, Error> {
