@@ -423,13 +423,22 @@ impl Tx for Transaction<'_> {
     }
 
     fn unpark(&mut self, p: PipelineKey, ids: &[&str]) -> Result<u64, Error> {
-        Ok(self.execute(
-            &format!(
-                "DELETE FROM parked_events WHERE id IN ({})",
-                each_key("id", "parked_events", "pipeline_id = $2 AND tenant_id = $3 AND event_id")
-            ),
-            &[&distinct(ids), &p.pipeline.0, &p.tenant.0],
-        )?)
+        // Find them one index probe each, then delete by primary key (the
+        // leading column, so `= ANY` is an index scan whatever the statistics).
+        let found: Vec<i64> = self
+            .query(
+                // By its unique key alone: with the tenant too, a planner without
+                // statistics may probe by the (tenant, pipeline) index instead.
+                &each_key("id", "parked_events", "pipeline_id = $2 AND event_id"),
+                &[&distinct(ids), &p.pipeline.0],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if found.is_empty() {
+            return Ok(0);
+        }
+        Ok(self.execute("DELETE FROM parked_events WHERE id = ANY($1) AND tenant_id = $2", &[&found, &p.tenant.0])?)
     }
 
     fn parked(&mut self, t: TenantId, only: Option<PipelineId>) -> Result<Vec<ParkedRow>, Error> {
