@@ -687,30 +687,6 @@ fn with_store(config: &std::path::Path, url_line: &str) {
     std::fs::write(config, text).unwrap();
 }
 
-/// The PostgreSQL server of the tests (`TRIG_TEST_POSTGRES_URL`), or `None`
-/// (skipped, saying how to enable it) outside CI.
-fn postgres_server() -> Option<String> {
-    match std::env::var("TRIG_TEST_POSTGRES_URL") {
-        Ok(url) => Some(url),
-        Err(_) => {
-            assert!(std::env::var_os("CI").is_none(), "CI is set but TRIG_TEST_POSTGRES_URL is not");
-            eprintln!("skipped: set TRIG_TEST_POSTGRES_URL=postgres://root@127.0.0.1:5432/test to run the CLI on PostgreSQL");
-            None
-        }
-    }
-}
-
-/// Runs `sql` on the server, on a thread of its own (the blocking client stays out of the runtime).
-fn pg(url: &str, sql: &str) {
-    let (url, sql) = (url.to_string(), sql.to_string());
-    std::thread::spawn(move || {
-        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap_or_else(|e| panic!("PostgreSQL at {url}: {e}"));
-        c.batch_execute(&sql).unwrap_or_else(|e| panic!("{sql}: {e:?}"));
-    })
-    .join()
-    .unwrap();
-}
-
 #[tokio::test]
 async fn a_postgres_store_that_cannot_be_used_is_named_and_two_processes_share_one_that_can() {
     let (_emu, info) = demo_emulator().await;
@@ -741,7 +717,7 @@ async fn a_postgres_store_that_cannot_be_used_is_named_and_two_processes_share_o
     assert!(said.contains("store.url") && !said.contains("hunter2"), "{said}");
     reset();
 
-    let Some(server) = postgres_server() else { return };
+    let Some(server) = trig_store::testing::postgres_server("the CLI") else { return };
     let (base, _) = server.rsplit_once('/').unwrap();
     let host = base.rsplit_once('@').map_or(base, |(_, h)| h).to_string();
     // A database that does not exist, and a user the server does not know: exit 2, naming which.
@@ -760,10 +736,8 @@ async fn a_postgres_store_that_cannot_be_used_is_named_and_two_processes_share_o
 
     // A fresh database: two processes sync the same pipeline at once with --wait; one waits for
     // the other's lease, both succeed, and every event is stored once.
-    let db = format!("trig_cli_test_{}", std::process::id());
-    pg(&server, &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
-    pg(&server, &format!("CREATE DATABASE {db}"));
-    with_store(&config, &format!("url = \"postgres://root@{host}/{db}\""));
+    let db = trig_store::testing::FreshDatabase::create(&server, "trig_cli_test");
+    with_store(&config, &format!("url = \"{}\"", db.url));
     assert_eq!(cli(&["sync", "people", "--config", c]).status.code(), Some(0));
     let spawn = || Command::new(BIN).args(["sync", "events", "--config", c, "--wait"]).env_remove("TRIG_FAILPOINT").output().unwrap();
     let (a, b) = std::thread::scope(|sc| {
@@ -783,6 +757,6 @@ async fn a_postgres_store_that_cannot_be_used_is_named_and_two_processes_share_o
         events_runs.iter().map(|r| r["counts"]["inserted"].as_u64().unwrap() + r["counts"]["rematched"].as_u64().unwrap()).sum();
     assert!(events.len() > 100);
     assert_eq!(inserted, events.len() as u64, "each event was counted by the one run that stored it");
-    pg(&server, &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+    drop(db);
     std::fs::remove_dir_all(dir).ok();
 }

@@ -26,6 +26,8 @@ mod failpoint;
 pub mod postgres;
 mod rules;
 pub mod sqlite;
+#[cfg(feature = "failpoints")]
+pub mod testing;
 pub mod time;
 
 use std::time::Duration;

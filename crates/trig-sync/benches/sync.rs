@@ -235,7 +235,7 @@ async fn sync() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("token"), info["token"].as_str().unwrap()).unwrap();
-    let pg = std::env::var("BENCH_POSTGRES").ok().map(|server| FreshDb::create(&server));
+    let pg = std::env::var("BENCH_POSTGRES").ok().map(|server| trig_store::testing::FreshDatabase::create(&server, "trig_bench"));
     let text = trig_config::demo::store(pg.as_ref().map_or("sqlite://trig.db", |d| d.url.as_str()))
         + &trig_config::demo::connection(
             "bench",
@@ -295,42 +295,6 @@ async fn sync() {
     drop(store);
     drop(pg);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A fresh database on a PostgreSQL server, dropped with this.
-struct FreshDb {
-    server: String,
-    name: String,
-    url: String,
-}
-
-impl FreshDb {
-    fn create(server: &str) -> FreshDb {
-        let name = format!("trig_bench_{}", std::process::id());
-        let (base, _) = server.rsplit_once('/').expect("a URL ending in /DATABASE");
-        let url = format!("{base}/{name}");
-        let (server2, name2) = (server.to_string(), name.clone());
-        std::thread::spawn(move || {
-            let mut c = postgres::Client::connect(&server2, postgres::NoTls).expect("the PostgreSQL server");
-            c.batch_execute(&format!("DROP DATABASE IF EXISTS {name2} WITH (FORCE)")).unwrap();
-            c.batch_execute(&format!("CREATE DATABASE {name2}")).unwrap();
-        })
-        .join()
-        .unwrap();
-        FreshDb { server: server.to_string(), name, url }
-    }
-}
-
-impl Drop for FreshDb {
-    fn drop(&mut self) {
-        let (server, name) = (self.server.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            if let Ok(mut c) = postgres::Client::connect(&server, postgres::NoTls) {
-                let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-            }
-        })
-        .join();
-    }
 }
 
 /// The stored events, copied by binary `COPY` into a fresh table like ours

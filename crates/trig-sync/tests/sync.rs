@@ -16,6 +16,7 @@ use databricks_emulator::{EmulatorConfig, RunningEmulator};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use trig_config::Config;
+use trig_store::testing::FreshDatabase;
 use trig_store::{Export, FailAction, PostgresStore, Slot, SqliteStore, Store, SyncRun};
 use trig_sync::{Engine, EngineOptions, Finished, Query, Trigger};
 
@@ -50,22 +51,9 @@ enum Backend {
 }
 
 impl Backend {
-    /// PostgreSQL when `TRIG_TEST_POSTGRES_URL` is set; `None` (the test is
-    /// skipped, saying how to enable it) outside CI; a failure in CI.
+    /// PostgreSQL when `TRIG_TEST_POSTGRES_URL` is set (see `trig_store::testing`).
     fn postgres() -> Option<Backend> {
-        match std::env::var("TRIG_TEST_POSTGRES_URL") {
-            Ok(url) => Some(Backend::Postgres(url)),
-            Err(_) => {
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "CI is set but TRIG_TEST_POSTGRES_URL is not: the PostgreSQL tests must run in CI"
-                );
-                eprintln!(
-                    "skipped: set TRIG_TEST_POSTGRES_URL=postgres://root@127.0.0.1:5432/test to run the sync tests on PostgreSQL too"
-                );
-                None
-            }
-        }
+        trig_store::testing::postgres_server("the sync tests").map(Backend::Postgres)
     }
 }
 
@@ -115,49 +103,7 @@ on_both_stores!(
 /// failpoint, and raw SQL to play another worker.
 enum Backing {
     Sqlite(Arc<SqliteStore>, PathBuf),
-    Postgres(Arc<PostgresStore>, DropDb),
-}
-
-/// A fresh PostgreSQL database, dropped with it.
-struct DropDb {
-    admin: String,
-    db: String,
-    url: String,
-}
-
-impl DropDb {
-    fn create(admin: &str) -> DropDb {
-        let db = format!("trig_sync_test_{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
-        let (base, _) = admin.rsplit_once('/').expect("TRIG_TEST_POSTGRES_URL ends in /DATABASE");
-        let url = format!("{base}/{db}");
-        // Two statements: CREATE DATABASE cannot share an (implicit) transaction.
-        pg(admin, &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
-        pg(admin, &format!("CREATE DATABASE {db}"));
-        DropDb { admin: admin.to_string(), db, url }
-    }
-}
-
-impl Drop for DropDb {
-    fn drop(&mut self) {
-        let (admin, db) = (self.admin.clone(), self.db.clone());
-        let _ = std::thread::spawn(move || {
-            if let Ok(mut c) = postgres::Client::connect(&admin, postgres::NoTls) {
-                let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
-            }
-        })
-        .join();
-    }
-}
-
-/// Runs `sql` on PostgreSQL at `url`, on a thread of its own (the blocking client stays out of the runtime).
-fn pg(url: &str, sql: &str) {
-    let (url, sql) = (url.to_string(), sql.to_string());
-    std::thread::spawn(move || {
-        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap_or_else(|e| panic!("PostgreSQL at {url}: {e}"));
-        c.batch_execute(&sql).unwrap_or_else(|e| panic!("{sql}: {e:?}"));
-    })
-    .join()
-    .unwrap();
+    Postgres(Arc<PostgresStore>, FreshDatabase),
 }
 
 impl Backing {
@@ -169,7 +115,7 @@ impl Backing {
                 (Backing::Sqlite(store, file), "sqlite://trig.db".into())
             }
             Backend::Postgres(admin) => {
-                let db = DropDb::create(admin);
+                let db = FreshDatabase::create(admin, "trig_sync_test");
                 let store = Arc::new(PostgresStore::open(&db.url).unwrap_or_else(|e| panic!("{e}")));
                 let url = db.url.clone();
                 (Backing::Postgres(store, db), url)
@@ -197,7 +143,7 @@ impl Backing {
             Backing::Sqlite(_, file) => {
                 rusqlite::Connection::open(file).unwrap().execute_batch(sql).unwrap();
             }
-            Backing::Postgres(_, db) => pg(&db.url, sql),
+            Backing::Postgres(_, db) => trig_store::testing::execute(&db.url, sql),
         }
     }
 }
