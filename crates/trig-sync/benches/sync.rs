@@ -61,7 +61,7 @@ fn main() {
     println!("sync of the events pipeline's first run (a backfill) into SQLite; {cores} cores; write batches of {} rows", write_batch());
     let mut results = Vec::new();
     for n in sizes {
-        let mut emu = Reaped(child("serve", n, None));
+        let mut emu = Reaped(child("serve", n, None, &[]));
         let mut line = String::new();
         BufReader::new(emu.0.stdout.take().unwrap()).read_line(&mut line).expect("the emulator prints its address");
         let info: Value = serde_json::from_str(line.trim()).expect("JSON");
@@ -140,12 +140,8 @@ fn postgres_server() -> Option<String> {
 
 /// One sync of ours in a fresh process: into SQLite, or into a fresh database on the PostgreSQL server `postgres`.
 fn ours(n: u64, info: &str, postgres: Option<&str>) -> Value {
-    let mut c = Command::new(std::env::current_exe().expect("own path"));
-    c.env("TRIG_BENCH_ROLE", "sync").env("BENCH_EVENTS", n.to_string()).env("BENCH_INFO", info).stdout(Stdio::piped());
-    if let Some(url) = postgres {
-        c.env("BENCH_POSTGRES", url);
-    }
-    let mut s = Reaped(c.spawn().expect("child starts"));
+    let env: Vec<(&str, &str)> = postgres.map(|url| ("BENCH_POSTGRES", url)).into_iter().collect();
+    let mut s = Reaped(child("sync", n, Some(info), &env));
     let mut out = String::new();
     BufReader::new(s.0.stdout.take().unwrap()).read_line(&mut out).expect("the sync prints its result");
     let _ = s.0.wait();
@@ -199,9 +195,10 @@ fn user_script(python: &std::path::Path, info: &Value) -> Value {
     serde_json::from_slice(&out.stdout).expect("the script prints JSON")
 }
 
-fn child(role: &str, events: u64, info: Option<&str>) -> std::process::Child {
+/// This bench in another role, its stdout piped.
+fn child(role: &str, events: u64, info: Option<&str>, env: &[(&str, &str)]) -> std::process::Child {
     let mut c = Command::new(std::env::current_exe().expect("own path"));
-    c.env("TRIG_BENCH_ROLE", role).env("BENCH_EVENTS", events.to_string()).stdout(Stdio::piped());
+    c.env("TRIG_BENCH_ROLE", role).env("BENCH_EVENTS", events.to_string()).envs(env.iter().copied()).stdout(Stdio::piped());
     if let Some(i) = info {
         c.env("BENCH_INFO", i);
     }

@@ -86,11 +86,6 @@ fn connect(url: &str, target: &str) -> Result<Client, Error> {
         url.parse().map_err(|e| Error::Unsupported { url: target.to_string(), reason: format!("not a PostgreSQL URL: {e}") })?;
     let mut config = config;
     config.connect_timeout(Duration::from_secs(10));
-    // A prepared statement's generic plan is fixed while a new store's tables
-    // grow from empty (before autovacuum's first ANALYZE it would scan events
-    // for each id lookup); plans made for each call see the table as it is.
-    let options = format!("{} -c plan_cache_mode=force_custom_plan", config.get_options().unwrap_or_default());
-    config.options(options.trim_start());
     config.connect(NoTls).map_err(|e| Error::from(e).at_target(target))
 }
 
