@@ -9,6 +9,7 @@ mod connection;
 mod demo;
 mod emulator;
 mod problem;
+mod serve;
 mod sync;
 
 #[derive(Debug, Parser)]
@@ -32,6 +33,12 @@ enum Command {
     Export(sync::ExportArgs),
     /// The whole product on this machine: a local workspace, Test connection, syncs, a report.
     Demo(demo::Args),
+    /// Run the service: the HTTP API (and its roles) on the config's store.
+    Serve(serve::ServeArgs),
+    /// Create and list tenants (Trig customer accounts).
+    Tenants(serve::TenantsArgs),
+    /// Create, list and revoke the API's tokens.
+    Tokens(serve::TokensArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +70,9 @@ fn main() -> ExitCode {
             Command::Runs(args) => sync::runs(args).await,
             Command::Export(args) => sync::export(args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Serve(args) => serve::serve(args).await,
+            Command::Tenants(args) => serve::tenants(args).await,
+            Command::Tokens(args) => serve::tokens(args).await,
         }
     });
     match result {

@@ -760,3 +760,102 @@ async fn a_postgres_store_that_cannot_be_used_is_named_and_two_processes_share_o
     drop(db);
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[tokio::test]
+async fn tenants_tokens_and_serve_from_a_config_holding_only_its_store() {
+    let dir = temp_dir("serve");
+    let config = dir.join("trig.toml");
+    std::fs::write(&config, "[store]\nurl = \"sqlite://trig.db\"\n").unwrap();
+    let c = config.to_str().unwrap();
+
+    let o = cli(&["tenants", "create", "acme", "--name", "Acme Corp", "--config", c]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = cli(&["tenants", "create", "acme", "--config", c]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("tenant `acme` exists already"), "{}", text(&o));
+    let o = cli(&["tenants", "create", "Acme Corp", "--config", c]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("error: ID: `Acme Corp` is not a tenant name"), "{}", text(&o));
+    let o = cli(&["tenants", "list", "--json", "--config", c]);
+    let listed: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(listed.as_array().unwrap().iter().any(|t| t["name"] == "acme" && t["display_name"] == "Acme Corp"), "{listed}");
+
+    // A token alone on stdout, once; the list never shows it.
+    let o = cli(&["tokens", "create", "--tenant", "acme", "--role", "admin", "--label", "acme's admin", "--config", c]);
+    assert!(o.status.success(), "{}", text(&o));
+    let admin = String::from_utf8(o.stdout.clone()).unwrap().trim().to_string();
+    assert!(admin.starts_with("trig_") && !admin.contains(char::is_whitespace), "{admin}");
+    let o = cli(&["tenants", "create", "trig", "--config", c]);
+    assert!(o.status.success());
+    let o = cli(&["tokens", "create", "--tenant", "trig", "--role", "representative", "--config", c]);
+    let rep = String::from_utf8(o.stdout.clone()).unwrap().trim().to_string();
+    let o = cli(&["tokens", "list", "--config", c]);
+    assert!(
+        o.status.success() && text(&o).contains("acme's admin") && !text(&o).contains(&admin) && !text(&o).contains(&rep),
+        "{}",
+        text(&o)
+    );
+    let o = cli(&["tokens", "create", "--tenant", "nobody", "--role", "admin", "--config", c]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("--tenant: there is no tenant `nobody`") && text(&o).contains("tenants create nobody"), "{}", text(&o));
+    let o = cli(&["tokens", "create", "--tenant", "acme", "--role", "owner", "--config", c]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("--role") && text(&o).contains("use admin or representative"), "{}", text(&o));
+    let db = std::fs::read(dir.join("trig.db")).unwrap();
+    assert!(!db.windows(admin.len()).any(|w| w == admin.as_bytes()), "the store holds no token in clear");
+
+    // serve: a key made beside the database (0600), the API on the port it prints, a clean stop on SIGTERM.
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", c, "--addr", "127.0.0.1:0"])
+        .env_remove("TRIG_SECRET_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let base = serde_json::from_str::<Value>(&line).unwrap()["listening"].as_str().unwrap().to_string();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(dir.join("trig.db.key")).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let http = reqwest::Client::new();
+    let get = |token: &str| http.get(format!("{base}/api/v1/tenants")).bearer_auth(token.to_string()).send();
+    assert_eq!(get(&admin).await.unwrap().status(), 403);
+    let r = get(&rep).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    let ids: Vec<&str> = body["tenants"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, vec!["acme", "default", "trig"], "the config's own tenant exists too");
+    let id = cli(&["tokens", "list", "--json", "--config", c]);
+    let rep_id = serde_json::from_slice::<Value>(&id.stdout).unwrap().as_array().unwrap()[1]["id"].as_i64().unwrap();
+    assert!(cli(&["tokens", "revoke", &rep_id.to_string(), "--config", c]).status.success());
+    assert_eq!(get(&rep).await.unwrap().status(), 401, "revoked while serving: refused at once");
+    let o = cli(&["tokens", "revoke", &rep_id.to_string(), "--config", c]);
+    assert_eq!(o.status.code(), Some(2));
+    #[cfg(unix)]
+    {
+        Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "SIGTERM stops serve cleanly");
+    }
+    #[cfg(not(unix))]
+    let _ = child.kill();
+
+    // On PostgreSQL several processes share the secrets: no key, no start.
+    std::fs::write(&config, "[store]\nurl = \"postgres://trig@127.0.0.1:1/trig\"\n").unwrap();
+    let o = Command::new(BIN).args(["serve", "--config", c, "--addr", "127.0.0.1:0"]).env_remove("TRIG_SECRET_KEY").output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("TRIG_SECRET_KEY: is not set") && text(&o).contains("head -c 32 /dev/urandom | base64"), "{}", text(&o));
+    let o = Command::new(BIN).args(["serve", "--config", c]).env("TRIG_SECRET_KEY", "short").output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("TRIG_SECRET_KEY") && !text(&o).contains("short"), "{}", text(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -38,6 +38,9 @@ pub enum Error {
     )]
     LeaseLost { pipeline: String, reason: String },
     /// A pipeline or tenant the store does not know.
+    #[error("{what} exists already")]
+    Exists { what: String },
+
     #[error("{what} is not in the store")]
     NotFound { what: String },
     /// The PostgreSQL server could not be reached (down, wrong host or port, a network problem).

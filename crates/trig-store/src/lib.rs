@@ -20,11 +20,13 @@
 //! [`sqlite::SqliteStore`] is the embedded default (one file, created and
 //! migrated on first use); nothing above the trait assumes SQLite.
 
+mod catalog;
 mod error;
 #[cfg(feature = "failpoints")]
 mod failpoint;
 pub mod postgres;
 mod rules;
+mod sql;
 pub mod sqlite;
 #[cfg(feature = "failpoints")]
 pub mod testing;
@@ -35,12 +37,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
+pub use catalog::{Catalog, TenantInfo, TokenInfo};
 pub use error::Error;
 #[cfg(feature = "failpoints")]
 pub use failpoint::FailAction;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
-pub use trig_model::{Entity, IdentityRule};
+pub use trig_model::{Entity, IdentityRule, TenantName};
 
 /// A tenant, inside the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -325,7 +328,7 @@ pub struct Totals {
 /// fence is no longer current (the lease expired or was taken over) writes
 /// nothing and fails with [`Error::LeaseLost`].
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: Catalog + Send + Sync + 'static {
     /// The tenant named `name`, created when new.
     async fn tenant(&self, name: &str) -> Result<TenantId, Error>;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use trig_store::{
     Checkpoint, Entity, Error, EventBatch, EventRow, Export, Fence, Holder, IdentityRule, Lease, PipelineKey, Progress, Quarantined,
-    RecordBatch, RecordRow, RunKey, Slot, SqliteStore, Store, SyncRun,
+    RecordBatch, RecordRow, RunKey, Slot, SqliteStore, Store, SyncRun, TenantName,
 };
 
 /// Two connections to one fresh store, and what removes it afterwards.
@@ -124,6 +124,7 @@ conformance!(
     a_moved_email_is_seen_by_every_connection,
     two_connections_create_each_person_once,
     export_pages_through_everything,
+    tenants_and_tokens_are_the_same_records_on_every_connection,
 );
 
 const TTL: Duration = Duration::from_secs(60);
@@ -563,4 +564,38 @@ async fn export_pages_through_everything(f: Fixture) {
     assert_eq!(sorted.len(), 50);
     let (people, next) = s.export_page(t, Export::People, None, 100).await.unwrap();
     assert_eq!((people.len(), next), (25, None));
+}
+
+async fn tenants_and_tokens_are_the_same_records_on_every_connection(f: Fixture) {
+    let acme = TenantName::parse("acme").unwrap();
+    let made = f.a.create_tenant(&acme, Some("Acme Corp")).await.unwrap();
+    assert_eq!((made.name.as_str(), made.display_name.as_str()), ("acme", "Acme Corp"));
+    let e = f.b.create_tenant(&acme, None).await.unwrap_err();
+    assert!(matches!(&e, Error::Exists { .. }) && e.to_string().contains("tenant `acme` exists already"), "{e}");
+    // The sync's `tenant(name)` finds the same tenant, and one made by it is listed with its name for people.
+    assert_eq!(f.b.tenant("acme").await.unwrap(), made.id);
+    let globex = f.b.tenant("globex").await.unwrap();
+    let listed = f.a.tenants().await.unwrap();
+    let names: Vec<(&str, &str)> = listed.iter().map(|t| (t.name.as_str(), t.display_name.as_str())).collect();
+    assert!(names.contains(&("acme", "Acme Corp")) && names.contains(&("globex", "globex")), "{names:?}");
+    assert_eq!(f.b.tenant_info("acme").await.unwrap().unwrap().id, made.id);
+    assert_eq!(f.b.tenant_info("nobody").await.unwrap(), None);
+
+    let admin = f.a.create_token(made.id, "admin", "hash-a", "acme's admin").await.unwrap();
+    let rep = f.b.create_token(globex, "representative", "hash-r", "").await.unwrap();
+    assert_eq!((admin.tenant_name.as_str(), admin.role.as_str(), admin.revoked_at), ("acme", "admin", None));
+    assert_eq!(f.b.token_by_hash("hash-a").await.unwrap().unwrap().id, admin.id);
+    assert_eq!(f.a.token_by_hash("hash-x").await.unwrap(), None);
+    assert_eq!(f.a.tokens(Some(made.id)).await.unwrap().iter().map(|t| t.id).collect::<Vec<_>>(), vec![admin.id]);
+    assert_eq!(f.a.tokens(None).await.unwrap().len(), 2);
+    // A hash is one token's, and an unknown role or tenant is refused by the store itself.
+    assert!(f.a.create_token(made.id, "admin", "hash-a", "").await.is_err());
+    assert!(f.a.create_token(made.id, "owner", "hash-o", "").await.is_err());
+    assert!(matches!(f.a.create_token(trig_store::TenantId(9999), "admin", "hash-n", "").await, Err(Error::NotFound { .. })));
+
+    assert!(f.b.revoke_token(admin.id).await.unwrap());
+    assert!(!f.a.revoke_token(admin.id).await.unwrap(), "revoked once");
+    assert_eq!(f.a.token_by_hash("hash-a").await.unwrap(), None, "a revoked token authenticates nothing");
+    assert!(f.a.tokens(None).await.unwrap().iter().any(|t| t.id == admin.id && t.revoked_at.is_some()));
+    assert_eq!(f.a.token_by_hash("hash-r").await.unwrap().unwrap().id, rep.id);
 }

@@ -23,7 +23,11 @@ use crate::{
 };
 
 /// The migrations, in order: version `i + 1` is `MIGRATIONS[i]`.
-const MIGRATIONS: &[&str] = &[include_str!("v1.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("v1.sql"),
+    // 2: the service's records: a tenant's name for people, API tokens by hash.
+    include_str!("v2.sql"),
+];
 /// The schema version this build reads and writes.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 /// Connections per store.
@@ -317,6 +321,17 @@ fn export(c: &mut Client, t: TenantId, what: Export, after: Option<&str>, limit:
     }
     let next = if out.len() < limit { None } else { last };
     Ok((out, next))
+}
+
+#[async_trait]
+impl crate::catalog::Backend for PostgresStore {
+    async fn db<T, F>(&self, _write: bool, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn crate::sql::Db) -> Result<T, Error> + Send + 'static,
+    {
+        self.write(move |tx| f(tx)).await
+    }
 }
 
 #[async_trait]

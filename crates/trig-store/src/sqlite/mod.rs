@@ -37,6 +37,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
      UPDATE cursors SET slot = 'backfill' WHERE slot = 'full_refresh';",
     // 3: tenants, pipelines by id with their lease, one b-tree per event.
     include_str!("v3.sql"),
+    // 4: the service's records: a tenant's name for people, API tokens by hash.
+    include_str!("v4.sql"),
 ];
 /// The schema version this build reads and writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -363,6 +365,23 @@ fn export_tx(
     // A short page is the last one.
     let next = if out.len() < limit { None } else { last };
     Ok((out, next))
+}
+
+#[async_trait]
+impl crate::catalog::Backend for SqliteStore {
+    async fn db<T, F>(&self, write: bool, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn crate::sql::Db) -> Result<T, Error> + Send + 'static,
+    {
+        self.with(move |c| {
+            let mut tx = if write { write_tx(c)? } else { c.transaction()? };
+            let out = f(&mut tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
 }
 
 #[async_trait]

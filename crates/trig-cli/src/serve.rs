@@ -1,0 +1,357 @@
+//! `serve`, `tenants` and `tokens`: the service and what it authenticates.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args as ClapArgs, Subcommand};
+use tokio_util::sync::CancellationToken;
+use trig_config::Config;
+use trig_server::secrets::{KeySource, Keyring};
+use trig_server::{ServeOptions, Server};
+use trig_store::{Store, TenantName};
+
+use crate::problem::{self, Problem};
+use crate::sync::{load_config, open_store};
+
+#[derive(Debug, ClapArgs)]
+pub struct ServeArgs {
+    /// The config file (a `[store]` table is enough; connections and pipelines may come through the API).
+    #[arg(long)]
+    config: PathBuf,
+    /// Where the HTTP API listens.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: String,
+    /// How long running work may take to stop after SIGINT or SIGTERM, in seconds.
+    #[arg(long, default_value_t = 30)]
+    shutdown_deadline_secs: u64,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct TenantsArgs {
+    #[command(subcommand)]
+    command: TenantsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantsCommand {
+    /// Create a tenant (a Trig customer account).
+    Create {
+        /// Its id in paths and config files: lower-case letters, digits, `-`, `_` (e.g. acme).
+        id: String,
+        /// A name for people (e.g. "Acme Corp").
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// List the tenants.
+    List {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct TokensArgs {
+    #[command(subcommand)]
+    command: TokensCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokensCommand {
+    /// Make an API token; it is printed once, alone on stdout, and the store keeps only its hash.
+    Create {
+        /// The tenant the token belongs to (an admin token sees only it; a representative's sees every tenant).
+        #[arg(long)]
+        tenant: String,
+        /// admin (a customer's administrator) or representative (Trig's).
+        #[arg(long)]
+        role: String,
+        /// A note for the list (who has it, what for).
+        #[arg(long, default_value = "")]
+        label: String,
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// List tokens (never the tokens themselves).
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by its id (from `tokens list`); it stops working at once.
+    Revoke {
+        id: i64,
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn store_of(config: &Path, json: bool) -> Result<(Config, Arc<dyn Store>), ExitCode> {
+    let c = load_config(config, json)?;
+    let s = open_store(&c, json)?;
+    Ok((c, s))
+}
+
+fn failed(key: &str, e: impl std::fmt::Display, code: u8) -> ExitCode {
+    problem::report(false, &[Problem::new(key, e.to_string())], ExitCode::from(code))
+}
+
+fn store_code(e: &trig_store::Error) -> u8 {
+    if e.is_transient() {
+        3
+    } else if e.is_user_fixable() || matches!(e, trig_store::Error::Exists { .. } | trig_store::Error::NotFound { .. }) {
+        2
+    } else {
+        1
+    }
+}
+
+pub async fn tenants(a: TenantsArgs) -> anyhow::Result<ExitCode> {
+    match a.command {
+        TenantsCommand::Create { id, name, config } => {
+            let tenant = match TenantName::parse(id.trim()) {
+                Ok(t) => t,
+                Err(m) => return Ok(problem::user(false, &[Problem::new("ID", m)])),
+            };
+            let (_, store) = match store_of(&config, false) {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            match store.create_tenant(&tenant, name.as_deref().map(str::trim).filter(|n| !n.is_empty())).await {
+                Ok(t) => {
+                    writeln!(std::io::stdout(), "{}", t.name)?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => Ok(failed("ID", &e, store_code(&e))),
+            }
+        }
+        TenantsCommand::List { config, json } => {
+            let (_, store) = match store_of(&config, json) {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            let all = match store.tenants().await {
+                Ok(t) => t,
+                Err(e) => return Ok(failed("store.url", &e, store_code(&e))),
+            };
+            let mut out = std::io::stdout().lock();
+            if json {
+                serde_json::to_writer_pretty(&mut out, &all)?;
+                writeln!(out)?;
+            } else {
+                for t in &all {
+                    writeln!(out, "{}\t{}\tcreated {}", t.name, t.display_name, trig_store::time::rfc3339(t.created_at))?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub async fn tokens(a: TokensArgs) -> anyhow::Result<ExitCode> {
+    match a.command {
+        TokensCommand::Create { tenant, role, label, config } => {
+            let role = match trig_server::auth::Role::parse(role.trim()) {
+                Ok(r) => r,
+                Err(e) => return Ok(problem::user(false, &[Problem::new("--role", e.to_string())])),
+            };
+            let (_, store) = match store_of(&config, false) {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            let t = match store.tenant_info(tenant.trim()).await {
+                Ok(Some(t)) => t,
+                Ok(None) => {
+                    let p = Problem::new("--tenant", format!("there is no tenant `{}`", tenant.trim())).hint(format!(
+                        "create it with `trig-databricks tenants create {} --config {}`",
+                        tenant.trim(),
+                        config.display()
+                    ));
+                    return Ok(problem::user(false, &[p]));
+                }
+                Err(e) => return Ok(failed("store.url", &e, store_code(&e))),
+            };
+            let token = trig_server::auth::new_token()?;
+            match store.create_token(t.id, role.as_str(), &trig_server::auth::token_hash(&token), label.trim()).await {
+                Ok(made) => {
+                    eprintln!("token {} for tenant {} ({}); it is shown once, now:", made.id, made.tenant_name, made.role);
+                    writeln!(std::io::stdout(), "{token}")?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => Ok(failed("store.url", &e, store_code(&e))),
+            }
+        }
+        TokensCommand::List { tenant, config, json } => {
+            let (_, store) = match store_of(&config, json) {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            let only = match &tenant {
+                None => None,
+                Some(name) => match store.tenant_info(name.trim()).await {
+                    Ok(Some(t)) => Some(t.id),
+                    Ok(None) => {
+                        return Ok(problem::user(json, &[Problem::new("--tenant", format!("there is no tenant `{}`", name.trim()))]));
+                    }
+                    Err(e) => return Ok(failed("store.url", &e, store_code(&e))),
+                },
+            };
+            let all = match store.tokens(only).await {
+                Ok(t) => t,
+                Err(e) => return Ok(failed("store.url", &e, store_code(&e))),
+            };
+            let mut out = std::io::stdout().lock();
+            if json {
+                serde_json::to_writer_pretty(&mut out, &all)?;
+                writeln!(out)?;
+            } else {
+                for t in &all {
+                    let state = match t.revoked_at {
+                        Some(at) => format!("revoked {}", trig_store::time::rfc3339(at)),
+                        None => "live".into(),
+                    };
+                    writeln!(
+                        out,
+                        "{}\t{}\t{}\t{}\tcreated {}\t{}",
+                        t.id,
+                        t.tenant_name,
+                        t.role,
+                        state,
+                        trig_store::time::rfc3339(t.created_at),
+                        t.label
+                    )?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        TokensCommand::Revoke { id, config } => {
+            let (_, store) = match store_of(&config, false) {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            match store.revoke_token(id).await {
+                Ok(true) => {
+                    eprintln!("token {id} revoked");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Ok(false) => Ok(problem::user(
+                    false,
+                    &[Problem::new("ID", format!("there is no live token {id}")).hint("`trig-databricks tokens list` shows the ids")],
+                )),
+                Err(e) => Ok(failed("store.url", &e, store_code(&e))),
+            }
+        }
+    }
+}
+
+/// The keyring for this store: the environment's; on SQLite without one, a
+/// key file beside the database; on PostgreSQL without one, a refusal.
+fn keyring(config: &Config, url: &str) -> Result<Keyring, ExitCode> {
+    let refuse = |e: trig_server::Error| problem::user(false, &[Problem::new(trig_server::secrets::KEY_VAR, e.to_string())]);
+    match url.strip_prefix("sqlite://") {
+        Some(path) if path != ":memory:" => {
+            let k = Keyring::for_sqlite(Path::new(path)).map_err(refuse)?;
+            match k.source() {
+                KeySource::Created(f) => eprintln!(
+                    "made a secret key for the secrets this store keeps: {} (mode 0600); back it up with the database, or set {}",
+                    f.display(),
+                    trig_server::secrets::KEY_VAR
+                ),
+                KeySource::File(f) => tracing::info!("secret key from {}", f.display()),
+                KeySource::Environment => tracing::info!("secret key from {}", trig_server::secrets::KEY_VAR),
+            }
+            Ok(k)
+        }
+        _ => match Keyring::from_env().map_err(refuse)? {
+            Some(k) => Ok(k),
+            None => {
+                let p = Problem::new(
+                    trig_server::secrets::KEY_VAR,
+                    format!(
+                        "is not set; with the store at {} several processes share the secrets, so each needs the same key",
+                        config.store_url.split('@').next_back().unwrap_or("")
+                    ),
+                )
+                .hint(trig_server::secrets::HOW_TO_MAKE_A_KEY);
+                Err(problem::user(false, &[p]))
+            }
+        },
+    }
+}
+
+pub async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    let addr = match a.addr.parse() {
+        Ok(addr) => addr,
+        Err(_) => {
+            return Ok(problem::user(false, &[Problem::new("--addr", format!("`{}` is not HOST:PORT, e.g. 127.0.0.1:8080", a.addr))]));
+        }
+    };
+    let config = match load_config(&a.config, false) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let url = match config.resolve_store_url() {
+        Ok(u) => u,
+        Err(e) => return Ok(problem::user(false, &[Problem::new(&e.key, e.message)])),
+    };
+    let keys = match keyring(&config, &url) {
+        Ok(k) => k,
+        Err(code) => return Ok(code),
+    };
+    let store = match open_store(&config, false) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    // The config's own tenant exists from the start.
+    if let Err(e) = store.tenant(config.tenant.as_str()).await {
+        return Ok(failed("store.url", &e, store_code(&e)));
+    }
+    let options = ServeOptions { addr, shutdown_deadline: std::time::Duration::from_secs(a.shutdown_deadline_secs) };
+    let server = match Server::bind(store, keys, options).await {
+        Ok(s) => s,
+        Err(e) => return Ok(problem::report(false, &[Problem::new("--addr", format!("cannot listen on {addr}: {e}"))], ExitCode::from(2))),
+    };
+    let bound = server.local_addr()?;
+    // One line a supervisor (or a test) can read: where the API is.
+    writeln!(std::io::stdout(), "{}", serde_json::json!({ "listening": format!("http://{bound}") }))?;
+    std::io::stdout().flush()?;
+    let stop = CancellationToken::new();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        eprintln!("stopping: no new work; waiting for what runs");
+        on_signal.cancel();
+    });
+    server.run(stop).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

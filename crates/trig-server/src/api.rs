@@ -1,0 +1,158 @@
+//! The HTTP API: JSON over bearer tokens, every request authorised.
+//!
+//! Bodies are read whole up to [`BODY_LIMIT`] (413 above it) and parsed
+//! strictly: an unknown key is refused naming it. Errors are
+//! `{"error": {"kind", "message", "field"?, "hint"?}}` ([`Error`]).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use trig_model::TenantName;
+use trig_store::{Store, TenantInfo};
+
+use crate::Error;
+use crate::auth::Principal;
+use crate::secrets::Keyring;
+
+/// The largest body the API reads.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub keys: Keyring,
+}
+
+/// The API's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/tenants", get(list_tenants).post(create_tenant))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// A JSON answer.
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// A body of `T`, read whole up to [`BODY_LIMIT`] and parsed strictly.
+pub(crate) struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, Error> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
+        if !is_json {
+            return Err(Error::Invalid { field: "Content-Type".into(), message: "send the body as application/json".into() });
+        }
+        let bytes = axum::body::to_bytes(req.into_body(), BODY_LIMIT).await.map_err(|_| Error::TooLarge { limit: BODY_LIMIT })?;
+        parse_body(&bytes).map(JsonBody)
+    }
+}
+
+/// Parses a body; a problem names the key at fault.
+pub(crate) fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let said = e.to_string();
+        // serde names the key in backticks: "unknown field `x`, expected …", "missing field `x`".
+        let field = said.split('`').nth(1).filter(|_| said.contains("field")).unwrap_or("body").to_string();
+        let message = match said.split(" at line ").next() {
+            Some(m) if m.starts_with("unknown field") => format!("is not a key here ({m})"),
+            Some(m) => m.to_string(),
+            None => said.clone(),
+        };
+        Error::Invalid { field, message }
+    })
+}
+
+/// The principal of a request.
+pub(crate) async fn principal(state: &AppState, headers: &HeaderMap) -> Result<Principal, Error> {
+    let header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    Principal::from_header(state.store.as_ref(), header).await
+}
+
+async fn healthz() -> Response {
+    json_response(StatusCode::OK, &json!({ "status": "ok" }))
+}
+
+/// Ready when the store answers.
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.store.tenants().await {
+        Ok(_) => json_response(StatusCode::OK, &json!({ "status": "ready" })),
+        Err(e) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "status": "not ready", "error": { "kind": "store", "message": e.to_string() } }),
+        ),
+    }
+}
+
+async fn not_found() -> Error {
+    Error::NotFound { what: "this path".into() }
+}
+
+fn tenant_json(t: &TenantInfo) -> Value {
+    json!({ "id": t.name, "name": t.display_name, "created_at": trig_store::time::rfc3339(t.created_at) })
+}
+
+async fn list_tenants(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, Error> {
+    let who = principal(&state, &headers).await?;
+    who.representative("list tenants")?;
+    let all = state.store.tenants().await.map_err(Error::from_store)?;
+    Ok(json_response(StatusCode::OK, &json!({ "tenants": all.iter().map(tenant_json).collect::<Vec<_>>() })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTenant {
+    id: String,
+    name: Option<String>,
+}
+
+async fn create_tenant(State(state): State<AppState>, headers: HeaderMap, body: Request<Body>) -> Result<Response, Error> {
+    let who = principal(&state, &headers).await?;
+    who.representative("create tenants")?;
+    let JsonBody(b) = JsonBody::<NewTenant>::from_request(body, &()).await?;
+    let name = TenantName::parse(b.id.trim()).map_err(|message| Error::Invalid { field: "id".into(), message })?;
+    let display = match b.name.as_deref().map(str::trim) {
+        Some("") | None => None,
+        Some(n) if n.chars().count() > 200 => {
+            return Err(Error::Invalid { field: "name".into(), message: "is over 200 characters".into() });
+        }
+        Some(n) => Some(n),
+    };
+    let t = state.store.create_tenant(&name, display).await.map_err(Error::from_store)?;
+    Ok(json_response(StatusCode::CREATED, &tenant_json(&t)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_problem_names_its_key() {
+        let e = parse_body::<NewTenant>(br#"{"id": "acme", "nmae": "Acme"}"#).err().unwrap();
+        assert_eq!(e.field(), Some("nmae"));
+        assert!(e.to_string().contains("is not a key here"), "{e}");
+        let e = parse_body::<NewTenant>(br#"{"name": "Acme"}"#).err().unwrap();
+        assert_eq!((e.field(), e.to_string().as_str()), (Some("id"), "id: missing field `id`"));
+        let e = parse_body::<NewTenant>(b"{").err().unwrap();
+        assert_eq!(e.field(), Some("body"));
+    }
+}

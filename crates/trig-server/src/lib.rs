@@ -1,0 +1,72 @@
+//! `trig-databricks serve`: one process hosting the HTTP API (and, next, the
+//! scheduler), on the embedded SQLite store or on PostgreSQL shared by
+//! several processes (issue #12).
+//!
+//! | module | what it owns |
+//! |---|---|
+//! | `api` | the routes, strict JSON bodies (1 MiB, unknown keys refused), JSON errors |
+//! | `auth` | API tokens (random, stored as SHA-256), roles, who sees which tenant |
+//! | `secrets` | secrets at rest: the keyring (current key, old keys), seal and open |
+//! | `error` | the crate's one `Error`, its HTTP status and JSON shape |
+
+pub mod api;
+pub mod auth;
+mod error;
+pub mod secrets;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use trig_store::Store;
+
+pub use error::Error;
+
+/// How `serve` runs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub addr: SocketAddr,
+    /// How long running work may take to stop once asked.
+    pub shutdown_deadline: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> ServeOptions {
+        ServeOptions { addr: SocketAddr::from(([127, 0, 0, 1], 8080)), shutdown_deadline: Duration::from_secs(30) }
+    }
+}
+
+/// A bound server: its address is known before it serves (port 0 picks one).
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    state: api::AppState,
+    options: ServeOptions,
+}
+
+impl Server {
+    pub async fn bind(store: Arc<dyn Store>, keys: secrets::Keyring, options: ServeOptions) -> std::io::Result<Server> {
+        let listener = tokio::net::TcpListener::bind(options.addr).await?;
+        Ok(Server { listener, state: api::AppState { store, keys }, options })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `stop` is cancelled, then lets requests in flight finish
+    /// within the shutdown deadline.
+    pub async fn run(self, stop: CancellationToken) -> std::io::Result<()> {
+        let app = api::router(self.state);
+        let graceful = stop.clone();
+        let serving = axum::serve(self.listener, app).with_graceful_shutdown(async move { graceful.cancelled().await });
+        let deadline = self.options.shutdown_deadline;
+        tokio::select! {
+            r = serving => r,
+            _ = async { stop.cancelled().await; tokio::time::sleep(deadline).await } => {
+                tracing::warn!("requests still in flight {deadline:?} after the stop; leaving them");
+                Ok(())
+            }
+        }
+    }
+}
