@@ -39,6 +39,8 @@ enum Command {
     Tenants(serve::TenantsArgs),
     /// Create, list and revoke the API's tokens.
     Tokens(serve::TokensArgs),
+    /// Seal the stored secrets again under a new key.
+    Secrets(serve::SecretsArgs),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::serve(args).await,
             Command::Tenants(args) => serve::tenants(args).await,
             Command::Tokens(args) => serve::tokens(args).await,
+            Command::Secrets(args) => serve::secrets(args).await,
         }
     });
     match result {

@@ -56,6 +56,23 @@ enum TenantsCommand {
 }
 
 #[derive(Debug, ClapArgs)]
+pub struct SecretsArgs {
+    #[command(subcommand)]
+    command: SecretsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretsCommand {
+    /// Seal every stored secret again under TRIG_SECRET_KEY (the old key in TRIG_SECRET_KEYS_OLD).
+    Rotate {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, ClapArgs)]
 pub struct TokensArgs {
     #[command(subcommand)]
     command: TokensCommand,
@@ -252,6 +269,48 @@ pub async fn tokens(a: TokensArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+pub async fn secrets(a: SecretsArgs) -> anyhow::Result<ExitCode> {
+    let SecretsCommand::Rotate { config, json } = a.command;
+    let cfg = match load_config(&config, json) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let url = match cfg.resolve_store_url() {
+        Ok(u) => u,
+        Err(e) => return Ok(problem::user(json, &[Problem::new(&e.key, e.message)])),
+    };
+    let keys = match keyring(&cfg, &url) {
+        Ok(k) => k,
+        Err(code) => return Ok(code),
+    };
+    let store = match open_store(&cfg, json) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let r = match trig_server::secrets::rotate(store.as_ref(), &keys).await {
+        Ok(r) => r,
+        Err(e) => return Ok(failed("store.url", &e, 1)),
+    };
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &r)?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "{} sealed again under key {}, {} already under it, {} changed meanwhile",
+            r.resealed,
+            keys.key_id(),
+            r.current,
+            r.raced
+        )?;
+        for f in &r.failed {
+            writeln!(out, "not rotated: {f}")?;
+        }
+    }
+    Ok(if r.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) })
+}
+
 /// The keyring for this store: the environment's; on SQLite without one, a
 /// key file beside the database; on PostgreSQL without one, a refusal.
 fn keyring(config: &Config, url: &str) -> Result<Keyring, ExitCode> {
@@ -310,12 +369,12 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
-    // The config's own tenant exists from the start.
-    if let Err(e) = store.tenant(config.tenant.as_str()).await {
+    // The config's own tenant exists from the start, with the file's connections (read-only).
+    if let Err(e) = load_file(store.as_ref(), &config).await {
         return Ok(failed("store.url", &e, store_code(&e)));
     }
     let options = ServeOptions { addr, shutdown_deadline: std::time::Duration::from_secs(a.shutdown_deadline_secs) };
-    let server = match Server::bind(store, keys, options).await {
+    let server = match Server::bind(store, keys, Some(Arc::new(config)), options).await {
         Ok(s) => s,
         Err(e) => return Ok(problem::report(false, &[Problem::new("--addr", format!("cannot listen on {addr}: {e}"))], ExitCode::from(2))),
     };
@@ -332,6 +391,22 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     });
     server.run(stop).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The config file's tenant and connections, into the store (the file wins over the API for a name it defines).
+async fn load_file(store: &dyn Store, config: &Config) -> Result<(), trig_store::Error> {
+    let tenant = store.tenant(config.tenant.as_str()).await?;
+    for c in config.connections.values() {
+        let w = trig_store::ConnectionWrite {
+            origin: "config".into(),
+            config: trig_server::connections::config_file_json(c),
+            sealed_secret: None,
+            actor: format!("config file {}", config.path.display()),
+            action: "replaced".into(),
+        };
+        store.put_connection(tenant, &c.name, w).await?;
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

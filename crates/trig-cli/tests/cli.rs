@@ -767,6 +767,8 @@ async fn tenants_tokens_and_serve_from_a_config_holding_only_its_store() {
     let config = dir.join("trig.toml");
     std::fs::write(&config, "[store]\nurl = \"sqlite://trig.db\"\n").unwrap();
     let c = config.to_str().unwrap();
+    let o = cli(&["secrets", "rotate", "--config", c]);
+    assert!(o.status.success() && text(&o).contains("0 sealed again"), "nothing to rotate yet: {}", text(&o));
 
     let o = cli(&["tenants", "create", "acme", "--name", "Acme Corp", "--config", c]);
     assert!(o.status.success(), "{}", text(&o));
@@ -804,7 +806,14 @@ async fn tenants_tokens_and_serve_from_a_config_holding_only_its_store() {
     let db = std::fs::read(dir.join("trig.db")).unwrap();
     assert!(!db.windows(admin.len()).any(|w| w == admin.as_bytes()), "the store holds no token in clear");
 
-    // serve: a key made beside the database (0600), the API on the port it prints, a clean stop on SIGTERM.
+    // serve: a key made beside the database (0600), the API on the port it prints, a clean stop on SIGTERM;
+    // the config file's connection is loaded into its tenant.
+    std::fs::write(
+        &config,
+        String::from("[store]\nurl = \"sqlite://trig.db\"\n")
+            + &trig_config::demo::connection("demo", "https://adb-1234567890123456.7.azuredatabricks.net", "abc123", "localhost", "token"),
+    )
+    .unwrap();
     let mut child = Command::new(BIN)
         .args(["serve", "--config", c, "--addr", "127.0.0.1:0"])
         .env_remove("TRIG_SECRET_KEY")
@@ -821,6 +830,24 @@ async fn tenants_tokens_and_serve_from_a_config_holding_only_its_store() {
     .await
     .unwrap();
     let base = serde_json::from_str::<Value>(&line).unwrap()["listening"].as_str().unwrap().to_string();
+    // The config file's connection is listed in its tenant, read-only, its secret where the file says.
+    let (status, listed) = {
+        let r = reqwest::Client::new().get(format!("{base}/api/v1/tenants/default/connections")).bearer_auth(&rep).send().await.unwrap();
+        (r.status(), r.json::<Value>().await.unwrap())
+    };
+    assert_eq!(status, 200, "{listed}");
+    let file_conn = &listed["connections"][0];
+    assert_eq!((file_conn["id"].as_str(), file_conn["read_only"].as_bool()), (Some("demo"), Some(true)), "{listed}");
+    assert!(file_conn["secret_from"].as_str().unwrap().contains("token"), "{listed}");
+    let r = reqwest::Client::new()
+        .delete(format!("{base}/api/v1/tenants/default/connections/demo"))
+        .bearer_auth(&rep)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let e: Value = r.json().await.unwrap();
+    assert!(e["error"]["message"].as_str().unwrap().contains("read-only here; change it in the file"), "{e}");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

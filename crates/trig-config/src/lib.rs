@@ -50,6 +50,9 @@ impl std::error::Error for ConfigErrors {}
 pub enum SecretRef {
     Env(String),
     File(PathBuf),
+    /// The secret itself: one the service keeps (sealed) for a connection
+    /// made through its API, never one written in a config file.
+    Inline(Secret),
 }
 
 impl SecretRef {
@@ -63,12 +66,15 @@ impl SecretRef {
             SecretRef::File(p) => {
                 std::fs::read_to_string(p).map_err(|e| err(format!("cannot read the secret file {}: {e}", p.display())))?
             }
+            SecretRef::Inline(s) if s.is_empty() => return Err(err("is empty: send the secret itself".into())),
+            SecretRef::Inline(s) => return Ok(s.clone()),
         };
         let value = value.trim().to_string();
         if value.is_empty() {
             return Err(err(match self {
                 SecretRef::Env(v) => format!("the environment variable {v} is empty"),
                 SecretRef::File(p) => format!("the secret file {} is empty", p.display()),
+                SecretRef::Inline(_) => "is empty".to_string(),
             }));
         }
         Ok(Secret::new(value))
@@ -290,7 +296,7 @@ impl Config {
             Ok(t) => t,
             Err(e) => return Err(ConfigErrors { path: path.display().to_string(), errors: vec![syntax_error(text, &e)] }),
         };
-        let mut r = Reader { errs: &mut errs };
+        let mut r = Reader { errs: &mut errs, inline_secrets: false };
         r.unknown(&root, "", &["tenant", "store", "connections", "pipelines"]);
         let tenant = match root.get("tenant") {
             None => TenantName::default(),
@@ -438,6 +444,8 @@ fn resolve_store_url(url: &str, base: &Path) -> String {
 
 struct Reader<'a> {
     errs: &'a mut Vec<ConfigError>,
+    /// The API's bodies carry a secret itself (write-only); a file never does.
+    inline_secrets: bool,
 }
 
 impl Reader<'_> {
@@ -542,8 +550,20 @@ impl Reader<'_> {
                     None
                 }
             },
+            Some(Value::String(v)) if self.inline_secrets => {
+                if v.trim().is_empty() {
+                    self.err(key, "is empty: send the secret itself (it is stored encrypted and never shown again)");
+                    None
+                } else {
+                    Some(SecretRef::Inline(Secret::new(v.trim())))
+                }
+            }
             Some(Value::String(_)) => {
                 self.err(key, "a secret is never written in the config file; use { env = \"VARIABLE\" } or { file = \"path\" }");
+                None
+            }
+            Some(_) if self.inline_secrets => {
+                self.err(key, "must be a string: the secret itself");
                 None
             }
             Some(_) => {
@@ -551,6 +571,49 @@ impl Reader<'_> {
                 None
             }
         }
+    }
+}
+
+/// JSON as TOML: `null` is an absent key (how a JSON body says "none").
+fn json_to_toml(v: &serde_json::Value) -> Option<Value> {
+    use serde_json::Value as J;
+    Some(match v {
+        J::Null => return None,
+        J::Bool(b) => Value::Boolean(*b),
+        J::Number(n) => match n.as_i64() {
+            Some(i) => Value::Integer(i),
+            None => Value::Float(n.as_f64()?),
+        },
+        J::String(s) => Value::String(s.clone()),
+        J::Array(a) => Value::Array(a.iter().filter_map(json_to_toml).collect()),
+        J::Object(o) => Value::Table(o.iter().filter_map(|(k, v)| Some((k.clone(), json_to_toml(v)?))).collect()),
+    })
+}
+
+/// A connection as the service's API receives it: the keys of
+/// `[connections.NAME]` as a JSON object, the secret itself (`"token"` or
+/// `"oauth": {"client_secret"}`) instead of `{ env }` or `{ file }`. The
+/// same validation and messages as the file's; each error's key is the
+/// body's (`workspace_url`, `oauth.client_secret`).
+pub fn connection_from_json(name: &str, body: &serde_json::Value) -> Result<ConnectionConfig, Vec<ConfigError>> {
+    let Some(Value::Table(mut t)) = body.as_object().and(json_to_toml(body)) else {
+        return Err(vec![ConfigError { key: "body".into(), message: "must be a JSON object of the connection's keys".into() }]);
+    };
+    let mut errs = Vec::new();
+    let mut r = Reader { errs: &mut errs, inline_secrets: true };
+    if t.remove("profile").is_some() {
+        r.err(
+            ".profile",
+            "a profile is a file on the machine that runs the CLI, not something the service can read; send workspace_url, http_path and a token or oauth",
+        );
+    }
+    let conn = read_connection(&mut r, name, &t, "", Path::new(""));
+    match conn {
+        Some(c) if errs.is_empty() => Ok(c),
+        _ => Err(errs
+            .into_iter()
+            .map(|e| ConfigError { key: e.key.strip_prefix('.').map(str::to_string).unwrap_or(e.key), message: e.message })
+            .collect()),
     }
 }
 
@@ -1047,6 +1110,43 @@ schedule = "24h"
         assert!(e.message.contains("TRIG_TEST_STORE_URL_X is not set"), "{e:?}");
         let e = Config::parse(&with("url = \"mysql://db\""), Path::new("/etc/trig/trig.toml")).unwrap_err();
         assert!(e.errors[0].message.contains("sqlite:// (a file) or postgres://"), "{e}");
+    }
+
+    #[test]
+    fn a_connection_from_the_api_takes_its_secret_itself_with_the_files_messages() {
+        let body = serde_json::json!({
+            "workspace_url": "https://adb-1234567890123456.7.azuredatabricks.net",
+            "http_path": "/sql/1.0/warehouses/abc123",
+            "token": "dapi-the-secret",
+            "default_catalog": null,
+        });
+        let c = connection_from_json("prod", &body).unwrap();
+        assert_eq!(c.warehouse.to_string(), "abc123");
+        assert_eq!(c.default_catalog, None, "null is absent");
+        match &c.auth {
+            AuthConfig::Token(r) => assert_eq!(r.resolve("token").unwrap().expose(), "dapi-the-secret"),
+            other => panic!("{other:?}"),
+        }
+        let e = connection_from_json(
+            "prod",
+            &serde_json::json!({"workspace_url": "http://localhost:1", "http_path": "/sql/1.0/nothing", "oauth": {"client_id": "x"}, "tokne": "y"}),
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+        for k in ["tokne", "workspace_url", "http_path", "oauth.client_secret"] {
+            assert!(keys.contains(&k), "{k} in {e:?}");
+        }
+        assert!(e.iter().any(|e| e.key == "tokne" && e.message.contains("did you mean `token`")), "{e:?}");
+        let e = connection_from_json("prod", &serde_json::json!({"profile": "acme"})).unwrap_err();
+        assert!(e.iter().any(|e| e.key == "profile" && e.message.contains("not something the service can read")), "{e:?}");
+        let e = connection_from_json("prod", &serde_json::json!([1])).unwrap_err();
+        assert_eq!(e[0].key, "body");
+        let e = connection_from_json(
+            "prod",
+            &serde_json::json!({"workspace_url": "https://adb-1.7.azuredatabricks.net", "http_path": "/sql/1.0/warehouses/abc", "token": " "}),
+        )
+        .unwrap_err();
+        assert!(e.iter().any(|e| e.key == "token" && e.message.contains("is empty")), "{e:?}");
     }
 
     #[test]

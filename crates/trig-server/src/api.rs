@@ -7,20 +7,19 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use trig_model::TenantName;
 use trig_store::{Store, TenantInfo};
 
-use crate::Error;
 use crate::auth::Principal;
 use crate::secrets::Keyring;
+use crate::{Error, connections};
 
 /// The largest body the API reads.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -30,6 +29,8 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub keys: Keyring,
+    /// The config file `serve` started with: its connections are read-only here.
+    pub config: Option<Arc<trig_config::Config>>,
 }
 
 /// The API's routes.
@@ -38,6 +39,12 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/v1/tenants", get(list_tenants).post(create_tenant))
+        .route("/api/v1/tenants/{t}/connections", get(connections::list))
+        .route(
+            "/api/v1/tenants/{t}/connections/{c}",
+            get(connections::get).put(connections::put).patch(connections::patch).delete(connections::delete),
+        )
+        .route("/api/v1/tenants/{t}/connections/{c}/test", post(connections::test))
         .fallback(not_found)
         .with_state(state)
 }
@@ -47,24 +54,19 @@ pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
-/// A body of `T`, read whole up to [`BODY_LIMIT`] and parsed strictly.
-pub(crate) struct JsonBody<T>(pub T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
-    type Rejection = Error;
-
-    async fn from_request(req: Request, _: &S) -> Result<Self, Error> {
-        let is_json = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
-        if !is_json {
-            return Err(Error::Invalid { field: "Content-Type".into(), message: "send the body as application/json".into() });
-        }
-        let bytes = axum::body::to_bytes(req.into_body(), BODY_LIMIT).await.map_err(|_| Error::TooLarge { limit: BODY_LIMIT })?;
-        parse_body(&bytes).map(JsonBody)
+/// A request's body as `T`, read whole up to [`BODY_LIMIT`] and parsed strictly.
+/// (Called after the request is authorised, so a stranger's body is never parsed.)
+pub(crate) async fn read_json<T: DeserializeOwned>(req: Request) -> Result<T, Error> {
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
+    if !is_json {
+        return Err(Error::Invalid { field: "Content-Type".into(), message: "send the body as application/json".into() });
     }
+    let bytes = axum::body::to_bytes(req.into_body(), BODY_LIMIT).await.map_err(|_| Error::TooLarge { limit: BODY_LIMIT })?;
+    parse_body(&bytes)
 }
 
 /// Parses a body; a problem names the key at fault.
@@ -125,10 +127,10 @@ struct NewTenant {
     name: Option<String>,
 }
 
-async fn create_tenant(State(state): State<AppState>, headers: HeaderMap, body: Request<Body>) -> Result<Response, Error> {
+async fn create_tenant(State(state): State<AppState>, headers: HeaderMap, req: Request) -> Result<Response, Error> {
     let who = principal(&state, &headers).await?;
     who.representative("create tenants")?;
-    let JsonBody(b) = JsonBody::<NewTenant>::from_request(body, &()).await?;
+    let b: NewTenant = read_json(req).await?;
     let name = TenantName::parse(b.id.trim()).map_err(|message| Error::Invalid { field: "id".into(), message })?;
     let display = match b.name.as_deref().map(str::trim) {
         Some("") | None => None,

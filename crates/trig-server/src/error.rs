@@ -25,6 +25,9 @@ pub enum Error {
     #[error("{what} exists already")]
     Conflict { what: String },
 
+    #[error("{what} comes from {file} and is read-only here; change it in the file and restart serve")]
+    ReadOnly { what: String, file: String },
+
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
 
@@ -45,6 +48,7 @@ impl Error {
             Error::Forbidden { .. } => "forbidden",
             Error::NotFound { .. } => "not_found",
             Error::Conflict { .. } => "conflict",
+            Error::ReadOnly { .. } => "read_only",
             Error::Invalid { .. } => "invalid",
             Error::TooLarge { .. } => "too_large",
             Error::Store(trig_store::Error::Unreachable { .. }) => "store_unreachable",
@@ -57,7 +61,7 @@ impl Error {
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::Forbidden { .. } => StatusCode::FORBIDDEN,
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
-            Error::Conflict { .. } => StatusCode::CONFLICT,
+            Error::Conflict { .. } | Error::ReadOnly { .. } => StatusCode::CONFLICT,
             Error::Invalid { .. } => StatusCode::BAD_REQUEST,
             Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Store(trig_store::Error::Unreachable { .. } | trig_store::Error::Busy { .. }) => StatusCode::SERVICE_UNAVAILABLE,

@@ -5,12 +5,14 @@
 //! | module | what it owns |
 //! |---|---|
 //! | `api` | the routes, strict JSON bodies (1 MiB, unknown keys refused), JSON errors |
+//! | `connections` | connections through the API: validated by the config loader, the secret sealed and write-only |
 //! | `auth` | API tokens (random, stored as SHA-256), roles, who sees which tenant |
 //! | `secrets` | secrets at rest: the keyring (current key, old keys), seal and open |
 //! | `error` | the crate's one `Error`, its HTTP status and JSON shape |
 
 pub mod api;
 pub mod auth;
+pub mod connections;
 mod error;
 pub mod secrets;
 
@@ -45,9 +47,14 @@ pub struct Server {
 }
 
 impl Server {
-    pub async fn bind(store: Arc<dyn Store>, keys: secrets::Keyring, options: ServeOptions) -> std::io::Result<Server> {
+    pub async fn bind(
+        store: Arc<dyn Store>,
+        keys: secrets::Keyring,
+        config: Option<Arc<trig_config::Config>>,
+        options: ServeOptions,
+    ) -> std::io::Result<Server> {
         let listener = tokio::net::TcpListener::bind(options.addr).await?;
-        Ok(Server { listener, state: api::AppState { store, keys }, options })
+        Ok(Server { listener, state: api::AppState { store, keys, config }, options })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {

@@ -191,6 +191,46 @@ impl Keyring {
     }
 }
 
+/// What `secrets rotate` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Rotation {
+    /// Sealed again under the current key.
+    pub resealed: u64,
+    /// Already under the current key.
+    pub current: u64,
+    /// Changed by someone else while rotating (theirs is under the current key).
+    pub raced: u64,
+    /// Could not be opened, with why (`tenant/connection: problem`); left as they are.
+    pub failed: Vec<String>,
+}
+
+/// Seals every stored secret again under the current key. Each one is
+/// replaced only if it is still what was read, so a change made meanwhile
+/// wins; one that does not open is reported and left alone.
+pub async fn rotate(store: &dyn trig_store::Catalog, keys: &Keyring) -> Result<Rotation, Error> {
+    let mut out = Rotation::default();
+    for s in store.sealed_secrets().await.map_err(Error::from_store)? {
+        if !keys.is_stale(&s.sealed) {
+            out.current += 1;
+            continue;
+        }
+        let context = format!("{}/connections/{}", s.tenant_name, s.connection);
+        let fresh = match keys.open(&s.sealed, &context).and_then(|plain| keys.seal(&plain, &context)) {
+            Ok(f) => f,
+            Err(e) => {
+                out.failed.push(format!("{context}: {e}"));
+                continue;
+            }
+        };
+        if store.reseal(s.connection_id, &s.sealed, &fresh, "secrets rotate").await.map_err(Error::from_store)? {
+            out.resealed += 1;
+        } else {
+            out.raced += 1;
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(unix)]
 fn write_private(file: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;

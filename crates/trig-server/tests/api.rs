@@ -11,6 +11,7 @@ use trig_store::{SqliteStore, Store, TenantName};
 
 struct Running {
     base: String,
+    db: std::path::PathBuf,
     store: Arc<dyn Store>,
     stop: CancellationToken,
     _dir: TempDir,
@@ -37,11 +38,11 @@ async fn start(name: &str) -> Running {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.join("trig.db").to_str().unwrap()).unwrap());
     let keys = Keyring::new("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", &[], KeySource::Environment).unwrap();
     let options = ServeOptions { addr: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
-    let server = Server::bind(store.clone(), keys, options).await.unwrap();
+    let server = Server::bind(store.clone(), keys, None, options).await.unwrap();
     let base = format!("http://{}", server.local_addr().unwrap());
     let stop = CancellationToken::new();
     tokio::spawn(server.run(stop.clone()));
-    Running { base, store, stop, _dir: TempDir(dir) }
+    Running { base, db: dir.join("trig.db"), store, stop, _dir: TempDir(dir) }
 }
 
 /// A token of `role` for tenant `tenant` (created when new), as `tokens create` makes one.
@@ -133,4 +134,119 @@ async fn a_tenant_is_created_once_and_bad_bodies_name_their_field() {
     let (status, body) = call(reqwest::Method::POST, &url, Some(&rep), Some(&big)).await;
     assert_eq!((status, body["error"]["kind"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("too_large")), "{body}");
     assert_eq!(s.store.tenants().await.unwrap().len(), 3, "default, trig, acme: nothing was made by a refused body");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_is_validated_sealed_tested_and_never_shown_its_secret() {
+    use databricks_emulator::demo::{self, DemoOptions};
+    let loaded =
+        demo::workspace(&DemoOptions { events: 200, start_delay_ms: Some(50), running: true, ..Default::default() }).await.unwrap();
+    let good = loaded.tokens["service_principal"].clone();
+    let expired = loaded.tokens["expired"].clone();
+    let emu = databricks_emulator::start(loaded.workspace, Default::default(), "127.0.0.1:0").await.unwrap();
+    let s = start("connections").await;
+    let admin = token(s.store.as_ref(), "acme", "admin").await;
+    let other = token(s.store.as_ref(), "globex", "admin").await;
+    let url = format!("{}/api/v1/tenants/acme/connections/prod", s.base);
+    let body = json!({
+        "workspace_url": emu.base_url(),
+        "http_path": format!("/sql/1.0/warehouses/{}", demo::WAREHOUSE_ID),
+        "token": good,
+        "allow_hosts": [emu.addr().to_string()],
+    });
+
+    let (status, made) = call(reqwest::Method::PUT, &url, Some(&admin), Some(&body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    assert_eq!((made["id"].as_str(), made["auth"].as_str(), made["secret"]["set"].as_bool()), (Some("prod"), Some("token"), Some(true)));
+    assert!(!made.to_string().contains(&good), "write-only: {made}");
+    let (status, again) = call(reqwest::Method::PUT, &url, Some(&admin), Some(&body)).await;
+    assert_eq!(status, StatusCode::OK, "a replace: {again}");
+    let (_, listed) = call(reqwest::Method::GET, &format!("{}/api/v1/tenants/acme/connections", s.base), Some(&admin), None).await;
+    assert_eq!(listed["connections"].as_array().unwrap().len(), 1);
+    assert!(!listed.to_string().contains(&good));
+    let db = std::fs::read(&s.db).unwrap();
+    assert!(!db.windows(good.len()).any(|w| w == good.as_bytes()), "the store holds the token sealed, never in clear");
+
+    // Another tenant's admin sees nothing: 404, as for a connection that does not exist.
+    let (status, body404) = call(reqwest::Method::GET, &url, Some(&other), None).await;
+    assert_eq!((status, body404["error"]["kind"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+    let (missing, _) = call(reqwest::Method::GET, &format!("{}/api/v1/tenants/acme/connections/nope", s.base), Some(&admin), None).await;
+    assert_eq!(missing, StatusCode::NOT_FOUND);
+    let (status, _) = call(reqwest::Method::DELETE, &url, Some(&other), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nor may change it");
+
+    // Test connection with the sealed token: the checklist passes and lists catalogs.
+    let (status, report) = call(reqwest::Method::POST, &format!("{url}/test"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(report["ok"], true, "{report}");
+    assert!(report["catalogs"].as_array().unwrap().iter().any(|c| c == "main"), "{report}");
+
+    // A bad change names its field and changes nothing.
+    let (status, e) = call(reqwest::Method::PATCH, &url, Some(&admin), Some(&json!({"http_path": "/sql/1.0/nothing"}))).await;
+    assert_eq!((status, e["error"]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("http_path")), "{e}");
+    let (status, e) = call(reqwest::Method::PATCH, &url, Some(&admin), Some(&json!({"workspace_url": "http://169.254.169.254"}))).await;
+    assert_eq!((status, e["error"]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("workspace_url")), "SSRF rules: {e}");
+    let (status, e) = call(reqwest::Method::PATCH, &url, Some(&admin), Some(&json!({"oauth": {"client_id": "x"}}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+    let (_, now) = call(reqwest::Method::GET, &url, Some(&admin), None).await;
+    assert_eq!(now["http_path"], made["http_path"]);
+    assert_eq!(now["updated_at"], again["updated_at"]);
+
+    // A new token through PATCH: the test now explains the expired token.
+    let (status, changed) = call(reqwest::Method::PATCH, &url, Some(&admin), Some(&json!({"token": expired}))).await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    assert_ne!(changed["secret"]["changed_at"], made["secret"]["changed_at"]);
+    let (_, report) = call(reqwest::Method::POST, &format!("{url}/test"), Some(&admin), None).await;
+    assert_eq!(report["ok"], false, "{report}");
+    assert!(
+        report["checks"].as_array().unwrap().iter().any(|c| c["ok"] == false && c["hint"].as_str().is_some_and(|h| !h.is_empty())),
+        "{report}"
+    );
+
+    // The timeline of changes names who, and holds no secret.
+    let t = s.store.tenant_info("acme").await.unwrap().unwrap();
+    let changes = s.store.changes(t.id, "connection", "prod", 10).await.unwrap();
+    assert_eq!(
+        changes.iter().map(|c| c.action.as_str()).collect::<Vec<_>>(),
+        vec!["changed", "created"],
+        "the identical replace recorded nothing"
+    );
+    assert_eq!(
+        changes[0].before,
+        Some(
+            made.as_object()
+                .map(|o| o
+                    .iter()
+                    .filter(|(k, _)| ["workspace_url", "http_path", "allow_hosts"].contains(&k.as_str()))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect())
+                .unwrap()
+        )
+    );
+    assert!(changes[0].actor.contains("admin of acme") && changes[0].note.as_deref() == Some("the secret changed"));
+    assert!(!format!("{changes:?}").contains(&good) && !format!("{changes:?}").contains(&expired));
+
+    // A new key: `secrets rotate` seals every secret again; the old key is then needed no more.
+    let k2 = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
+    let k1 = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let during = Keyring::new(k2, &[k1], KeySource::Environment).unwrap();
+    let r = trig_server::secrets::rotate(s.store.as_ref(), &during).await.unwrap();
+    assert_eq!((r.resealed, r.current, r.raced, r.failed.len()), (1, 0, 0, 0), "{r:?}");
+    let r = trig_server::secrets::rotate(s.store.as_ref(), &during).await.unwrap();
+    assert_eq!((r.resealed, r.current), (0, 1), "a second rotation has nothing to do");
+    let after = Keyring::new(k2, &[], KeySource::Environment).unwrap();
+    let sealed = s.store.sealed_secrets().await.unwrap();
+    assert_eq!(after.open(&sealed[0].sealed, "acme/connections/prod").unwrap(), json!({"token": expired}).to_string());
+    let stranger = Keyring::new(k1, &[], KeySource::Environment).unwrap();
+    let r = trig_server::secrets::rotate(s.store.as_ref(), &stranger).await.unwrap();
+    assert_eq!(r.failed.len(), 1, "a key that does not open it leaves it alone: {r:?}");
+    assert!(r.failed[0].contains("acme/connections/prod") && r.failed[0].contains("TRIG_SECRET_KEYS_OLD"), "{r:?}");
+    assert_eq!(s.store.sealed_secrets().await.unwrap()[0].sealed, sealed[0].sealed);
+
+    let (status, _) = call(reqwest::Method::DELETE, &url, Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(call(reqwest::Method::GET, &url, Some(&admin), None).await.0, StatusCode::NOT_FOUND);
+    let (status, e) =
+        call(reqwest::Method::PUT, &format!("{}/api/v1/tenants/acme/connections/bad%20name", s.base), Some(&admin), Some(&body)).await;
+    assert_eq!((status, e["error"]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("connection")), "{e}");
 }

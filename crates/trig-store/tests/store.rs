@@ -125,6 +125,7 @@ conformance!(
     two_connections_create_each_person_once,
     export_pages_through_everything,
     tenants_and_tokens_are_the_same_records_on_every_connection,
+    connections_keep_a_sealed_secret_and_every_change,
 );
 
 const TTL: Duration = Duration::from_secs(60);
@@ -598,4 +599,63 @@ async fn tenants_and_tokens_are_the_same_records_on_every_connection(f: Fixture)
     assert_eq!(f.a.token_by_hash("hash-a").await.unwrap(), None, "a revoked token authenticates nothing");
     assert!(f.a.tokens(None).await.unwrap().iter().any(|t| t.id == admin.id && t.revoked_at.is_some()));
     assert_eq!(f.a.token_by_hash("hash-r").await.unwrap().unwrap().id, rep.id);
+}
+
+async fn connections_keep_a_sealed_secret_and_every_change(f: Fixture) {
+    use serde_json::json;
+    use trig_store::ConnectionWrite;
+    let acme = f.a.tenant("acme").await.unwrap();
+    let globex = f.a.tenant("globex").await.unwrap();
+    let w = |config: serde_json::Value, sealed: Option<&str>, action: &str| ConnectionWrite {
+        origin: "api".into(),
+        config,
+        sealed_secret: sealed.map(str::to_string),
+        actor: "token 1 (representative)".into(),
+        action: action.into(),
+    };
+    let (made, new) =
+        f.a.put_connection(acme, "prod", w(json!({"workspace_url": "https://a"}), Some("trig:v1:k1:AAAA"), "replaced")).await.unwrap();
+    assert!(new);
+    assert_eq!((made.sealed_secret.as_deref(), made.origin.as_str()), (Some("trig:v1:k1:AAAA"), "api"));
+    assert!(made.secret_changed_at.is_some());
+    // The same name in another tenant is another connection.
+    let (other, new) =
+        f.b.put_connection(globex, "prod", w(json!({"workspace_url": "https://g"}), Some("trig:v1:k1:BBBB"), "replaced")).await.unwrap();
+    assert!(new && other.id != made.id);
+    // Replaced without a secret: the secret stays.
+    let (kept, new) = f.b.put_connection(acme, "prod", w(json!({"workspace_url": "https://b"}), None, "changed")).await.unwrap();
+    assert!(!new);
+    assert_eq!((kept.sealed_secret.as_deref(), kept.secret_changed_at), (Some("trig:v1:k1:AAAA"), made.secret_changed_at));
+    assert_eq!(kept.config, json!({"workspace_url": "https://b"}));
+    // The same again changes nothing and records nothing.
+    f.a.put_connection(acme, "prod", w(json!({"workspace_url": "https://b"}), None, "changed")).await.unwrap();
+    assert_eq!(f.a.connections(acme).await.unwrap().len(), 1);
+    assert_eq!(f.a.connection(globex, "prod").await.unwrap().unwrap().config, json!({"workspace_url": "https://g"}));
+
+    // Rotation: compare-and-set on the sealed text, recorded.
+    let sealed = f.a.sealed_secrets().await.unwrap();
+    assert_eq!(sealed.len(), 2);
+    let s = sealed.iter().find(|s| s.tenant == acme).unwrap();
+    assert_eq!((s.tenant_name.as_str(), s.connection.as_str()), ("acme", "prod"));
+    assert!(f.b.reseal(s.connection_id, &s.sealed, "trig:v1:k2:CCCC", "secrets rotate").await.unwrap());
+    assert!(!f.a.reseal(s.connection_id, &s.sealed, "trig:v1:k2:DDDD", "secrets rotate").await.unwrap(), "changed since it was read");
+    assert_eq!(f.a.connection(acme, "prod").await.unwrap().unwrap().sealed_secret.as_deref(), Some("trig:v1:k2:CCCC"));
+
+    assert!(f.a.delete_connection(acme, "prod", "token 2 (admin)").await.unwrap());
+    assert!(!f.b.delete_connection(acme, "prod", "token 2 (admin)").await.unwrap());
+    assert_eq!(f.a.connection(acme, "prod").await.unwrap(), None);
+    let changes = f.b.changes(acme, "connection", "prod", 10).await.unwrap();
+    let actions: Vec<&str> = changes.iter().map(|c| c.action.as_str()).collect();
+    assert_eq!(actions, vec!["deleted", "secret_rotated", "changed", "created"], "newest first, once each");
+    assert_eq!(changes[3].note.as_deref(), Some("the secret was set"));
+    assert_eq!(
+        (changes[2].before.clone(), changes[2].after.clone()),
+        (Some(json!({"workspace_url": "https://a"})), Some(json!({"workspace_url": "https://b"})))
+    );
+    assert_eq!((changes[0].actor.as_str(), changes[0].after.clone()), ("token 2 (admin)", None));
+    assert_eq!(f.a.changes(globex, "connection", "prod", 10).await.unwrap().len(), 1, "another tenant's timeline is its own");
+    assert!(
+        f.a.changes(acme, "connection", "prod", 10).await.unwrap().iter().all(|c| !format!("{c:?}").contains("AAAA")),
+        "no secret in the timeline"
+    );
 }

@@ -11,3 +11,36 @@ CREATE TABLE api_tokens (
     created_at BIGINT NOT NULL,
     revoked_at BIGINT
 );
+
+-- A tenant's connections as the service keeps them: the keys as JSON without
+-- the secret, and the secret sealed by the service's key (never in clear).
+-- A config file's connections are listed here too (origin 'config', read-only,
+-- their secret stays where the file says).
+CREATE TABLE connections (
+    id                BIGSERIAL PRIMARY KEY,
+    tenant_id         BIGINT NOT NULL REFERENCES tenants (id),
+    name              TEXT NOT NULL,
+    origin            TEXT NOT NULL CHECK (origin IN ('api', 'config')),
+    config            TEXT NOT NULL,
+    secret            TEXT,
+    secret_changed_at BIGINT,
+    created_at        BIGINT NOT NULL,
+    updated_at        BIGINT NOT NULL,
+    UNIQUE (tenant_id, name)
+);
+
+-- Every change of a connection or pipeline: who, when, before and after (JSON, no secret).
+CREATE TABLE config_changes (
+    id        BIGSERIAL PRIMARY KEY,
+    tenant_id BIGINT NOT NULL REFERENCES tenants (id),
+    subject   TEXT NOT NULL CHECK (subject IN ('connection', 'pipeline')),
+    name      TEXT NOT NULL,
+    actor     TEXT NOT NULL,
+    at        BIGINT NOT NULL,
+    action    TEXT NOT NULL CHECK (action IN ('created', 'replaced', 'changed', 'deleted', 'secret_rotated')),
+    before    TEXT,
+    after     TEXT,
+    -- e.g. "the secret changed": what the JSON cannot show
+    note      TEXT
+);
+CREATE INDEX config_changes_by_subject ON config_changes (tenant_id, subject, name, id);
