@@ -839,12 +839,8 @@ async fn tenants_tokens_and_serve_from_a_config_holding_only_its_store() {
     let file_conn = &listed["connections"][0];
     assert_eq!((file_conn["id"].as_str(), file_conn["read_only"].as_bool()), (Some("demo"), Some(true)), "{listed}");
     assert!(file_conn["secret_from"].as_str().unwrap().contains("token"), "{listed}");
-    let r = reqwest::Client::new()
-        .delete(format!("{base}/api/v1/tenants/default/connections/demo"))
-        .bearer_auth(&rep)
-        .send()
-        .await
-        .unwrap();
+    let r =
+        reqwest::Client::new().delete(format!("{base}/api/v1/tenants/default/connections/demo")).bearer_auth(&rep).send().await.unwrap();
     assert_eq!(r.status(), 409);
     let e: Value = r.json().await.unwrap();
     assert!(e["error"]["message"].as_str().unwrap().contains("read-only here; change it in the file"), "{e}");

@@ -590,6 +590,31 @@ fn json_to_toml(v: &serde_json::Value) -> Option<Value> {
     })
 }
 
+/// A pipeline as the service's API receives it: the keys of
+/// `[pipelines.NAME]` as a JSON object, against the tenant's connections.
+/// The same validation and messages as the file's; each error's key is the
+/// body's (`event_id`, `where`).
+pub fn pipeline_from_json(
+    name: &str,
+    body: &serde_json::Value,
+    connections: &BTreeMap<String, ConnectionConfig>,
+) -> Result<PipelineConfig, Vec<ConfigError>> {
+    let Some(Value::Table(t)) = body.as_object().and(json_to_toml(body)) else {
+        return Err(vec![ConfigError { key: "body".into(), message: "must be a JSON object of the pipeline's keys".into() }]);
+    };
+    let catalogs: BTreeMap<String, Option<String>> = connections.iter().map(|(n, c)| (n.clone(), c.default_catalog.clone())).collect();
+    let mut errs = Vec::new();
+    let mut r = Reader { errs: &mut errs, inline_secrets: false };
+    let p = read_pipeline(&mut r, name, &t, "", connections, &catalogs);
+    match p {
+        Some(p) if errs.is_empty() => Ok(p),
+        _ => Err(errs
+            .into_iter()
+            .map(|e| ConfigError { key: e.key.strip_prefix('.').map(str::to_string).unwrap_or(e.key), message: e.message })
+            .collect()),
+    }
+}
+
 /// A connection as the service's API receives it: the keys of
 /// `[connections.NAME]` as a JSON object, the secret itself (`"token"` or
 /// `"oauth": {"client_secret"}`) instead of `{ env }` or `{ file }`. The
@@ -1147,6 +1172,26 @@ schedule = "24h"
         )
         .unwrap_err();
         assert!(e.iter().any(|e| e.key == "token" && e.message.contains("is empty")), "{e:?}");
+    }
+
+    #[test]
+    fn a_pipeline_from_the_api_is_read_as_the_file_reads_it() {
+        let c = Config::parse(GOOD, Path::new("/etc/trig/trig.toml")).unwrap();
+        let body = serde_json::json!({
+            "connection": "acme", "kind": "events", "source": "product.events",
+            "event_id": "event_id", "event_name": "event_name", "timestamp": "event_ts", "user_id": "user_id",
+        });
+        let p = pipeline_from_json("acme_events", &body, &c.connections).unwrap();
+        assert_eq!((p.kind(), p.source.full_name()), ("events", "main.product.events".to_string()));
+        let e = pipeline_from_json(
+            "x",
+            &serde_json::json!({"connection": "nope", "kind": "events", "source": "a.b", "evnt_id": "e"}),
+            &c.connections,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"connection") && keys.contains(&"evnt_id"), "{e:?}");
+        assert!(e.iter().any(|e| e.key == "connection" && e.message.contains("there is no [connections.nope]")), "{e:?}");
     }
 
     #[test]

@@ -93,6 +93,56 @@ pub struct SealedSecret {
     pub sealed: String,
 }
 
+/// A pipeline as the service schedules it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PipelineRecord {
+    pub key: crate::PipelineKey,
+    pub tenant_name: String,
+    pub name: String,
+    /// `api` or `config`; `None` for a pipeline only the CLI has run (no definition here).
+    pub origin: Option<String>,
+    /// The config file's `[pipelines.NAME]` keys as JSON; `None` when deleted or never defined here.
+    pub definition: Option<serde_json::Value>,
+    pub defined_at: Option<Micros>,
+    pub next_run_at: Option<Micros>,
+    /// A run asked for and not started yet: `sync` or `full_refresh`.
+    pub requested: Option<String>,
+    /// The run id that request was answered with.
+    pub requested_run_id: Option<String>,
+    /// Failures in a row since the last success.
+    pub failures: i64,
+    pub failing_since: Option<Micros>,
+    /// The last failure: `{kind, message, hint}`.
+    pub last_error: Option<serde_json::Value>,
+    pub paused_reason: Option<String>,
+    pub paused_at: Option<Micros>,
+    /// Who holds the lease now (a run is running), and until when.
+    pub holder: Option<String>,
+    pub lease_until: Option<Micros>,
+}
+
+/// A pipeline definition to store.
+#[derive(Debug, Clone)]
+pub struct PipelineWrite {
+    pub origin: String,
+    pub definition: serde_json::Value,
+    pub actor: String,
+    /// `replaced` or `changed`; a new definition is `created`.
+    pub action: String,
+    /// When a newly defined pipeline first runs (its backfill).
+    pub first_run_at: Micros,
+}
+
+/// What a run's end does to the schedule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub next_run_at: Micros,
+    /// `None`: the run succeeded (failures reset); else the error `{kind, message, hint}`.
+    pub error: Option<serde_json::Value>,
+    /// Pause the pipeline with this reason (until a change or by hand).
+    pub pause: Option<String>,
+}
+
 /// What a backend offers the catalog: `f` in one transaction (a write
 /// transaction when `write`), committed when it returns `Ok`.
 #[async_trait]
@@ -146,6 +196,71 @@ pub trait Catalog: Send + Sync {
 
     /// Replaces a sealed secret if it is still `old` (a change in between wins), recording the rotation.
     async fn reseal(&self, connection_id: i64, old: &str, new: &str, actor: &str) -> Result<bool, Error>;
+
+    /// Defines (or redefines) a pipeline, recording the change; whether it is newly defined.
+    /// A change un-pauses it; a new definition is due at `first_run_at`.
+    async fn put_pipeline(&self, tenant: TenantId, name: &str, w: PipelineWrite) -> Result<(PipelineRecord, bool), Error>;
+
+    async fn pipeline_record(&self, tenant: TenantId, name: &str) -> Result<Option<PipelineRecord>, Error>;
+
+    /// A tenant's defined pipelines, by name.
+    async fn pipeline_records(&self, tenant: TenantId) -> Result<Vec<PipelineRecord>, Error>;
+
+    /// Removes a pipeline's definition (its rows and runs stay), recording the change.
+    async fn delete_pipeline(&self, tenant: TenantId, name: &str, actor: &str) -> Result<bool, Error>;
+
+    /// Asks for a run (`sync` or `full_refresh`) before any scheduled one, to
+    /// run as `run_id`; the request and run id it will run under (an earlier
+    /// request not started yet absorbs this one; a full refresh is not
+    /// downgraded), `None` when the pipeline is not defined.
+    async fn request_run(&self, tenant: TenantId, name: &str, what: &str, run_id: &str) -> Result<Option<(String, String)>, Error>;
+
+    /// Defined, unpaused pipelines of every tenant that are due at `now` (asked
+    /// for, or scheduled at or before it) and not leased: requested ones first,
+    /// then the longest overdue.
+    async fn due_pipelines(&self, now: Micros, limit: usize) -> Result<Vec<PipelineRecord>, Error>;
+
+    /// A run starts: the request it serves (if it is still the one asked for) is taken.
+    async fn take_request(&self, pipeline: crate::PipelineKey, requested: &str) -> Result<(), Error>;
+
+    /// A run ended: its next time, its failure (or success) and maybe a pause.
+    async fn record_outcome(&self, pipeline: crate::PipelineKey, outcome: &Outcome) -> Result<(), Error>;
+
+    /// Un-pauses a pipeline by hand, recording who; `false` when it was not paused.
+    async fn unpause(&self, tenant: TenantId, name: &str, actor: &str) -> Result<bool, Error>;
+
+    /// One pipeline's quarantined rows after the row `after` (an id), oldest first: `(id, json)`.
+    async fn quarantine_of(&self, pipeline: crate::PipelineKey, after: i64, limit: usize) -> Result<Vec<(i64, serde_json::Value)>, Error>;
+}
+
+const PIPELINE: &str = "SELECT p.id, p.tenant_id, t.name, p.name, p.origin, p.definition, p.defined_at, p.next_run_at, p.requested,
+        p.failures, p.failing_since, p.last_error, p.paused_reason, p.paused_at, p.holder, p.lease_until, p.requested_run_id
+    FROM pipelines p JOIN tenants t ON t.id = p.tenant_id";
+
+fn pipeline(r: &Row) -> PipelineRecord {
+    let json = |i: usize| r.opt_text(i).and_then(|v| serde_json::from_str(&v).ok());
+    PipelineRecord {
+        key: crate::PipelineKey { tenant: TenantId(r.int(1)), pipeline: crate::PipelineId(r.int(0)) },
+        tenant_name: r.text(2),
+        name: r.text(3),
+        origin: r.opt_text(4),
+        definition: json(5),
+        defined_at: r.opt_int(6),
+        next_run_at: r.opt_int(7),
+        requested: r.opt_text(8),
+        failures: r.int(9),
+        failing_since: r.opt_int(10),
+        last_error: json(11),
+        paused_reason: r.opt_text(12),
+        paused_at: r.opt_int(13),
+        holder: r.opt_text(14),
+        lease_until: r.opt_int(15),
+        requested_run_id: r.opt_text(16),
+    }
+}
+
+fn pipeline_named(db: &mut dyn Db, t: TenantId, name: &str) -> Result<Option<PipelineRecord>, Error> {
+    Ok(db.query_opt(&format!("{PIPELINE} WHERE p.tenant_id = $1 AND p.name = $2"), &[t.0.into(), name.into()])?.map(|r| pipeline(&r)))
 }
 
 const CONNECTION: &str = "SELECT id, tenant_id, name, origin, config, secret, secret_changed_at, created_at, updated_at FROM connections";
@@ -438,6 +553,168 @@ impl<B: Backend> Catalog for B {
                 Some("sealed again under the current key"),
             )?;
             Ok(true)
+        })
+        .await
+    }
+
+    async fn put_pipeline(&self, t: TenantId, name: &str, w: PipelineWrite) -> Result<(PipelineRecord, bool), Error> {
+        let name = name.to_string();
+        self.db(true, move |db| {
+            let now = now_micros();
+            db.execute(
+                "INSERT INTO pipelines (tenant_id, name, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &[t.0.into(), (&name).into(), now.into()],
+            )?;
+            let old = pipeline_named(db, t, &name)?.ok_or_else(|| Error::NotFound { what: format!("tenant {}", t.0) })?;
+            let created = old.definition.is_none();
+            let same = old.definition.as_ref() == Some(&w.definition) && old.origin.as_deref() == Some(w.origin.as_str());
+            if !same {
+                let definition = w.definition.to_string();
+                // A change un-pauses (the cause may be fixed); a new definition is due at once.
+                db.execute(
+                    "UPDATE pipelines SET next_run_at = CASE WHEN definition IS NULL THEN $4 ELSE next_run_at END,
+                       definition = $1, origin = $2, defined_at = $3, paused_reason = NULL, paused_at = NULL WHERE id = $5",
+                    &[(&definition).into(), (&w.origin).into(), now.into(), w.first_run_at.into(), old.key.pipeline.0.into()],
+                )?;
+                let action = if created { "created" } else { w.action.as_str() };
+                record_change(db, t, "pipeline", &name, &w.actor, action, old.definition.as_ref(), Some(&w.definition), None)?;
+            }
+            let now_row = pipeline_named(db, t, &name)?.ok_or_else(|| Error::Database("a pipeline just written cannot be read".into()))?;
+            Ok((now_row, created))
+        })
+        .await
+    }
+
+    async fn pipeline_record(&self, t: TenantId, name: &str) -> Result<Option<PipelineRecord>, Error> {
+        let name = name.to_string();
+        self.db(false, move |db| pipeline_named(db, t, &name)).await
+    }
+
+    async fn pipeline_records(&self, t: TenantId) -> Result<Vec<PipelineRecord>, Error> {
+        self.db(false, move |db| {
+            let rows =
+                db.query(&format!("{PIPELINE} WHERE p.tenant_id = $1 AND p.definition IS NOT NULL ORDER BY p.name"), &[t.0.into()])?;
+            Ok(rows.iter().map(pipeline).collect())
+        })
+        .await
+    }
+
+    async fn delete_pipeline(&self, t: TenantId, name: &str, actor: &str) -> Result<bool, Error> {
+        let (name, actor) = (name.to_string(), actor.to_string());
+        self.db(true, move |db| {
+            let Some(old) = pipeline_named(db, t, &name)?.filter(|p| p.definition.is_some()) else { return Ok(false) };
+            db.execute(
+                "UPDATE pipelines SET definition = NULL, origin = NULL, next_run_at = NULL, requested = NULL, requested_run_id = NULL WHERE id = $1",
+                &[old.key.pipeline.0.into()],
+            )?;
+            record_change(db, t, "pipeline", &name, &actor, "deleted", old.definition.as_ref(), None, None)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn request_run(&self, t: TenantId, name: &str, what: &str, run_id: &str) -> Result<Option<(String, String)>, Error> {
+        let (name, what, run_id) = (name.to_string(), what.to_string(), run_id.to_string());
+        self.db(true, move |db| {
+            let n = db.execute(
+                "UPDATE pipelines SET requested = CASE WHEN requested = 'full_refresh' THEN requested ELSE $1 END,
+                   requested_run_id = COALESCE(requested_run_id, $2)
+                 WHERE tenant_id = $3 AND name = $4 AND definition IS NOT NULL",
+                &[(&what).into(), (&run_id).into(), t.0.into(), (&name).into()],
+            )?;
+            if n == 0 {
+                return Ok(None);
+            }
+            Ok(pipeline_named(db, t, &name)?.and_then(|p| Some((p.requested?, p.requested_run_id?))))
+        })
+        .await
+    }
+
+    async fn due_pipelines(&self, now: Micros, limit: usize) -> Result<Vec<PipelineRecord>, Error> {
+        self.db(false, move |db| {
+            let rows = db.query(
+                &format!(
+                    "{PIPELINE} WHERE p.definition IS NOT NULL AND p.paused_reason IS NULL
+                       AND (p.requested IS NOT NULL OR p.next_run_at <= $1)
+                       AND (p.holder IS NULL OR p.lease_until IS NULL OR p.lease_until < $1)
+                     ORDER BY CASE WHEN p.requested IS NULL THEN 1 ELSE 0 END, p.next_run_at, p.id LIMIT $2"
+                ),
+                &[now.into(), (limit as i64).into()],
+            )?;
+            Ok(rows.iter().map(pipeline).collect())
+        })
+        .await
+    }
+
+    async fn take_request(&self, p: crate::PipelineKey, requested: &str) -> Result<(), Error> {
+        let requested = requested.to_string();
+        self.db(true, move |db| {
+            db.execute(
+                "UPDATE pipelines SET requested = NULL, requested_run_id = NULL WHERE id = $1 AND requested = $2",
+                &[p.pipeline.0.into(), (&requested).into()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn record_outcome(&self, p: crate::PipelineKey, o: &Outcome) -> Result<(), Error> {
+        let o = o.clone();
+        self.db(true, move |db| {
+            let now = now_micros();
+            match &o.error {
+                None => db.execute(
+                    "UPDATE pipelines SET next_run_at = $1, failures = 0, failing_since = NULL, last_error = NULL WHERE id = $2",
+                    &[o.next_run_at.into(), p.pipeline.0.into()],
+                )?,
+                Some(e) => {
+                    let e = e.to_string();
+                    db.execute(
+                        "UPDATE pipelines SET next_run_at = $1, failures = failures + 1, failing_since = COALESCE(failing_since, $2),
+                           last_error = $3, paused_reason = COALESCE(CAST($4 AS TEXT), paused_reason),
+                           paused_at = CASE WHEN CAST($4 AS TEXT) IS NULL THEN paused_at ELSE $2 END WHERE id = $5",
+                        &[o.next_run_at.into(), now.into(), (&e).into(), o.pause.as_deref().into(), p.pipeline.0.into()],
+                    )?
+                }
+            };
+            Ok(())
+        })
+        .await
+    }
+
+    async fn unpause(&self, t: TenantId, name: &str, actor: &str) -> Result<bool, Error> {
+        let (name, actor) = (name.to_string(), actor.to_string());
+        self.db(true, move |db| {
+            let Some(old) = pipeline_named(db, t, &name)?.filter(|p| p.paused_reason.is_some()) else { return Ok(false) };
+            db.execute(
+                "UPDATE pipelines SET paused_reason = NULL, paused_at = NULL, failures = 0, failing_since = NULL, next_run_at = $1 WHERE id = $2",
+                &[now_micros().into(), old.key.pipeline.0.into()],
+            )?;
+            let note = format!("un-paused (it was paused: {})", old.paused_reason.unwrap_or_default());
+            record_change(db, t, "pipeline", &name, &actor, "changed", None, None, Some(&note))?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn quarantine_of(&self, p: crate::PipelineKey, after: i64, limit: usize) -> Result<Vec<(i64, serde_json::Value)>, Error> {
+        self.db(false, move |db| {
+            let rows = db.query(
+                "SELECT q.id, r.run_id, q.key, q.reason, q.row, q.at FROM quarantine q LEFT JOIN sync_runs r ON r.id = q.run
+                 WHERE q.tenant_id = $1 AND q.pipeline_id = $2 AND q.id > $3 ORDER BY q.id LIMIT $4",
+                &[p.tenant.0.into(), p.pipeline.0.into(), after.into(), (limit as i64).into()],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    let raw = r.text(4);
+                    let row: serde_json::Value = serde_json::from_str(&raw).unwrap_or(serde_json::Value::String(raw));
+                    let v = serde_json::json!({
+                        "run_id": r.opt_text(1), "key": r.opt_text(2), "reason": r.text(3), "row": row, "at": crate::time::rfc3339(r.int(5)),
+                    });
+                    (r.int(0), v)
+                })
+                .collect())
         })
         .await
     }

@@ -37,7 +37,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
-pub use catalog::{Catalog, ChangeRecord, ConnectionRecord, ConnectionWrite, SealedSecret, TenantInfo, TokenInfo};
+pub use catalog::{
+    Catalog, ChangeRecord, ConnectionRecord, ConnectionWrite, Outcome, PipelineRecord, PipelineWrite, SealedSecret, TenantInfo, TokenInfo,
+};
 pub use error::Error;
 #[cfg(feature = "failpoints")]
 pub use failpoint::FailAction;

@@ -126,6 +126,7 @@ conformance!(
     export_pages_through_everything,
     tenants_and_tokens_are_the_same_records_on_every_connection,
     connections_keep_a_sealed_secret_and_every_change,
+    pipelines_are_defined_scheduled_requested_and_paused,
 );
 
 const TTL: Duration = Duration::from_secs(60);
@@ -658,4 +659,77 @@ async fn connections_keep_a_sealed_secret_and_every_change(f: Fixture) {
         f.a.changes(acme, "connection", "prod", 10).await.unwrap().iter().all(|c| !format!("{c:?}").contains("AAAA")),
         "no secret in the timeline"
     );
+}
+
+async fn pipelines_are_defined_scheduled_requested_and_paused(f: Fixture) {
+    use serde_json::json;
+    use trig_store::{Outcome, PipelineWrite};
+    let acme = f.a.tenant("acme").await.unwrap();
+    let t0 = now();
+    let w = |def: serde_json::Value| PipelineWrite {
+        origin: "api".into(),
+        definition: def,
+        actor: "token 1 (representative of trig)".into(),
+        action: "replaced".into(),
+        first_run_at: t0,
+    };
+    let (p, created) = f.a.put_pipeline(acme, "events", w(json!({"kind": "events", "schedule": "15m"}))).await.unwrap();
+    assert!(created);
+    assert_eq!((p.next_run_at, p.origin.as_deref(), p.failures), (Some(t0), Some("api"), 0));
+    // The sync's own name for it is the same pipeline (its events, runs and cursors).
+    assert_eq!(f.b.pipeline(acme, "events").await.unwrap(), p.key);
+    let due = f.b.due_pipelines(t0, 10).await.unwrap();
+    assert_eq!(due.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(), vec!["events"]);
+    assert!(f.b.due_pipelines(t0 - 1, 10).await.unwrap().is_empty(), "not before its time");
+
+    // A run ends: next time set; a failure counts; a pause stops it being due; a change un-pauses.
+    f.a.record_outcome(p.key, &Outcome { next_run_at: t0 + 900_000_000, error: None, pause: None }).await.unwrap();
+    assert!(f.a.due_pipelines(t0 + 1, 10).await.unwrap().is_empty());
+    let e = json!({"kind": "token_expired", "message": "the token expired", "hint": "make a new one"});
+    f.a.record_outcome(p.key, &Outcome { next_run_at: t0, error: Some(e.clone()), pause: None }).await.unwrap();
+    f.b.record_outcome(
+        p.key,
+        &Outcome { next_run_at: t0, error: Some(e.clone()), pause: Some("failing for 24 h: the token expired".into()) },
+    )
+    .await
+    .unwrap();
+    let paused = f.a.pipeline_record(acme, "events").await.unwrap().unwrap();
+    assert_eq!(
+        (paused.failures, paused.last_error.clone(), paused.paused_reason.as_deref()),
+        (2, Some(e), Some("failing for 24 h: the token expired"))
+    );
+    assert!(paused.failing_since.is_some() && paused.paused_at.is_some());
+    assert!(f.a.due_pipelines(t0 + 1, 10).await.unwrap().is_empty(), "paused: not due");
+    assert!(f.a.unpause(acme, "events", "token 1").await.unwrap());
+    assert!(!f.a.unpause(acme, "events", "token 1").await.unwrap());
+    assert_eq!(f.a.pipeline_record(acme, "events").await.unwrap().unwrap().failures, 0);
+
+    // "Sync now" and "full refresh": queued with a run id, absorbed while pending, never downgraded; due at once.
+    f.a.record_outcome(p.key, &Outcome { next_run_at: t0 + 900_000_000, error: None, pause: None }).await.unwrap();
+    assert_eq!(f.a.request_run(acme, "events", "sync", "run-1").await.unwrap(), Some(("sync".into(), "run-1".into())));
+    assert_eq!(f.b.request_run(acme, "events", "full_refresh", "run-2").await.unwrap(), Some(("full_refresh".into(), "run-1".into())));
+    assert_eq!(f.a.request_run(acme, "events", "sync", "run-3").await.unwrap(), Some(("full_refresh".into(), "run-1".into())));
+    assert_eq!(f.a.request_run(acme, "nothing", "sync", "run-4").await.unwrap(), None);
+    assert_eq!(f.a.due_pipelines(t0 + 1, 10).await.unwrap().len(), 1, "a request is due now");
+    f.a.take_request(p.key, "sync").await.unwrap();
+    assert_eq!(
+        f.a.pipeline_record(acme, "events").await.unwrap().unwrap().requested.as_deref(),
+        Some("full_refresh"),
+        "only the request taken"
+    );
+    f.a.take_request(p.key, "full_refresh").await.unwrap();
+    assert_eq!(f.a.pipeline_record(acme, "events").await.unwrap().unwrap().requested_run_id, None);
+
+    // A redefinition is recorded and keeps the schedule; a deletion keeps the rows' pipeline but stops scheduling.
+    let (_, created) = f.b.put_pipeline(acme, "events", w(json!({"kind": "events", "schedule": "30m"}))).await.unwrap();
+    assert!(!created);
+    assert_eq!(f.a.pipeline_record(acme, "events").await.unwrap().unwrap().next_run_at, Some(t0 + 900_000_000));
+    assert_eq!(f.a.pipeline_records(acme).await.unwrap().len(), 1);
+    assert!(f.a.delete_pipeline(acme, "events", "token 1").await.unwrap());
+    assert!(f.a.pipeline_records(acme).await.unwrap().is_empty());
+    assert_eq!(f.a.request_run(acme, "events", "sync", "run-5").await.unwrap(), None, "a deleted pipeline runs no more");
+    let changes = f.a.changes(acme, "pipeline", "events", 10).await.unwrap();
+    assert_eq!(changes.iter().map(|c| c.action.as_str()).collect::<Vec<_>>(), vec!["deleted", "replaced", "changed", "created"]);
+    let (again, created) = f.a.put_pipeline(acme, "events", w(json!({"kind": "events"}))).await.unwrap();
+    assert!(created && again.key == p.key, "defined again: the same pipeline, its rows kept");
 }

@@ -269,6 +269,17 @@ impl Engine {
     /// the pipeline held by another run, the lease lost); otherwise the
     /// run's record, with its error when it failed.
     pub async fn run(&self, pipeline: &str, trigger: Trigger, cancel: &CancellationToken) -> Result<Finished, Error> {
+        self.run_as(pipeline, trigger, None, cancel).await
+    }
+
+    /// [`Engine::run`] under a run id chosen beforehand (the one a "sync now" answered with).
+    pub async fn run_as(
+        &self,
+        pipeline: &str,
+        trigger: Trigger,
+        run_id: Option<String>,
+        cancel: &CancellationToken,
+    ) -> Result<Finished, Error> {
         let p = self.pipeline(pipeline)?;
         let (client, table) = self.client_for(p)?;
         let key = self.key(p).await?;
@@ -298,7 +309,7 @@ impl Engine {
                 }
             })
         };
-        let result = self.run_leased(p, client, table, key, &lease, trigger, &run_cancel).await;
+        let result = self.run_leased(p, client, table, key, &lease, trigger, run_id, &run_cancel).await;
         heartbeat.abort();
         if let Some(e) = lost.lock().unwrap_or_else(|p| p.into_inner()).take() {
             return Err(e.into());
@@ -319,9 +330,10 @@ impl Engine {
         key: PipelineKey,
         lease: &Lease,
         trigger: Trigger,
+        run_id: Option<String>,
         cancel: &CancellationToken,
     ) -> Result<Finished, Error> {
-        let run_id = uuid::Uuid::new_v4().to_string();
+        let run_id = run_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let mut run = SyncRun {
             run_id: run_id.clone(),
             pipeline: p.name.clone(),

@@ -1,6 +1,26 @@
 -- Version 4: the service's records.
 ALTER TABLE tenants ADD COLUMN display_name TEXT;
 
+-- A pipeline's definition and its schedule, for `serve`. The row stays when a
+-- pipeline is deleted (its events, runs and cursors keep its id); a deleted
+-- pipeline has no definition and is not scheduled.
+-- definition: the config file's [pipelines.NAME] keys as JSON; origin: 'api' or 'config'.
+ALTER TABLE pipelines ADD COLUMN definition TEXT;
+ALTER TABLE pipelines ADD COLUMN origin TEXT;
+ALTER TABLE pipelines ADD COLUMN defined_at INTEGER;
+-- when the scheduler runs it next; a requested run ('sync', 'full_refresh') goes first
+ALTER TABLE pipelines ADD COLUMN next_run_at INTEGER;
+ALTER TABLE pipelines ADD COLUMN requested TEXT;
+-- the run id the request was answered with; the run takes it
+ALTER TABLE pipelines ADD COLUMN requested_run_id TEXT;
+-- failures in a row since the last success, since when, and the last error as JSON {kind, message, hint}
+ALTER TABLE pipelines ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE pipelines ADD COLUMN failing_since INTEGER;
+ALTER TABLE pipelines ADD COLUMN last_error TEXT;
+ALTER TABLE pipelines ADD COLUMN paused_reason TEXT;
+ALTER TABLE pipelines ADD COLUMN paused_at INTEGER;
+CREATE INDEX pipelines_due ON pipelines (next_run_at) WHERE definition IS NOT NULL;
+
 -- API tokens of `serve`: only a token's SHA-256 is kept; the token is shown once, when it is made.
 CREATE TABLE api_tokens (
     id         INTEGER PRIMARY KEY,
