@@ -26,6 +26,12 @@ pub struct ServeArgs {
     /// How long running work may take to stop after SIGINT or SIGTERM, in seconds.
     #[arg(long, default_value_t = 30)]
     shutdown_deadline_secs: u64,
+    /// How often the scheduler looks for due pipelines when nothing wakes it, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    scheduler_tick_ms: u64,
+    /// Serve the API only; run no pipelines in this process.
+    #[arg(long)]
+    no_scheduler: bool,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -373,7 +379,11 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Err(e) = load_file(store.as_ref(), &config).await {
         return Ok(failed("store.url", &e, store_code(&e)));
     }
-    let options = ServeOptions { addr, shutdown_deadline: std::time::Duration::from_secs(a.shutdown_deadline_secs) };
+    let scheduler = (!a.no_scheduler).then(|| trig_server::scheduler::SchedulerOptions {
+        tick: std::time::Duration::from_millis(a.scheduler_tick_ms.max(50)),
+        ..Default::default()
+    });
+    let options = ServeOptions { addr, shutdown_deadline: std::time::Duration::from_secs(a.shutdown_deadline_secs), scheduler };
     let server = match Server::bind(store, keys, Some(Arc::new(config)), options).await {
         Ok(s) => s,
         Err(e) => return Ok(problem::report(false, &[Problem::new("--addr", format!("cannot listen on {addr}: {e}"))], ExitCode::from(2))),
@@ -405,6 +415,27 @@ async fn load_file(store: &dyn Store, config: &Config) -> Result<(), trig_store:
             action: "replaced".into(),
         };
         store.put_connection(tenant, &c.name, w).await?;
+    }
+    let now = chrono::Utc::now().timestamp_micros();
+    let defined = config.pipeline_definitions();
+    // A pipeline the file no longer has stops (its rows stay).
+    for gone in store
+        .pipeline_records(tenant)
+        .await?
+        .into_iter()
+        .filter(|p| p.origin.as_deref() == Some("config") && !defined.contains_key(&p.name))
+    {
+        store.delete_pipeline(tenant, &gone.name, &format!("config file {}", config.path.display())).await?;
+    }
+    for (name, definition) in defined {
+        let w = trig_store::PipelineWrite {
+            origin: "config".into(),
+            definition,
+            actor: format!("config file {}", config.path.display()),
+            action: "replaced".into(),
+            first_run_at: now,
+        };
+        store.put_pipeline(tenant, &name, w).await?;
     }
     Ok(())
 }

@@ -574,6 +574,31 @@ impl Reader<'_> {
     }
 }
 
+/// TOML as JSON (dates as their text).
+fn toml_to_json(v: &Value) -> serde_json::Value {
+    match v {
+        Value::String(s) => serde_json::Value::String(s.clone()),
+        Value::Integer(i) => serde_json::json!(i),
+        Value::Float(f) => serde_json::json!(f),
+        Value::Boolean(b) => serde_json::Value::Bool(*b),
+        Value::Datetime(d) => serde_json::Value::String(d.to_string()),
+        Value::Array(a) => serde_json::Value::Array(a.iter().map(toml_to_json).collect()),
+        Value::Table(t) => serde_json::Value::Object(t.iter().map(|(k, v)| (k.clone(), toml_to_json(v))).collect()),
+    }
+}
+
+impl Config {
+    /// Each pipeline's keys as written in the file, as JSON (what the API shows and takes).
+    pub fn pipeline_definitions(&self) -> BTreeMap<String, serde_json::Value> {
+        let Ok(text) = std::fs::read_to_string(&self.path) else { return BTreeMap::new() };
+        let Ok(root) = text.parse::<Table>() else { return BTreeMap::new() };
+        root.get("pipelines")
+            .and_then(Value::as_table)
+            .map(|t| t.iter().filter(|(k, _)| self.pipelines.contains_key(*k)).map(|(k, v)| (k.clone(), toml_to_json(v))).collect())
+            .unwrap_or_default()
+    }
+}
+
 /// JSON as TOML: `null` is an absent key (how a JSON body says "none").
 fn json_to_toml(v: &serde_json::Value) -> Option<Value> {
     use serde_json::Value as J;

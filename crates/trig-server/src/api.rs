@@ -19,7 +19,7 @@ use trig_store::{Store, TenantInfo};
 
 use crate::auth::Principal;
 use crate::secrets::Keyring;
-use crate::{Error, connections};
+use crate::{Error, connections, pipelines};
 
 /// The largest body the API reads.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -31,6 +31,8 @@ pub struct AppState {
     pub keys: Keyring,
     /// The config file `serve` started with: its connections are read-only here.
     pub config: Option<Arc<trig_config::Config>>,
+    /// Wakes the scheduler (a run was asked for).
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 /// The API's routes.
@@ -45,6 +47,18 @@ pub fn router(state: AppState) -> Router {
             get(connections::get).put(connections::put).patch(connections::patch).delete(connections::delete),
         )
         .route("/api/v1/tenants/{t}/connections/{c}/test", post(connections::test))
+        .route("/api/v1/tenants/{t}/pipelines", get(pipelines::list))
+        .route(
+            "/api/v1/tenants/{t}/pipelines/{p}",
+            get(pipelines::get).put(pipelines::put).patch(pipelines::patch).delete(pipelines::delete),
+        )
+        .route("/api/v1/tenants/{t}/pipelines/{p}/preview", post(pipelines::preview))
+        .route("/api/v1/tenants/{t}/pipelines/{p}/sync", post(pipelines::sync))
+        .route("/api/v1/tenants/{t}/pipelines/{p}/resume", post(pipelines::resume))
+        .route("/api/v1/tenants/{t}/pipelines/{p}/runs", get(pipelines::runs))
+        .route("/api/v1/tenants/{t}/pipelines/{p}/runs/{run_id}", get(pipelines::run))
+        .route("/api/v1/tenants/{t}/pipelines/{p}/timeline", get(pipelines::timeline))
+        .route("/api/v1/tenants/{t}/pipelines/{p}/quarantine", get(pipelines::quarantine))
         .fallback(not_found)
         .with_state(state)
 }

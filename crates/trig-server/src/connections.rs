@@ -240,7 +240,7 @@ pub(crate) async fn put(
 }
 
 /// JSON merge patch (RFC 7396): a key set to `null` is removed.
-fn merge(target: &mut Value, patch: &Value) {
+pub(crate) fn merge(target: &mut Value, patch: &Value) {
     match (target.as_object_mut(), patch.as_object()) {
         (Some(t), Some(p)) => {
             for (k, v) in p {

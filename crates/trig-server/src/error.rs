@@ -31,6 +31,10 @@ pub enum Error {
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
 
+    /// A run or a preview failed: the engine's words, kind and fix.
+    #[error("{message}")]
+    Sync { kind: &'static str, message: String, hint: Option<String> },
+
     #[error("the request body is over {limit} bytes")]
     TooLarge { limit: usize },
 
@@ -51,6 +55,7 @@ impl Error {
             Error::ReadOnly { .. } => "read_only",
             Error::Invalid { .. } => "invalid",
             Error::TooLarge { .. } => "too_large",
+            Error::Sync { kind, .. } => kind,
             Error::Store(trig_store::Error::Unreachable { .. }) => "store_unreachable",
             Error::Store(_) => "store",
         }
@@ -64,6 +69,7 @@ impl Error {
             Error::Conflict { .. } | Error::ReadOnly { .. } => StatusCode::CONFLICT,
             Error::Invalid { .. } => StatusCode::BAD_REQUEST,
             Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Sync { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Store(trig_store::Error::Unreachable { .. } | trig_store::Error::Busy { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Key { .. } | Error::Sealed { .. } | Error::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -78,11 +84,12 @@ impl Error {
     }
 
     /// What to do, when the message alone does not say it.
-    pub fn hint(&self) -> Option<&'static str> {
+    pub fn hint(&self) -> Option<String> {
         match self {
-            Error::Unauthorized => Some("a token is printed once by `trig-databricks tokens create --tenant ID --role admin`"),
-            Error::Forbidden { .. } => Some("ask a Trig representative"),
-            Error::TooLarge { .. } => Some("send the configuration only; rows are never uploaded"),
+            Error::Unauthorized => Some("a token is printed once by `trig-databricks tokens create --tenant ID --role admin`".into()),
+            Error::Forbidden { .. } => Some("ask a Trig representative".into()),
+            Error::TooLarge { .. } => Some("send the configuration only; rows are never uploaded".into()),
+            Error::Sync { hint, .. } => hint.clone(),
             _ => None,
         }
     }

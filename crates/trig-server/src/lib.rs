@@ -6,6 +6,8 @@
 //! |---|---|
 //! | `api` | the routes, strict JSON bodies (1 MiB, unknown keys refused), JSON errors |
 //! | `connections` | connections through the API: validated by the config loader, the secret sealed and write-only |
+//! | `pipelines` | pipelines through the API (representative), status, runs, the timeline, quarantine, sync now; a tenant's configuration for the engine |
+//! | `scheduler` | every defined pipeline on its schedule: due from the store, leases, warehouse limits, backoff, pauses |
 //! | `auth` | API tokens (random, stored as SHA-256), roles, who sees which tenant |
 //! | `secrets` | secrets at rest: the keyring (current key, old keys), seal and open |
 //! | `error` | the crate's one `Error`, its HTTP status and JSON shape |
@@ -14,6 +16,8 @@ pub mod api;
 pub mod auth;
 pub mod connections;
 mod error;
+pub mod pipelines;
+pub mod scheduler;
 pub mod secrets;
 
 use std::net::SocketAddr;
@@ -26,16 +30,22 @@ use trig_store::Store;
 pub use error::Error;
 
 /// How `serve` runs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServeOptions {
     pub addr: SocketAddr,
     /// How long running work may take to stop once asked.
     pub shutdown_deadline: Duration,
+    /// The scheduler's knobs; `None` serves the API only.
+    pub scheduler: Option<scheduler::SchedulerOptions>,
 }
 
 impl Default for ServeOptions {
     fn default() -> ServeOptions {
-        ServeOptions { addr: SocketAddr::from(([127, 0, 0, 1], 8080)), shutdown_deadline: Duration::from_secs(30) }
+        ServeOptions {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            shutdown_deadline: Duration::from_secs(30),
+            scheduler: Some(scheduler::SchedulerOptions::default()),
+        }
     }
 }
 
@@ -54,7 +64,8 @@ impl Server {
         options: ServeOptions,
     ) -> std::io::Result<Server> {
         let listener = tokio::net::TcpListener::bind(options.addr).await?;
-        Ok(Server { listener, state: api::AppState { store, keys, config }, options })
+        let wake = Arc::new(tokio::sync::Notify::new());
+        Ok(Server { listener, state: api::AppState { store, keys, config, wake }, options })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -64,6 +75,19 @@ impl Server {
     /// Serves until `stop` is cancelled, then lets requests in flight finish
     /// within the shutdown deadline.
     pub async fn run(self, stop: CancellationToken) -> std::io::Result<()> {
+        let deadline = self.options.shutdown_deadline;
+        let scheduling = self.options.scheduler.clone().map(|o| {
+            let (s, stop) = (scheduler::Scheduler::new(self.state.clone(), o), stop.clone());
+            tokio::spawn(s.run(stop, deadline))
+        });
+        let served = self.serve(stop).await;
+        if let Some(s) = scheduling {
+            let _ = s.await;
+        }
+        served
+    }
+
+    async fn serve(self, stop: CancellationToken) -> std::io::Result<()> {
         let app = api::router(self.state);
         let graceful = stop.clone();
         let serving = axum::serve(self.listener, app).with_graceful_shutdown(async move { graceful.cancelled().await });

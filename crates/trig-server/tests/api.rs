@@ -250,3 +250,128 @@ async fn a_connection_is_validated_sealed_tested_and_never_shown_its_secret() {
         call(reqwest::Method::PUT, &format!("{}/api/v1/tenants/acme/connections/bad%20name", s.base), Some(&admin), Some(&body)).await;
     assert_eq!((status, e["error"]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("connection")), "{e}");
 }
+
+/// Polls `url` until `done` holds for its JSON (at most 60 s).
+async fn until(url: &str, token: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (status, body) = call(reqwest::Method::GET, url, Some(token), None).await;
+        if status == StatusCode::OK && done(&body) {
+            return body;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting on {url}: {status} {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelines_defined_through_the_api_are_scheduled_run_on_request_and_explained() {
+    use databricks_emulator::demo::{self, DemoOptions};
+    let loaded =
+        demo::workspace(&DemoOptions { events: 300, start_delay_ms: Some(50), running: true, ..Default::default() }).await.unwrap();
+    let good = loaded.tokens["service_principal"].clone();
+    let emu = databricks_emulator::start(loaded.workspace, Default::default(), "127.0.0.1:0").await.unwrap();
+    let dir = std::env::temp_dir().join(format!("trig-server-api-scheduled-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.join("trig.db").to_str().unwrap()).unwrap());
+    let keys = Keyring::new("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", &[], KeySource::Environment).unwrap();
+    let scheduler = trig_server::scheduler::SchedulerOptions { tick: std::time::Duration::from_millis(200), ..Default::default() };
+    let options = ServeOptions { addr: "127.0.0.1:0".parse().unwrap(), scheduler: Some(scheduler), ..Default::default() };
+    let server = Server::bind(store.clone(), keys, None, options).await.unwrap();
+    let base = format!("http://{}", server.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(server.run(stop.clone()));
+    let _dir = TempDir(dir);
+
+    let rep = token(store.as_ref(), "trig", "representative").await;
+    let admin = token(store.as_ref(), "acme", "admin").await;
+    let t = format!("{base}/api/v1/tenants/acme");
+    let conn = json!({
+        "workspace_url": emu.base_url(), "http_path": format!("/sql/1.0/warehouses/{}", demo::WAREHOUSE_ID),
+        "token": good, "default_catalog": "main", "allow_hosts": [emu.addr().to_string()],
+    });
+    assert_eq!(call(reqwest::Method::PUT, &format!("{t}/connections/demo"), Some(&admin), Some(&conn)).await.0, StatusCode::CREATED);
+    let people = json!({"connection": "demo", "kind": "people", "source": "crm.people", "id": "user_id", "name": "name", "email": "email", "organisation_id": "organisation_id"});
+    let events = json!({"connection": "demo", "kind": "events", "source": "product.events_v", "event_id": "event_id", "event_name": "event_name",
+        "timestamp": "event_ts", "user_id": "user_id", "user_id_kind": "external_id", "email": "email", "properties_column": "properties",
+        "backfill_from": "2020-01-01T00:00:00Z"});
+
+    // Only a representative maps pipelines; a bad mapping names its key and the closest one.
+    let (status, _) = call(reqwest::Method::PUT, &format!("{t}/pipelines/people"), Some(&admin), Some(&people)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let mut typo = events.clone();
+    typo["evnt_id"] = json!("event_id");
+    let (status, e) = call(reqwest::Method::PUT, &format!("{t}/pipelines/events"), Some(&rep), Some(&typo)).await;
+    assert_eq!((status, e["error"]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("evnt_id")), "{e}");
+    let (status, e) =
+        call(reqwest::Method::PUT, &format!("{t}/pipelines/events"), Some(&rep), Some(&json!({"connection": "nope", "kind": "events"})))
+            .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+
+    let (status, made) = call(reqwest::Method::PUT, &format!("{t}/pipelines/people"), Some(&rep), Some(&people)).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let (status, made) = call(reqwest::Method::PUT, &format!("{t}/pipelines/events"), Some(&rep), Some(&events)).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    assert_eq!(made["kind"], "events");
+
+    // A new pipeline's first run (its backfill) starts at once; its status says how it went.
+    let done = until(&format!("{t}/pipelines/events"), &admin, |p| p["last_run"]["status"] == "succeeded" && p["state"] == "healthy").await;
+    assert!(done["last_run"]["counts"]["inserted"].as_u64().unwrap() > 0, "{done}");
+    assert!(done["next_run_at"].as_str().is_some(), "{done}");
+    let (_, list) = call(reqwest::Method::GET, &format!("{t}/pipelines"), Some(&admin), None).await;
+    assert_eq!(list["pipelines"].as_array().unwrap().len(), 2);
+
+    // Sync now: 202 with the run's id, and that run appears with that id.
+    let (status, queued) = call(reqwest::Method::POST, &format!("{t}/pipelines/events/sync"), Some(&rep), Some(&json!({}))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{queued}");
+    let run_id = queued["run_id"].as_str().unwrap().to_string();
+    let run = until(&format!("{t}/pipelines/events/runs/{run_id}"), &admin, |r| r["status"] == "succeeded").await;
+    assert_eq!(run["trigger"], "manual");
+    let (status, _) = call(reqwest::Method::POST, &format!("{t}/pipelines/events/sync"), Some(&admin), Some(&json!({}))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "an admin may not start runs");
+    let (status, e) = call(reqwest::Method::POST, &format!("{t}/pipelines/events/sync"), Some(&rep), Some(&json!({"full": true}))).await;
+    assert_eq!((status, e["error"]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("full")), "{e}");
+    let (_, queued) =
+        call(reqwest::Method::POST, &format!("{t}/pipelines/events/sync"), Some(&rep), Some(&json!({"full_refresh": true}))).await;
+    let full = queued["run_id"].as_str().unwrap().to_string();
+    let run = until(&format!("{t}/pipelines/events/runs/{full}"), &admin, |r| r["status"] == "succeeded").await;
+    assert_eq!(run["trigger"], "full_refresh");
+
+    // Runs, newest first and paged; the timeline holds the runs and the changes.
+    let (_, page1) = call(reqwest::Method::GET, &format!("{t}/pipelines/events/runs?limit=2"), Some(&admin), None).await;
+    assert_eq!(page1["runs"][0]["run_id"], full.as_str());
+    assert_eq!(page1["runs"].as_array().unwrap().len(), 2);
+    let next = page1["next"].as_str().expect("a next page");
+    let (_, page2) = call(reqwest::Method::GET, &format!("{t}/pipelines/events/runs?limit=2&after={next}"), Some(&admin), None).await;
+    assert!(!page2["runs"].as_array().unwrap().is_empty());
+    assert_ne!(page2["runs"][0]["run_id"], page1["runs"][0]["run_id"]);
+    let (status, e) = call(reqwest::Method::GET, &format!("{t}/pipelines/events/runs?limt=2"), Some(&admin), None).await;
+    assert_eq!((status, e["error"]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("limt")));
+    let (_, timeline) = call(reqwest::Method::GET, &format!("{t}/pipelines/events/timeline"), Some(&admin), None).await;
+    let kinds: Vec<&str> = timeline["timeline"].as_array().unwrap().iter().map(|i| i["type"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"run") && kinds.contains(&"change"), "{timeline}");
+    assert_eq!(*kinds.last().unwrap(), "change", "oldest: the pipeline's creation");
+    let (status, q) = call(reqwest::Method::GET, &format!("{t}/pipelines/events/quarantine?limit=5"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK, "{q}");
+    for row in q["rows"].as_array().unwrap() {
+        assert!(row["reason"].as_str().is_some_and(|r| !r.is_empty()), "{row}");
+    }
+
+    // Preview: the SQL, its parameters, the first mapped rows; nothing written.
+    let (status, p) = call(reqwest::Method::POST, &format!("{t}/pipelines/events/preview"), Some(&rep), None).await;
+    assert_eq!(status, StatusCode::OK, "{p}");
+    assert!(p["sql"].as_str().unwrap().contains("events_v"), "{p}");
+    assert!(!p["rows"].as_array().unwrap().is_empty());
+
+    // Another tenant's admin sees none of it.
+    let other = token(store.as_ref(), "globex", "admin").await;
+    assert_eq!(call(reqwest::Method::GET, &format!("{t}/pipelines/events"), Some(&other), None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(call(reqwest::Method::GET, &format!("{t}/pipelines/events/runs/{full}"), Some(&other), None).await.0, StatusCode::NOT_FOUND);
+
+    // A deleted pipeline stops; its runs stay.
+    assert_eq!(call(reqwest::Method::DELETE, &format!("{t}/pipelines/people"), Some(&rep), None).await.0, StatusCode::OK);
+    assert_eq!(call(reqwest::Method::GET, &format!("{t}/pipelines/people"), Some(&admin), None).await.0, StatusCode::NOT_FOUND);
+    stop.cancel();
+    serving.await.unwrap().unwrap();
+}

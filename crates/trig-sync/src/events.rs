@@ -395,10 +395,22 @@ pub(crate) async fn dry_run(ctx: &Ctx<'_>, spec: &EventsSpec, trigger: Trigger, 
         let q = select(&ctx.table, spec, &layout, Window { from: range.end, to: range.end }, false);
         return Ok(DryRun { sql: q.sql, parameters: q.parameters, rows: Vec::new() });
     };
-    // The first statement of the plan a real run follows.
-    let Step { query: q, .. } = windows(ctx, spec, &layout, range, start).next(None).await?.expect("a non-empty range has a first window");
-    let stream = ctx.query(&q, Some(limit)).await?;
-    let batches = stream.collect_batches().await?;
+    // The plan a real run follows, up to its first statement that returns
+    // rows (empty windows are skipped as a run skips them), at most a few statements.
+    let mut plan = windows(ctx, spec, &layout, range, start);
+    let mut last = None;
+    let (mut q, mut batches) = (None, Vec::new());
+    for _ in 0..8 {
+        let Some(Step { query, .. }) = plan.next(last).await? else { break };
+        batches = ctx.query(&query, Some(limit)).await?.collect_batches().await?;
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        q = Some(query);
+        if rows > 0 {
+            break;
+        }
+        last = Some(0);
+    }
+    let q = q.expect("a non-empty range has a first window");
     let mapper = Mapper {
         spec,
         layout: &layout,
