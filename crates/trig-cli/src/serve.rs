@@ -32,6 +32,10 @@ pub struct ServeArgs {
     /// Serve the API only; run no pipelines in this process.
     #[arg(long)]
     no_scheduler: bool,
+    /// How long a run's lease lasts without a heartbeat, in seconds: how soon another
+    /// process takes over the pipelines of one that died.
+    #[arg(long, default_value_t = 60)]
+    lease_ttl_secs: u64,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -381,6 +385,11 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let scheduler = (!a.no_scheduler).then(|| trig_server::scheduler::SchedulerOptions {
         tick: std::time::Duration::from_millis(a.scheduler_tick_ms.max(50)),
+        engine: trig_sync::EngineOptions {
+            holder: trig_store::Holder::this_process("trig-databricks serve"),
+            lease_ttl: std::time::Duration::from_secs(a.lease_ttl_secs.clamp(2, 3600)),
+            ..Default::default()
+        },
         ..Default::default()
     });
     let options = ServeOptions { addr, shutdown_deadline: std::time::Duration::from_secs(a.shutdown_deadline_secs), scheduler };

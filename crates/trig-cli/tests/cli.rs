@@ -882,3 +882,143 @@ async fn tenants_tokens_and_serve_from_a_config_holding_only_its_store() {
     assert!(text(&o).contains("TRIG_SECRET_KEY") && !text(&o).contains("short"), "{}", text(&o));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Starts `trig-databricks serve` and returns it with the URL it listens on.
+async fn serve(config: &str, extra: &[&str]) -> (Child, String) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", config, "--addr", "127.0.0.1:0", "--scheduler-tick-ms", "200"])
+        .args(extra)
+        .env("TRIG_SECRET_KEY", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")
+        .env_remove("TRIG_FAILPOINT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let base = serde_json::from_str::<Value>(&line).unwrap_or_else(|_| panic!("serve printed {line:?}"))["listening"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (Child(child), base)
+}
+
+#[tokio::test]
+async fn three_serve_processes_on_one_postgres_run_every_pipeline_once_at_a_time_through_a_kill() {
+    let Some(server) = trig_store::testing::postgres_server("the scale-out test") else { return };
+    let db = trig_store::testing::FreshDatabase::create(&server, "trig_scale");
+    let (_emu, info) = demo_emulator().await;
+    let dir = temp_dir("scale");
+    // The reference: one pipeline synced once by the CLI into SQLite.
+    let reference = sync_config(&dir, &info, "service_principal", "");
+    let r = cli(&["sync", "events", "--config", reference.to_str().unwrap(), "--json"]);
+    assert!(r.status.success(), "{}", text(&r));
+    let o = cli(&["export", "events", "--config", reference.to_str().unwrap()]);
+    let expected_events = ndjson(&o).len() as i64;
+    let o = cli(&["export", "parked", "--config", reference.to_str().unwrap()]);
+    let expected_parked = ndjson(&o).len() as i64;
+    assert!(expected_events > 1000, "{expected_events}");
+
+    // 30 events pipelines on one warehouse, in a config three processes share.
+    const N: usize = 30;
+    let mut text = format!("[store]\nurl = \"{}\"\n", db.url)
+        + &trig_config::demo::connection(
+            "demo",
+            info["workspace_url"].as_str().unwrap(),
+            info["warehouse_id"].as_str().unwrap(),
+            &host_of(&info),
+            "token",
+        );
+    for i in 0..N {
+        text += &trig_config::demo::events(&format!("e{i:02}"), "demo");
+    }
+    let config = dir.join("scale.toml");
+    std::fs::write(&config, text).unwrap();
+    let c = config.to_str().unwrap();
+    let mut procs = Vec::new();
+    for _ in 0..3 {
+        procs.push(serve(c, &["--lease-ttl-secs", "3"]).await);
+    }
+
+    // Kill one process while it holds a lease (mid-run), with SIGKILL.
+    let url = db.url.clone();
+    let victim = procs[0].0.0.id() as i64;
+    let killed = std::thread::spawn(move || {
+        let mut pg = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            let held: i64 = pg
+                .query_one(
+                    "SELECT count(*) FROM pipelines p JOIN sync_runs r ON r.pipeline_id = p.id AND r.status = 'running'
+                     WHERE p.holder_pid = $1 AND r.rows_read > 0",
+                    &[&victim],
+                )
+                .unwrap()
+                .get(0);
+            if held > 0 {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        false
+    })
+    .join()
+    .unwrap();
+    assert!(killed, "the first process never ran a pipeline");
+    Command::new("kill").args(["-KILL", &victim.to_string()]).status().unwrap();
+
+    // Every pipeline ends with exactly the source's events, each once.
+    let url = db.url.clone();
+    let checked = std::thread::spawn(move || -> (Vec<(String, i64, i64, i64)>, i64, i64) {
+        let mut pg = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+        loop {
+            let rows = pg
+                .query(
+                    "SELECT p.name,
+                       (SELECT count(*) FROM events e WHERE e.pipeline_id = p.id),
+                       (SELECT count(*) FROM parked_events e WHERE e.pipeline_id = p.id),
+                       (SELECT count(*) FROM sync_runs r WHERE r.pipeline_id = p.id AND r.status = 'succeeded')
+                     FROM pipelines p WHERE p.definition IS NOT NULL ORDER BY p.name",
+                    &[],
+                )
+                .unwrap();
+            let all: Vec<(String, i64, i64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
+            if all.len() == N && all.iter().all(|(_, _, _, ok)| *ok > 0) {
+                // No pipeline ever ran twice at once: its runs' intervals never overlap.
+                let overlaps: i64 = pg
+                    .query_one(
+                        "SELECT count(*) FROM sync_runs a JOIN sync_runs b ON a.pipeline_id = b.pipeline_id AND a.id < b.id
+                         WHERE a.started_at < COALESCE(b.ended_at, 9223372036854775807)
+                           AND b.started_at < COALESCE(a.ended_at, 9223372036854775807)",
+                        &[],
+                    )
+                    .unwrap()
+                    .get(0);
+                let interrupted: i64 = pg.query_one("SELECT count(*) FROM sync_runs WHERE status = 'interrupted'", &[]).unwrap().get(0);
+                return (all, overlaps, interrupted);
+            }
+            assert!(std::time::Instant::now() < deadline, "not every pipeline finished: {all:?}");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    })
+    .join()
+    .unwrap();
+    let (all, overlaps, interrupted) = checked;
+    for (name, events, parked, _) in &all {
+        assert_eq!(
+            (*events, *parked),
+            (expected_events, expected_parked),
+            "pipeline {name}: events and parked as the reference sync stored them"
+        );
+    }
+    assert_eq!(overlaps, 0, "two runs of one pipeline overlapped");
+    assert!(interrupted >= 1, "the killed process's run is marked interrupted by the process that took over");
+    drop(procs);
+}

@@ -398,43 +398,37 @@ impl<B: Backend> Catalog for B {
     async fn put_connection(&self, t: TenantId, name: &str, w: ConnectionWrite) -> Result<(ConnectionRecord, bool), Error> {
         let name = name.to_string();
         self.db(true, move |db| {
-            let old = db
-                .query_opt(&format!("{CONNECTION} WHERE tenant_id = $1 AND name = $2"), &[t.0.into(), (&name).into()])?
-                .map(|r| connection(&r));
             let now = now_micros();
             let config = w.config.to_string();
             let secret_at = w.sealed_secret.as_ref().map(|_| now);
-            match &old {
-                None => {
-                    db.execute(
-                        "INSERT INTO connections (tenant_id, name, origin, config, secret, secret_changed_at, created_at, updated_at)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
-                        &[
-                            t.0.into(),
-                            (&name).into(),
-                            (&w.origin).into(),
-                            (&config).into(),
-                            w.sealed_secret.as_deref().into(),
-                            secret_at.into(),
-                            now.into(),
-                        ],
-                    )?;
-                }
-                Some(o) => {
-                    db.execute(
-                        "UPDATE connections SET origin = $1, config = $2, secret = COALESCE($3, secret),
-                           secret_changed_at = COALESCE($4, secret_changed_at), updated_at = $5 WHERE id = $6",
-                        &[
-                            (&w.origin).into(),
-                            (&config).into(),
-                            w.sealed_secret.as_deref().into(),
-                            secret_at.into(),
-                            now.into(),
-                            o.id.into(),
-                        ],
-                    )?;
-                }
-            }
+            // Insert if new (several processes may load one config file at once), else update.
+            let inserted = db.execute(
+                "INSERT INTO connections (tenant_id, name, origin, config, secret, secret_changed_at, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT DO NOTHING",
+                &[
+                    t.0.into(),
+                    (&name).into(),
+                    (&w.origin).into(),
+                    (&config).into(),
+                    w.sealed_secret.as_deref().into(),
+                    secret_at.into(),
+                    now.into(),
+                ],
+            )? > 0;
+            let old = if inserted {
+                None
+            } else {
+                let o = db
+                    .query_opt(&format!("{CONNECTION} WHERE tenant_id = $1 AND name = $2"), &[t.0.into(), (&name).into()])?
+                    .map(|r| connection(&r))
+                    .ok_or_else(|| Error::Database("a connection that exists cannot be read".into()))?;
+                db.execute(
+                    "UPDATE connections SET origin = $1, config = $2, secret = COALESCE($3, secret),
+                       secret_changed_at = COALESCE($4, secret_changed_at), updated_at = $5 WHERE id = $6",
+                    &[(&w.origin).into(), (&config).into(), w.sealed_secret.as_deref().into(), secret_at.into(), now.into(), o.id.into()],
+                )?;
+                Some(o)
+            };
             let unchanged = old.as_ref().is_some_and(|o| o.config == w.config && w.sealed_secret.is_none() && o.origin == w.origin);
             if !unchanged {
                 let action = if old.is_none() { "created" } else { w.action.as_str() };
