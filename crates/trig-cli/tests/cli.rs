@@ -883,6 +883,9 @@ async fn tenants_tokens_and_serve_from_a_config_holding_only_its_store() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A pipeline's name, events, parked events and succeeded runs.
+type PipelineCounts = (String, i64, i64, i64);
+
 /// Starts `trig-databricks serve` and returns it with the URL it listens on.
 async fn serve(config: &str, extra: &[&str]) -> (Child, String) {
     let mut child = Command::new(BIN)
@@ -975,7 +978,7 @@ async fn three_serve_processes_on_one_postgres_run_every_pipeline_once_at_a_time
 
     // Every pipeline ends with exactly the source's events, each once.
     let url = db.url.clone();
-    let checked = std::thread::spawn(move || -> (Vec<(String, i64, i64, i64)>, i64, i64) {
+    let checked = std::thread::spawn(move || -> (Vec<PipelineCounts>, i64, i64) {
         let mut pg = postgres::Client::connect(&url, postgres::NoTls).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
         loop {
@@ -989,7 +992,7 @@ async fn three_serve_processes_on_one_postgres_run_every_pipeline_once_at_a_time
                     &[],
                 )
                 .unwrap();
-            let all: Vec<(String, i64, i64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
+            let all: Vec<PipelineCounts> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
             if all.len() == N && all.iter().all(|(_, _, _, ok)| *ok > 0) {
                 // No pipeline ever ran twice at once: its runs' intervals never overlap.
                 let overlaps: i64 = pg
