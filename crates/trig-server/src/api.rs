@@ -33,6 +33,7 @@ pub struct AppState {
     pub config: Option<Arc<trig_config::Config>>,
     /// Wakes the scheduler (a run was asked for).
     pub wake: Arc<tokio::sync::Notify>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The API's routes.
@@ -40,6 +41,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/api/v1/tenants", get(list_tenants).post(create_tenant))
         .route("/api/v1/tenants/{t}/connections", get(connections::list))
         .route(
@@ -117,6 +119,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
             &json!({ "status": "not ready", "error": { "kind": "store", "message": e.to_string() } }),
         ),
     }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
 
 async fn not_found() -> Error {

@@ -8,6 +8,7 @@
 //! | `connections` | connections through the API: validated by the config loader, the secret sealed and write-only |
 //! | `pipelines` | pipelines through the API (representative), status, runs, the timeline, quarantine, sync now; a tenant's configuration for the engine |
 //! | `scheduler` | every defined pipeline on its schedule: due from the store, leases, warehouse limits, backoff, pauses |
+//! | `metrics` | `/metrics` in Prometheus' text format; labels only of our own words |
 //! | `auth` | API tokens (random, stored as SHA-256), roles, who sees which tenant |
 //! | `secrets` | secrets at rest: the keyring (current key, old keys), seal and open |
 //! | `error` | the crate's one `Error`, its HTTP status and JSON shape |
@@ -15,6 +16,7 @@
 pub mod api;
 pub mod auth;
 pub mod connections;
+pub mod metrics;
 mod error;
 pub mod pipelines;
 pub mod scheduler;
@@ -65,7 +67,8 @@ impl Server {
     ) -> std::io::Result<Server> {
         let listener = tokio::net::TcpListener::bind(options.addr).await?;
         let wake = Arc::new(tokio::sync::Notify::new());
-        Ok(Server { listener, state: api::AppState { store, keys, config, wake }, options })
+        let metrics = Arc::default();
+        Ok(Server { listener, state: api::AppState { store, keys, config, wake, metrics }, options })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {

@@ -291,19 +291,38 @@ async fn run_one(
     }
     let engine = Engine::new((*config).clone(), state.store.clone(), options.engine.clone());
     let started = chrono::Utc::now().timestamp_micros();
+    if rec.requested.is_none()
+        && let Some(due) = rec.next_run_at
+    {
+        state.metrics.lag((started - due) as f64 / 1e6);
+    }
     let result = engine.run_as(&rec.name, trigger, rec.requested_run_id.clone(), &cancel).await;
     let now = chrono::Utc::now().timestamp_micros();
+    let seconds = (now - started) as f64 / 1e6;
     let end = match result {
-        Ok(f) => match f.error {
-            None => RunEnd::Succeeded,
-            Some(trig_sync::Error::Cancelled) if cancel.is_cancelled() => return, // stopping: due again at once after the restart
-            Some(e) => RunEnd::Failed { class: e.class(), kind: e.kind().into(), message: e.to_string(), hint: e.hint() },
-        },
+        Ok(f) => {
+            state.metrics.claim("claimed");
+            state.metrics.run_ended(p.kind(), &f.run, seconds);
+            match f.error {
+                None => RunEnd::Succeeded,
+                Some(trig_sync::Error::Cancelled) if cancel.is_cancelled() => return, // stopping: due again at once after the restart
+                Some(e) => RunEnd::Failed { class: e.class(), kind: e.kind().into(), message: e.to_string(), hint: e.hint() },
+            }
+        }
         // Another process runs it (it saw it due at the same time): theirs to record.
-        Err(trig_sync::Error::Store(trig_store::Error::LeaseHeld { .. })) => return,
-        Err(trig_sync::Error::Store(trig_store::Error::LeaseLost { .. })) => return,
+        Err(trig_sync::Error::Store(trig_store::Error::LeaseHeld { .. })) => {
+            state.metrics.claim("held");
+            return;
+        }
+        Err(trig_sync::Error::Store(trig_store::Error::LeaseLost { .. })) => {
+            state.metrics.lease_lost();
+            return;
+        }
         Err(trig_sync::Error::Cancelled) => return,
-        Err(e) => RunEnd::Failed { class: e.class(), kind: e.kind().into(), message: e.to_string(), hint: e.hint() },
+        Err(e) => {
+            state.metrics.error(e.kind());
+            RunEnd::Failed { class: e.class(), kind: e.kind().into(), message: e.to_string(), hint: e.hint() }
+        }
     };
     tracing::info!(tenant = %rec.tenant_name, pipeline = %rec.name, ok = matches!(end, RunEnd::Succeeded), secs = (now - started) / 1_000_000, "run ended");
     let o = next_after(now, schedule, rec.failures, rec.failing_since, &end, &options, jitter_sample());

@@ -369,6 +369,12 @@ async fn pipelines_defined_through_the_api_are_scheduled_run_on_request_and_expl
     assert_eq!(call(reqwest::Method::GET, &format!("{t}/pipelines/events"), Some(&other), None).await.0, StatusCode::NOT_FOUND);
     assert_eq!(call(reqwest::Method::GET, &format!("{t}/pipelines/events/runs/{full}"), Some(&other), None).await.0, StatusCode::NOT_FOUND);
 
+    // Metrics: runs by kind and status, rows by outcome; no tenant, table or token in them.
+    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(text.contains("trig_runs_total{kind=\"events\",status=\"succeeded\"}"), "{text}");
+    assert!(text.contains("trig_rows_total{outcome=\"inserted\"}") && text.contains("trig_run_duration_seconds_bucket"), "{text}");
+    assert!(!text.contains("acme") && !text.contains("events_v") && !text.contains(&good) && !text.contains(&rep), "{text}");
+
     // A deleted pipeline stops; its runs stay.
     assert_eq!(call(reqwest::Method::DELETE, &format!("{t}/pipelines/people"), Some(&rep), None).await.0, StatusCode::OK);
     assert_eq!(call(reqwest::Method::GET, &format!("{t}/pipelines/people"), Some(&admin), None).await.0, StatusCode::NOT_FOUND);
