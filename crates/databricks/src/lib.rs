@@ -32,6 +32,6 @@ pub use error::Error;
 pub use metadata::{Catalog, EffectivePrivilege, Identity, TableColumn, Warehouse};
 pub use retry::{RetryPolicy, Verdict};
 pub use secret::Secret;
-pub use settings::{AllowHosts, Cloud, WarehouseId, WorkspaceUrl};
+pub use settings::{AllowHosts, Cloud, WarehouseId, WebhookUrl, WorkspaceUrl};
 pub use sql::{TableName, ensure_read_only, quote_ident, validate_filter};
 pub use statement::{Parameter, Progress, ProgressFn, QueryOptions, ResultStream, Statement, TextResult};

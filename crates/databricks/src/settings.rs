@@ -198,6 +198,92 @@ impl WorkspaceUrl {
     }
 }
 
+/// A URL Trig posts to (an alert webhook), under the workspace URL's SSRF
+/// rules: `https://` only, no user name or password, no IP address, and no
+/// host that resolves to an internal address, unless the operator's
+/// allow-list names the host. The URL itself may hold a secret (Slack's
+/// do): [`WebhookUrl::shown`] is what may be quoted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookUrl {
+    url: String,
+    host: String,
+    port: Option<u16>,
+    https: bool,
+}
+
+impl fmt::Debug for WebhookUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WebhookUrl({})", self.shown())
+    }
+}
+
+impl WebhookUrl {
+    pub fn parse(input: &str, allow: &AllowHosts) -> Result<WebhookUrl, String> {
+        let text = input.trim();
+        let lower = text.to_ascii_lowercase();
+        let (https, rest) = if let Some(r) = lower.strip_prefix("https://") {
+            (true, &text[text.len() - r.len()..])
+        } else if let Some(r) = lower.strip_prefix("http://") {
+            (false, &text[text.len() - r.len()..])
+        } else {
+            return Err("must be an https:// URL, e.g. https://hooks.slack.com/services/…".into());
+        };
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let authority = &rest[..end];
+        if authority.contains('@') {
+            return Err("user names or passwords in the URL are not accepted".into());
+        }
+        let (host, port) = split_host_port(authority)?;
+        if !allow.allows(&host, port) {
+            if !https {
+                return Err("plain http is refused; use https://".into());
+            }
+            if host.parse::<IpAddr>().is_ok() {
+                return Err("an IP address is refused; use the service's host name".into());
+            }
+            if host == "localhost" || host.ends_with(".localhost") || host.ends_with(".internal") || host.ends_with(".local") {
+                return Err("an internal host is refused".into());
+            }
+        }
+        if text.len() > 2048 {
+            return Err("is over 2048 characters".into());
+        }
+        Ok(WebhookUrl { url: text.to_string(), host, port, https })
+    }
+
+    /// The URL, to post to (it may hold a secret: never print it).
+    pub fn expose(&self) -> &str {
+        &self.url
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(if self.https { 443 } else { 80 })
+    }
+
+    /// What may be quoted: scheme and host, not the path.
+    pub fn shown(&self) -> String {
+        format!("{}://{}/…", if self.https { "https" } else { "http" }, self.host)
+    }
+
+    /// Every address the host resolved to must be public unless the host is allow-listed.
+    pub fn check_resolved(&self, addrs: &[IpAddr], allow: &AllowHosts) -> Result<(), String> {
+        if allow.allows(&self.host, self.port) {
+            return Ok(());
+        }
+        if addrs.is_empty() {
+            return Err(format!("{} does not resolve", self.host));
+        }
+        match addrs.iter().find(|a| is_internal(a)) {
+            Some(a) => Err(format!("{} resolves to the internal address {a}, which is refused", self.host)),
+            None => Ok(()),
+        }
+    }
+}
+
 impl fmt::Display for WorkspaceUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.base())
@@ -335,6 +421,29 @@ impl fmt::Display for WarehouseId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_webhook_url_follows_the_ssrf_rules() {
+        let none = AllowHosts::default();
+        let ok = WebhookUrl::parse("https://hooks.slack.com/services/T0/B0/secret", &none).unwrap();
+        assert_eq!((ok.host(), ok.port(), ok.shown().as_str()), ("hooks.slack.com", 443, "https://hooks.slack.com/…"));
+        assert!(!format!("{ok:?}").contains("secret"));
+        for bad in [
+            "http://hooks.example.com/x",
+            "https://10.0.0.1/x",
+            "https://u:p@hooks.example.com/",
+            "https://localhost/x",
+            "https://metadata.internal/x",
+            "ftp://x",
+        ] {
+            assert!(WebhookUrl::parse(bad, &none).is_err(), "{bad}");
+        }
+        let allow = AllowHosts::parse(&["127.0.0.1:9000"]).unwrap();
+        let local = WebhookUrl::parse("http://127.0.0.1:9000/hook", &allow).unwrap();
+        assert!(local.check_resolved(&["127.0.0.1".parse().unwrap()], &allow).is_ok());
+        assert!(ok.check_resolved(&["169.254.169.254".parse().unwrap()], &none).unwrap_err().contains("internal address"));
+        assert!(ok.check_resolved(&["3.3.3.3".parse().unwrap()], &none).is_ok());
+    }
 
     fn none() -> AllowHosts {
         AllowHosts::default()

@@ -36,6 +36,10 @@ pub struct ServeArgs {
     /// process takes over the pipelines of one that died.
     #[arg(long, default_value_t = 60)]
     lease_ttl_secs: u64,
+    /// A host (HOST or HOST:PORT) an alert webhook may be on although the SSRF rules
+    /// refuse it, e.g. a receiver inside your network; repeat for several.
+    #[arg(long = "webhook-allow-host")]
+    webhook_allow_hosts: Vec<String>,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -392,7 +396,12 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         },
         ..Default::default()
     });
-    let options = ServeOptions { addr, shutdown_deadline: std::time::Duration::from_secs(a.shutdown_deadline_secs), scheduler };
+    let webhook_allow = match databricks::AllowHosts::parse(&a.webhook_allow_hosts) {
+        Ok(h) => h,
+        Err(m) => return Ok(problem::user(false, &[Problem::new("--webhook-allow-host", m)])),
+    };
+    let options =
+        ServeOptions { addr, shutdown_deadline: std::time::Duration::from_secs(a.shutdown_deadline_secs), scheduler, webhook_allow };
     let server = match Server::bind(store, keys, Some(Arc::new(config)), options).await {
         Ok(s) => s,
         Err(e) => return Ok(problem::report(false, &[Problem::new("--addr", format!("cannot listen on {addr}: {e}"))], ExitCode::from(2))),

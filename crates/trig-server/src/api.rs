@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -34,6 +34,8 @@ pub struct AppState {
     /// Wakes the scheduler (a run was asked for).
     pub wake: Arc<tokio::sync::Notify>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Hosts an alert webhook may be on although the SSRF rules refuse them.
+    pub webhook_allow: databricks::AllowHosts,
 }
 
 /// The API's routes.
@@ -43,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/tenants", get(list_tenants).post(create_tenant))
+        .route("/api/v1/tenants/{t}", get(get_tenant).patch(patch_tenant))
         .route("/api/v1/tenants/{t}/connections", get(connections::list))
         .route(
             "/api/v1/tenants/{t}/connections/{c}",
@@ -129,15 +132,77 @@ async fn not_found() -> Error {
     Error::NotFound { what: "this path".into() }
 }
 
-fn tenant_json(t: &TenantInfo) -> Value {
-    json!({ "id": t.name, "name": t.display_name, "created_at": trig_store::time::rfc3339(t.created_at) })
+fn tenant_json(t: &TenantInfo, state: &AppState) -> Value {
+    // The webhook's URL may hold a secret: only its host is shown.
+    let webhook = t.webhook.as_ref().map(|s| {
+        let shown = state
+            .keys
+            .open(s, &crate::alerts::context(&t.name))
+            .ok()
+            .and_then(|u| databricks::WebhookUrl::parse(&u, &state.webhook_allow).ok())
+            .map(|u| u.shown());
+        json!({ "set": true, "shown": shown })
+    });
+    json!({
+        "id": t.name, "name": t.display_name, "created_at": trig_store::time::rfc3339(t.created_at),
+        "webhook": webhook.unwrap_or(json!({ "set": false })),
+    })
+}
+
+async fn get_tenant(State(state): State<AppState>, Path(t): Path<String>, headers: HeaderMap) -> Result<Response, Error> {
+    let who = principal(&state, &headers).await?;
+    let t = connections::tenant_of(&state, &who, &t).await?;
+    Ok(json_response(StatusCode::OK, &tenant_json(&t, &state)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantChange {
+    name: Option<String>,
+    /// A URL, or `null` to remove the webhook.
+    #[serde(default, deserialize_with = "some_or_null")]
+    webhook_url: Option<Option<String>>,
+}
+
+/// `"key": null` is `Some(None)`; an absent key is `None`.
+fn some_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Ok(Some(Option::deserialize(d)?))
+}
+
+async fn patch_tenant(State(state): State<AppState>, Path(t): Path<String>, headers: HeaderMap, req: Request) -> Result<Response, Error> {
+    let who = principal(&state, &headers).await?;
+    let t = connections::tenant_of(&state, &who, &t).await?;
+    let b: TenantChange = read_json(req).await?;
+    let name = match b.name.as_deref().map(str::trim) {
+        Some("") => return Err(Error::Invalid { field: "name".into(), message: "is empty".into() }),
+        Some(n) if n.chars().count() > 200 => {
+            return Err(Error::Invalid { field: "name".into(), message: "is over 200 characters".into() });
+        }
+        other => other,
+    };
+    let webhook = match &b.webhook_url {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(u)) => {
+            let url = crate::alerts::parse(u, &state.webhook_allow)?;
+            Some(Some(state.keys.seal(url.expose(), &crate::alerts::context(&t.name))?))
+        }
+    };
+    state.store.update_tenant(t.id, name, webhook.as_ref().map(|w| w.as_deref())).await.map_err(Error::from_store)?;
+    let t = state
+        .store
+        .tenant_info(&t.name)
+        .await
+        .map_err(Error::from_store)?
+        .ok_or_else(|| Error::NotFound { what: format!("tenant `{}`", t.name) })?;
+    Ok(json_response(StatusCode::OK, &tenant_json(&t, &state)))
 }
 
 async fn list_tenants(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, Error> {
     let who = principal(&state, &headers).await?;
     who.representative("list tenants")?;
     let all = state.store.tenants().await.map_err(Error::from_store)?;
-    Ok(json_response(StatusCode::OK, &json!({ "tenants": all.iter().map(tenant_json).collect::<Vec<_>>() })))
+    Ok(json_response(StatusCode::OK, &json!({ "tenants": all.iter().map(|t| tenant_json(t, &state)).collect::<Vec<_>>() })))
 }
 
 #[derive(Deserialize)]
@@ -160,7 +225,7 @@ async fn create_tenant(State(state): State<AppState>, headers: HeaderMap, req: R
         Some(n) => Some(n),
     };
     let t = state.store.create_tenant(&name, display).await.map_err(Error::from_store)?;
-    Ok(json_response(StatusCode::CREATED, &tenant_json(&t)))
+    Ok(json_response(StatusCode::CREATED, &tenant_json(&t, &state)))
 }
 
 #[cfg(test)]

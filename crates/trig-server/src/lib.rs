@@ -9,15 +9,17 @@
 //! | `pipelines` | pipelines through the API (representative), status, runs, the timeline, quarantine, sync now; a tenant's configuration for the engine |
 //! | `scheduler` | every defined pipeline on its schedule: due from the store, leases, warehouse limits, backoff, pauses |
 //! | `metrics` | `/metrics` in Prometheus' text format; labels only of our own words |
+//! | `alerts` | a tenant's webhook, once per transition (failing, recovered, paused), SSRF-checked, retried |
 //! | `auth` | API tokens (random, stored as SHA-256), roles, who sees which tenant |
 //! | `secrets` | secrets at rest: the keyring (current key, old keys), seal and open |
 //! | `error` | the crate's one `Error`, its HTTP status and JSON shape |
 
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod connections;
-pub mod metrics;
 mod error;
+pub mod metrics;
 pub mod pipelines;
 pub mod scheduler;
 pub mod secrets;
@@ -39,6 +41,8 @@ pub struct ServeOptions {
     pub shutdown_deadline: Duration,
     /// The scheduler's knobs; `None` serves the API only.
     pub scheduler: Option<scheduler::SchedulerOptions>,
+    /// Hosts an alert webhook may be on although the SSRF rules refuse them (a local receiver).
+    pub webhook_allow: databricks::AllowHosts,
 }
 
 impl Default for ServeOptions {
@@ -47,6 +51,7 @@ impl Default for ServeOptions {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             shutdown_deadline: Duration::from_secs(30),
             scheduler: Some(scheduler::SchedulerOptions::default()),
+            webhook_allow: databricks::AllowHosts::default(),
         }
     }
 }
@@ -68,7 +73,8 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(options.addr).await?;
         let wake = Arc::new(tokio::sync::Notify::new());
         let metrics = Arc::default();
-        Ok(Server { listener, state: api::AppState { store, keys, config, wake, metrics }, options })
+        let webhook_allow = options.webhook_allow.clone();
+        Ok(Server { listener, state: api::AppState { store, keys, config, wake, metrics, webhook_allow }, options })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {

@@ -65,7 +65,11 @@ pub fn kind_label(kind: &str) -> &'static str {
 
 /// An error kind as a label: ours are short snake_case words; anything else is `other`.
 fn error_label(kind: &str) -> String {
-    if !kind.is_empty() && kind.len() <= 40 && kind.chars().all(|c| c.is_ascii_lowercase() || c == '_') { kind.to_string() } else { "other".into() }
+    if !kind.is_empty() && kind.len() <= 40 && kind.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+        kind.to_string()
+    } else {
+        "other".into()
+    }
 }
 
 impl Metrics {
@@ -191,7 +195,8 @@ mod tests {
     #[test]
     fn a_run_is_counted_by_kind_status_rows_and_duration_and_labels_hold_no_customer_words() {
         let m = Metrics::default();
-        let mut run = trig_store::SyncRun { status: "failed".into(), error_kind: Some("Token Expired for acme".into()), ..Default::default() };
+        let mut run =
+            trig_store::SyncRun { status: "failed".into(), error_kind: Some("Token Expired for acme".into()), ..Default::default() };
         run.counts.inserted = 7;
         run.statement_ids = vec!["s1".into(), "s2".into()];
         run.warehouse_state = Some("STOPPED".into());

@@ -326,9 +326,32 @@ async fn run_one(
     };
     tracing::info!(tenant = %rec.tenant_name, pipeline = %rec.name, ok = matches!(end, RunEnd::Succeeded), secs = (now - started) / 1_000_000, "run ended");
     let o = next_after(now, schedule, rec.failures, rec.failing_since, &end, &options, jitter_sample());
-    if let Err(e) = state.store.record_outcome(rec.key, &o).await {
-        tracing::warn!(error = %e, "cannot record the run's outcome; the pipeline stays due");
+    match state.store.record_outcome(rec.key, &o).await {
+        Ok((failures_before, was_paused)) => {
+            let ok = matches!(end, RunEnd::Succeeded);
+            if let Some(event) = crate::alerts::transition(failures_before, was_paused, ok, o.pause.is_some()) {
+                alert(&state, &rec, event, o.error.as_ref()).await;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot record the run's outcome; the pipeline stays due"),
     }
+}
+
+/// Sends an alert in a task of its own (delivery retries must not hold the run's slot).
+async fn alert(state: &AppState, rec: &PipelineRecord, event: crate::alerts::Event, error: Option<&serde_json::Value>) {
+    let tenant = match state.store.tenant_info(&rec.tenant_name).await {
+        Ok(Some(t)) => t,
+        _ => return,
+    };
+    if tenant.webhook.is_none() {
+        return;
+    }
+    let body = crate::alerts::payload(&tenant, &rec.name, event, error);
+    let state = state.clone();
+    tokio::spawn(async move {
+        let delivered = crate::alerts::deliver(&state, &tenant, &body).await;
+        state.metrics.alert(event.as_str(), if delivered { "delivered" } else { "failed" });
+    });
 }
 
 #[cfg(test)]

@@ -381,3 +381,106 @@ async fn pipelines_defined_through_the_api_are_scheduled_run_on_request_and_expl
     stop.cancel();
     serving.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_pipeline_alerts_once_and_again_when_it_recovers() {
+    use databricks_emulator::demo::{self, DemoOptions};
+    let loaded =
+        demo::workspace(&DemoOptions { events: 200, start_delay_ms: Some(50), running: true, ..Default::default() }).await.unwrap();
+    let (good, expired) = (loaded.tokens["service_principal"].clone(), loaded.tokens["expired"].clone());
+    let emu = databricks_emulator::start(loaded.workspace, Default::default(), "127.0.0.1:0").await.unwrap();
+
+    // A webhook receiver, on loopback: allowed by the operator's list, not by the SSRF rules.
+    let got: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
+    let sink = got.clone();
+    let hook = axum::Router::new().route(
+        "/hook/T000/secret",
+        axum::routing::post(move |body: String| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(serde_json::from_str(&body).unwrap());
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, hook).await });
+
+    let dir = std::env::temp_dir().join(format!("trig-server-api-alerts-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let _dir = TempDir(dir.clone());
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.join("trig.db").to_str().unwrap()).unwrap());
+    let keys = Keyring::new("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", &[], KeySource::Environment).unwrap();
+    let options = ServeOptions {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        scheduler: Some(trig_server::scheduler::SchedulerOptions { tick: std::time::Duration::from_millis(200), ..Default::default() }),
+        webhook_allow: databricks::AllowHosts::parse(&[hook_addr.to_string()]).unwrap(),
+        ..Default::default()
+    };
+    let server = Server::bind(store.clone(), keys, None, options).await.unwrap();
+    let base = format!("http://{}", server.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    tokio::spawn(server.run(stop.clone()));
+    let rep = token(store.as_ref(), "trig", "representative").await;
+    let admin = token(store.as_ref(), "acme", "admin").await;
+    let t = format!("{base}/api/v1/tenants/acme");
+
+    // The admin sets the tenant's webhook; it is shown by its host only; an internal address is refused.
+    let (status, e) = call(reqwest::Method::PATCH, &t, Some(&admin), Some(&json!({"webhook_url": "https://10.1.2.3/hook"}))).await;
+    assert_eq!((status, e["error"]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("webhook_url")), "{e}");
+    let hook_url = format!("http://{hook_addr}/hook/T000/secret");
+    let (status, tenant) =
+        call(reqwest::Method::PATCH, &t, Some(&admin), Some(&json!({"webhook_url": hook_url, "name": "Acme Corp"}))).await;
+    assert_eq!(status, StatusCode::OK, "{tenant}");
+    assert_eq!((tenant["webhook"]["set"].as_bool(), tenant["name"].as_str()), (Some(true), Some("Acme Corp")));
+    assert!(!tenant.to_string().contains("secret"), "{tenant}");
+
+    let conn = json!({
+        "workspace_url": emu.base_url(), "http_path": format!("/sql/1.0/warehouses/{}", demo::WAREHOUSE_ID),
+        "token": good, "default_catalog": "main", "allow_hosts": [emu.addr().to_string()],
+    });
+    call(reqwest::Method::PUT, &format!("{t}/connections/demo"), Some(&admin), Some(&conn)).await;
+    let events = json!({"connection": "demo", "kind": "events", "source": "product.events_v", "event_id": "event_id", "event_name": "event_name",
+        "timestamp": "event_ts", "user_id": "user_id", "user_id_kind": "external_id", "email": "email"});
+    call(reqwest::Method::PUT, &format!("{t}/pipelines/events"), Some(&rep), Some(&events)).await;
+    until(&format!("{t}/pipelines/events"), &admin, |p| p["last_run"]["status"] == "succeeded").await;
+
+    // The token expires: two failed runs, one alert.
+    call(reqwest::Method::PATCH, &format!("{t}/connections/demo"), Some(&admin), Some(&json!({"token": expired}))).await;
+    for _ in 0..2 {
+        let (_, q) = call(reqwest::Method::POST, &format!("{t}/pipelines/events/sync"), Some(&rep), Some(&json!({}))).await;
+        let id = q["run_id"].as_str().unwrap();
+        until(&format!("{t}/pipelines/events/runs/{id}"), &admin, |r| r["status"] == "failed").await;
+    }
+    let status = until(&format!("{t}/pipelines/events"), &admin, |p| p["state"] == "failing" && p["failures"] == 2).await;
+    assert!(status["last_error"]["hint"].as_str().is_some_and(|h| !h.is_empty()), "{status}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while got.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    {
+        let alerts = got.lock().unwrap();
+        assert_eq!(alerts.len(), 1, "once per transition, not per retry: {alerts:?}");
+        assert_eq!((alerts[0]["event"].as_str(), alerts[0]["pipeline"].as_str()), (Some("failing"), Some("events")));
+        let text = alerts[0]["text"].as_str().unwrap();
+        assert!(text.contains("Acme Corp") && text.contains("What to do:"), "{text}");
+        assert!(!alerts[0].to_string().contains(&expired) && !alerts[0].to_string().contains(&good));
+    }
+
+    // Fixed: the next run succeeds and says so, once.
+    call(reqwest::Method::PATCH, &format!("{t}/connections/demo"), Some(&admin), Some(&json!({"token": good}))).await;
+    let (_, q) = call(reqwest::Method::POST, &format!("{t}/pipelines/events/sync"), Some(&rep), Some(&json!({}))).await;
+    let id = q["run_id"].as_str().unwrap();
+    until(&format!("{t}/pipelines/events/runs/{id}"), &admin, |r| r["status"] == "succeeded").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while got.lock().unwrap().len() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let alerts = got.lock().unwrap().clone();
+    assert_eq!(alerts.iter().map(|a| a["event"].as_str().unwrap()).collect::<Vec<_>>(), vec!["failing", "recovered"]);
+    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(text.contains("trig_alerts_total{event=\"failing\",result=\"delivered\"} 1"), "{text}");
+    stop.cancel();
+}

@@ -21,6 +21,9 @@ pub struct TenantInfo {
     /// A name for people (`Acme Corp`); the name when none was given.
     pub display_name: String,
     pub created_at: Micros,
+    /// The alert webhook, sealed; `None` when there is none.
+    #[serde(skip)]
+    pub webhook: Option<String>,
 }
 
 /// An API token's record; the token itself is never stored, only its hash.
@@ -165,6 +168,9 @@ pub trait Catalog: Send + Sync {
     /// The tenant named `name`, if there is one.
     async fn tenant_info(&self, name: &str) -> Result<Option<TenantInfo>, Error>;
 
+    /// Changes a tenant's name for people and its alert webhook (sealed; `Some(None)` removes it).
+    async fn update_tenant(&self, tenant: TenantId, display_name: Option<&str>, webhook: Option<Option<&str>>) -> Result<(), Error>;
+
     /// Records a token of `role` for `tenant` by its hash.
     async fn create_token(&self, tenant: TenantId, role: &str, hash: &str, label: &str) -> Result<TokenInfo, Error>;
 
@@ -224,7 +230,9 @@ pub trait Catalog: Send + Sync {
     async fn take_request(&self, pipeline: crate::PipelineKey, requested: &str) -> Result<(), Error>;
 
     /// A run ended: its next time, its failure (or success) and maybe a pause.
-    async fn record_outcome(&self, pipeline: crate::PipelineKey, outcome: &Outcome) -> Result<(), Error>;
+    /// Returns the failures in a row and whether it was paused, before this outcome
+    /// (read in the same transaction: the transition it makes is known once).
+    async fn record_outcome(&self, pipeline: crate::PipelineKey, outcome: &Outcome) -> Result<(i64, bool), Error>;
 
     /// Un-pauses a pipeline by hand, recording who; `false` when it was not paused.
     async fn unpause(&self, tenant: TenantId, name: &str, actor: &str) -> Result<bool, Error>;
@@ -299,12 +307,12 @@ fn record_change(
     Ok(())
 }
 
-const TENANT: &str = "SELECT id, name, COALESCE(display_name, name), created_at FROM tenants";
+const TENANT: &str = "SELECT id, name, COALESCE(display_name, name), created_at, webhook FROM tenants";
 const TOKEN: &str =
     "SELECT k.id, k.tenant_id, t.name, k.role, k.label, k.created_at, k.revoked_at FROM api_tokens k JOIN tenants t ON t.id = k.tenant_id";
 
 fn tenant(r: &Row) -> TenantInfo {
-    TenantInfo { id: TenantId(r.int(0)), name: r.text(1), display_name: r.text(2), created_at: r.int(3) }
+    TenantInfo { id: TenantId(r.int(0)), name: r.text(1), display_name: r.text(2), created_at: r.int(3), webhook: r.opt_text(4) }
 }
 
 fn token(r: &Row) -> TokenInfo {
@@ -345,6 +353,21 @@ impl<B: Backend> Catalog for B {
     async fn tenant_info(&self, name: &str) -> Result<Option<TenantInfo>, Error> {
         let name = name.to_string();
         self.db(false, move |db| Ok(db.query_opt(&format!("{TENANT} WHERE name = $1"), &[(&name).into()])?.map(|r| tenant(&r)))).await
+    }
+
+    async fn update_tenant(&self, t: TenantId, display_name: Option<&str>, webhook: Option<Option<&str>>) -> Result<(), Error> {
+        let display = display_name.map(str::to_string);
+        let (set_webhook, webhook) = (webhook.is_some(), webhook.flatten().map(str::to_string));
+        self.db(true, move |db| {
+            if let Some(d) = &display {
+                db.execute("UPDATE tenants SET display_name = $1 WHERE id = $2", &[d.into(), t.0.into()])?;
+            }
+            if set_webhook {
+                db.execute("UPDATE tenants SET webhook = $1 WHERE id = $2", &[webhook.as_deref().into(), t.0.into()])?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn create_token(&self, t: TenantId, role: &str, hash: &str, label: &str) -> Result<TokenInfo, Error> {
@@ -652,10 +675,14 @@ impl<B: Backend> Catalog for B {
         .await
     }
 
-    async fn record_outcome(&self, p: crate::PipelineKey, o: &Outcome) -> Result<(), Error> {
+    async fn record_outcome(&self, p: crate::PipelineKey, o: &Outcome) -> Result<(i64, bool), Error> {
         let o = o.clone();
         self.db(true, move |db| {
             let now = now_micros();
+            let before = db
+                .query_opt("SELECT failures, paused_reason FROM pipelines WHERE id = $1", &[p.pipeline.0.into()])?
+                .map(|r| (r.int(0), r.opt_text(1).is_some()))
+                .unwrap_or((0, false));
             match &o.error {
                 None => db.execute(
                     "UPDATE pipelines SET next_run_at = $1, failures = 0, failing_since = NULL, last_error = NULL WHERE id = $2",
@@ -671,7 +698,7 @@ impl<B: Backend> Catalog for B {
                     )?
                 }
             };
-            Ok(())
+            Ok(before)
         })
         .await
     }

@@ -1,5 +1,7 @@
 -- Version 4: the service's records.
 ALTER TABLE tenants ADD COLUMN display_name TEXT;
+-- the tenant's alert webhook, sealed by the service's key (its URL may hold a secret)
+ALTER TABLE tenants ADD COLUMN webhook TEXT;
 
 -- A pipeline's definition and its schedule, for `serve`. The row stays when a
 -- pipeline is deleted (its events, runs and cursors keep its id); a deleted
