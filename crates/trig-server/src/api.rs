@@ -52,6 +52,7 @@ pub fn router(state: AppState) -> Router {
             get(connections::get).put(connections::put).patch(connections::patch).delete(connections::delete),
         )
         .route("/api/v1/tenants/{t}/connections/{c}/test", post(connections::test))
+        .route("/api/v1/tenants/{t}/warehouses", get(crate::cost::warehouses))
         .route("/api/v1/tenants/{t}/pipelines", get(pipelines::list))
         .route(
             "/api/v1/tenants/{t}/pipelines/{p}",

@@ -10,6 +10,7 @@
 //! | `scheduler` | every defined pipeline on its schedule: due from the store, leases, warehouse limits, backoff, pauses |
 //! | `metrics` | `/metrics` in Prometheus' text format; labels only of our own words |
 //! | `alerts` | a tenant's webhook, once per transition (failing, recovered, paused), SSRF-checked, retried |
+//! | `cost` | the uptime Trig's runs caused per warehouse and day, wake-ups, statements, and the setting that would cut it |
 //! | `auth` | API tokens (random, stored as SHA-256), roles, who sees which tenant |
 //! | `secrets` | secrets at rest: the keyring (current key, old keys), seal and open |
 //! | `error` | the crate's one `Error`, its HTTP status and JSON shape |
@@ -18,6 +19,7 @@ pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod connections;
+pub mod cost;
 mod error;
 pub mod metrics;
 pub mod pipelines;

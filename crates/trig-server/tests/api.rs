@@ -375,6 +375,15 @@ async fn pipelines_defined_through_the_api_are_scheduled_run_on_request_and_expl
     assert!(text.contains("trig_rows_total{outcome=\"inserted\"}") && text.contains("trig_run_duration_seconds_bucket"), "{text}");
     assert!(!text.contains("acme") && !text.contains("events_v") && !text.contains(&good) && !text.contains(&rep), "{text}");
 
+    // The warehouse's cost: per day, the uptime the runs caused, wake-ups and statements.
+    let (status, w) = call(reqwest::Method::GET, &format!("{t}/warehouses"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK, "{w}");
+    let wh = &w["warehouses"][0];
+    assert_eq!(wh["warehouse_id"], demo::WAREHOUSE_ID, "{w}");
+    assert!(wh["auto_stop_mins"].as_i64().is_some(), "{w}");
+    let day = &wh["days"][0];
+    assert!(day["statements"].as_u64().unwrap() > 0, "{w}");
+
     // A deleted pipeline stops; its runs stay.
     assert_eq!(call(reqwest::Method::DELETE, &format!("{t}/pipelines/people"), Some(&rep), None).await.0, StatusCode::OK);
     assert_eq!(call(reqwest::Method::GET, &format!("{t}/pipelines/people"), Some(&admin), None).await.0, StatusCode::NOT_FOUND);

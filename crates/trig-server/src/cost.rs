@@ -1,0 +1,204 @@
+//! What Trig's runs cost a customer's warehouse: the uptime they caused per
+//! day, the wake-ups and the statements, and — when the schedule and the
+//! auto-stop keep the warehouse up most of the day — the setting that would
+//! cut it. `GET /api/v1/tenants/{t}/warehouses`.
+//!
+//! The model: a run that found its warehouse not running woke it; the
+//! warehouse then stays up until `auto_stop` after the last run that keeps
+//! it busy. So Trig's uptime is the union of `[start, end + auto_stop]`
+//! over chains of runs that begin with a wake-up (a run that found it
+//! running outside such a chain rode on someone else's uptime). Each day
+//! (UTC) gets the part of the union that falls in it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::Serialize;
+use serde_json::{Value, json};
+use trig_store::Micros;
+
+use crate::Error;
+use crate::api::{AppState, json_response, principal};
+use crate::connections::tenant_of;
+
+const DAY: Micros = 86_400_000_000;
+const MIN: Micros = 60_000_000;
+
+/// One run, as the cost model sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RunSpan {
+    pub start: Micros,
+    pub end: Micros,
+    /// The warehouse was not running when the run began.
+    pub woke: bool,
+    pub statements: u64,
+}
+
+/// A day's figures.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Day {
+    pub day: String,
+    pub uptime_caused_minutes: f64,
+    pub wakeups: u64,
+    pub statements: u64,
+}
+
+/// The uptime Trig caused per day, with its wake-ups and statements.
+pub fn per_day(runs: &[RunSpan], auto_stop: Micros) -> Vec<Day> {
+    let mut runs = runs.to_vec();
+    runs.sort_by_key(|r| r.start);
+    let mut spans: Vec<(Micros, Micros)> = Vec::new();
+    let mut days: BTreeMap<i64, Day> = BTreeMap::new();
+    for r in &runs {
+        let d = days.entry(r.start.div_euclid(DAY)).or_default();
+        d.statements += r.statements;
+        let until = r.end.max(r.start) + auto_stop;
+        match spans.last_mut() {
+            // Inside Trig's own uptime: it keeps the warehouse up longer.
+            Some((_, end)) if r.start <= *end => *end = (*end).max(until),
+            _ if r.woke => {
+                d.wakeups += 1;
+                spans.push((r.start, until));
+            }
+            // Found it running on someone else's uptime.
+            _ => {}
+        }
+    }
+    for (from, to) in spans {
+        let mut t = from;
+        while t < to {
+            let day = t.div_euclid(DAY);
+            let end = ((day + 1) * DAY).min(to);
+            days.entry(day).or_default().uptime_caused_minutes += (end - t) as f64 / MIN as f64;
+            t = end;
+        }
+    }
+    days.into_iter()
+        .map(|(day, mut d)| {
+            d.day = chrono::DateTime::from_timestamp(day * 86_400, 0).map(|t| t.format("%Y-%m-%d").to_string()).unwrap_or_default();
+            d.uptime_caused_minutes = (d.uptime_caused_minutes * 10.0).round() / 10.0;
+            d
+        })
+        .collect()
+}
+
+/// When Trig keeps a warehouse up most of the day: what to change, and the estimate with it.
+pub fn suggestion(runs: &[RunSpan], auto_stop_mins: i64, serverless: bool, shortest_schedule_mins: Option<i64>) -> Option<Value> {
+    let days = per_day(runs, auto_stop_mins * MIN);
+    let full: Vec<&Day> = days.iter().filter(|d| d.statements > 0).collect();
+    if full.is_empty() {
+        return None;
+    }
+    let avg = full.iter().map(|d| d.uptime_caused_minutes).sum::<f64>() / full.len() as f64;
+    if avg < 12.0 * 60.0 {
+        return None;
+    }
+    let lowest = if serverless { 5 } else { 10 };
+    let target = lowest.min(auto_stop_mins);
+    let with = per_day(runs, target * MIN);
+    let with_avg = with.iter().filter(|d| d.statements > 0).map(|d| d.uptime_caused_minutes).sum::<f64>() / full.len() as f64;
+    let schedule = shortest_schedule_mins.map(|s| format!(" (runs every {s} min)")).unwrap_or_default();
+    let mut text = format!(
+        "Trig's runs{schedule} keep this warehouse up about {:.0} h a day: its auto-stop ({auto_stop_mins} min) is longer than the gaps between runs, so it rarely stops.",
+        avg / 60.0
+    );
+    if target < auto_stop_mins {
+        text += &format!(" With auto-stop at {target} min it would be up about {:.0} h a day.", with_avg / 60.0);
+    }
+    text += " Or run the events pipelines less often (e.g. every hour), or on a warehouse that is up anyway.";
+    Some(json!({
+        "text": text,
+        "uptime_caused_hours_per_day": (avg / 6.0).round() / 10.0,
+        "suggested_auto_stop_mins": target,
+        "estimated_hours_per_day_with_it": (with_avg / 6.0).round() / 10.0,
+    }))
+}
+
+pub(crate) async fn warehouses(State(state): State<AppState>, Path(t): Path<String>, headers: HeaderMap) -> Result<Response, Error> {
+    let who = principal(&state, &headers).await?;
+    let t = tenant_of(&state, &who, &t).await?;
+    let tc = crate::pipelines::tenant_config(&state, &t).await?;
+    let since = chrono::Utc::now().timestamp_micros() - 7 * DAY;
+    let runs = state.store.runs(t.id, None, 10_000).await.map_err(Error::from_store)?;
+    // Warehouse (its workspace and HTTP path) → the connections on it.
+    let mut by_warehouse: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, c) in &tc.config.connections {
+        by_warehouse.entry(format!("{}{}", c.workspace.base(), c.http_path())).or_default().push(name.clone());
+    }
+    let pipeline_conn: HashMap<&str, (&str, i64)> =
+        tc.config.pipelines.values().map(|p| (p.name.as_str(), (p.connection.as_str(), (p.schedule.as_secs() / 60) as i64))).collect();
+    let mut out = Vec::new();
+    for conns in by_warehouse.values() {
+        let c = &tc.config.connections[&conns[0]];
+        let spans: Vec<RunSpan> = runs
+            .iter()
+            .filter(|r| r.started_at >= since)
+            .filter(|r| pipeline_conn.get(r.pipeline.as_str()).is_some_and(|(conn, _)| conns.iter().any(|n| n == conn)))
+            .map(|r| RunSpan {
+                start: r.started_at,
+                end: r.ended_at.unwrap_or(r.started_at),
+                woke: r.warehouse_state.as_deref().is_some_and(|s| s != "RUNNING"),
+                statements: r.statement_ids.len() as u64,
+            })
+            .collect();
+        let shortest = pipeline_conn.values().filter(|(conn, _)| conns.iter().any(|n| n == conn)).map(|(_, s)| *s).min();
+        let info = match c.settings().map_err(|e| e.message).and_then(|s| databricks::Client::new(s).map_err(|e| e.to_string())) {
+            Ok(client) => client.warehouse().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        let (name, auto_stop, serverless, err) = match &info {
+            Ok(w) => (w.name.clone(), w.auto_stop_mins, w.enable_serverless_compute.unwrap_or(false), None),
+            Err(e) => (String::new(), None, false, Some(e.clone())),
+        };
+        let stop = auto_stop.unwrap_or(10).max(0);
+        out.push(json!({
+            "warehouse_id": c.warehouse.as_str(),
+            "name": name,
+            "connections": conns,
+            "auto_stop_mins": auto_stop,
+            "days": per_day(&spans, stop * MIN),
+            "suggestion": auto_stop.and_then(|a| suggestion(&spans, a, serverless, shortest)),
+            "error": err,
+        }));
+    }
+    Ok(json_response(StatusCode::OK, &json!({ "warehouses": out, "since": trig_store::time::rfc3339(since) })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(start_min: i64, mins: i64, woke: bool) -> RunSpan {
+        RunSpan { start: start_min * MIN, end: (start_min + mins) * MIN, woke, statements: 2 }
+    }
+
+    #[test]
+    fn a_wake_up_costs_the_run_and_the_auto_stop_and_later_runs_extend_it() {
+        // Woken at 0:00 for 2 min, auto-stop 10: up until 0:12. A run at 0:05 keeps it to 0:17.
+        let days = per_day(&[run(0, 2, true), run(5, 2, false)], 10 * MIN);
+        assert_eq!(days.len(), 1);
+        assert_eq!((days[0].uptime_caused_minutes, days[0].wakeups, days[0].statements), (17.0, 1, 4));
+        // A run that found the warehouse up on someone else's uptime costs nothing.
+        let days = per_day(&[run(60, 2, false)], 10 * MIN);
+        assert_eq!((days[0].uptime_caused_minutes, days[0].wakeups), (0.0, 0));
+        // Uptime across midnight is split between the days.
+        let days = per_day(&[run(24 * 60 - 5, 1, true)], 10 * MIN);
+        assert_eq!(days.iter().map(|d| d.uptime_caused_minutes).collect::<Vec<_>>(), vec![5.0, 6.0]);
+    }
+
+    #[test]
+    fn a_schedule_shorter_than_the_auto_stop_keeps_the_warehouse_up_and_says_what_to_change() {
+        // Every 15 min for a day, 1 min each, auto-stop 20: never stops.
+        let runs: Vec<RunSpan> = (0..96).map(|i| run(i * 15, 1, i == 0)).collect();
+        let s = suggestion(&runs, 20, true, Some(15)).expect("a suggestion");
+        assert_eq!(s["suggested_auto_stop_mins"], 5);
+        assert!(s["uptime_caused_hours_per_day"].as_f64().unwrap() > 23.0, "{s}");
+        assert!(s["estimated_hours_per_day_with_it"].as_f64().unwrap() < 12.0, "{s}");
+        assert!(s["text"].as_str().unwrap().contains("runs every 15 min"), "{s}");
+        // Hourly runs with a 10 min auto-stop: no suggestion.
+        let hourly: Vec<RunSpan> = (0..24).map(|i| run(i * 60, 1, true)).collect();
+        assert_eq!(suggestion(&hourly, 10, false, Some(60)), None);
+    }
+}
