@@ -44,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/api/openapi.json", get(|| async { json_response(StatusCode::OK, &crate::openapi::document()) }))
         .route("/api/v1/tenants", get(list_tenants).post(create_tenant))
         .route("/api/v1/tenants/{t}", get(get_tenant).patch(patch_tenant))
         .route("/api/v1/tenants/{t}/connections", get(connections::list))

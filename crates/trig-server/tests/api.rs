@@ -493,3 +493,28 @@ async fn a_failing_pipeline_alerts_once_and_again_when_it_recovers() {
     assert!(text.contains("trig_alerts_total{event=\"failing\",result=\"delivered\"} 1"), "{text}");
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_route_is_served_and_asks_for_a_token_unless_public() {
+    let s = start("openapi").await;
+    let (status, doc) = call(reqwest::Method::GET, &format!("{}/api/openapi.json", s.base), None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/api/v1/tenants/{t}/pipelines/{p}/sync"]["post"]["security"].is_array(), "{doc}");
+    for r in trig_server::openapi::ROUTES {
+        let path = r.path.replace("{t}", "acme").replace("{c}", "prod").replace("{p}", "events").replace("{run_id}", "x");
+        let method = reqwest::Method::from_bytes(r.method.to_uppercase().as_bytes()).unwrap();
+        let resp = reqwest::Client::new().request(method, format!("{}{path}", s.base)).send().await.unwrap();
+        let status = resp.status();
+        let body = resp.text().await.unwrap();
+        match r.who {
+            trig_server::openapi::Who::Anyone => assert_eq!(status, StatusCode::OK, "{} {}", r.method, r.path),
+            _ => {
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{} {}: a listed route exists and asks for a token: {body}", r.method, r.path)
+            }
+        }
+    }
+    // An unknown path is JSON 404, not 401: the fallback is not hidden behind authentication.
+    let (status, _) = call(reqwest::Method::GET, &format!("{}/api/v1/nope", s.base), None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
