@@ -176,6 +176,22 @@ async fn who_am_i_answers_with_databricks_headers() {
 }
 
 #[tokio::test]
+async fn the_token_api_lists_the_callers_own_live_tokens_with_their_expiry() {
+    let emu = Emu::start().await;
+    let r = emu.get("service_principal", "/api/2.0/token/list").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let infos = r.body["token_infos"].as_array().unwrap();
+    // The service principal's live token (90 days); not its expired one, not another principal's.
+    assert_eq!(infos.len(), 1, "{}", r.body);
+    let expiry = infos[0]["expiry_time"].as_i64().unwrap();
+    let days = (expiry - chrono::Utc::now().timestamp_millis()) / 86_400_000;
+    assert!((89..=90).contains(&days), "{days}");
+    assert!(!r.body.to_string().contains("dapi"), "never a token's value: {}", r.body);
+    let r = emu.get("no_select", "/api/2.0/token/list").await;
+    assert_eq!(r.body["token_infos"][0]["expiry_time"], -1, "a token without expiry");
+}
+
+#[tokio::test]
 async fn bad_credentials_get_databricks_statuses() {
     let emu = Emu::start().await;
     // No credential: the only 401.

@@ -34,6 +34,15 @@ pub struct Warehouse {
     pub enable_serverless_compute: Option<bool>,
 }
 
+/// A personal access token of the principal, as the Token API lists it (never its value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessTokenInfo {
+    pub token_id: String,
+    pub comment: String,
+    /// When it expires, in ms since the epoch; `None` when it never does.
+    pub expiry_ms: Option<i64>,
+}
+
 /// A catalog the principal can see.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Catalog {
@@ -73,6 +82,31 @@ impl Client {
         let display_name = v.get("displayName").and_then(Value::as_str).map(str::to_string);
         let _ = self.inner.principal.set(user_name.clone());
         Ok(Identity { is_service_principal: is_uuid(&user_name), user_name, display_name })
+    }
+
+    /// The principal's own live personal access tokens, as the Token API
+    /// lists them (expiry in ms since the epoch; `None` when it never expires).
+    /// A workspace may refuse this to non-admins: callers treat an error as "not reported".
+    pub async fn own_tokens(&self) -> Result<Vec<AccessTokenInfo>, Error> {
+        #[derive(Deserialize)]
+        struct List {
+            #[serde(default)]
+            token_infos: Vec<Raw>,
+        }
+        #[derive(Deserialize)]
+        struct Raw {
+            #[serde(default)]
+            token_id: String,
+            #[serde(default)]
+            comment: String,
+            #[serde(default)]
+            expiry_time: Option<i64>,
+        }
+        let l: List = self.call(Method::GET, "/api/2.0/token/list", &[], None).await?;
+        Ok(l.token_infos
+            .into_iter()
+            .map(|r| AccessTokenInfo { token_id: r.token_id, comment: r.comment, expiry_ms: r.expiry_time.filter(|e| *e > 0) })
+            .collect())
     }
 
     /// The warehouse's state and settings.

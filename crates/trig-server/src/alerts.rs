@@ -28,6 +28,8 @@ pub enum Event {
     Failing,
     Recovered,
     Paused,
+    /// A connection's access token expires within a week.
+    TokenExpiring,
 }
 
 impl Event {
@@ -36,8 +38,36 @@ impl Event {
             Event::Failing => "failing",
             Event::Recovered => "recovered",
             Event::Paused => "paused",
+            Event::TokenExpiring => "token_expiring",
         }
     }
+}
+
+/// How soon before a token's expiry it is warned about.
+pub const EXPIRY_WARNING: i64 = 7 * 86_400_000_000;
+
+/// The soonest expiry (µs) among a principal's tokens, if it falls within the warning, after `now`.
+pub fn expiring(tokens: &[databricks::AccessTokenInfo], now: i64) -> Option<i64> {
+    tokens.iter().filter_map(|t| t.expiry_ms).map(|ms| ms * 1000).filter(|e| *e > now && *e - now <= EXPIRY_WARNING).min()
+}
+
+/// The webhook's body for a token about to expire.
+pub fn expiry_payload(tenant: &TenantInfo, connection: &str, expiry: i64, now: i64) -> Value {
+    let days = ((expiry - now) as f64 / 86_400_000_000.0).ceil() as i64;
+    let when = trig_store::time::rfc3339(expiry);
+    json!({
+        "text": format!(
+            "Trig · {} · an access token of connection `{connection}`'s principal expires in {days} day{} ({when}). \
+             What to do: if it is the token this connection uses, create a new one for the service principal and update the connection \
+             (or switch it to OAuth), before then.",
+            tenant.display_name,
+            if days == 1 { "" } else { "s" }
+        ),
+        "event": Event::TokenExpiring.as_str(),
+        "tenant": tenant.name,
+        "connection": connection,
+        "expires_at": when,
+    })
 }
 
 /// The transition a run's outcome makes, if any.
@@ -59,12 +89,14 @@ pub fn payload(tenant: &TenantInfo, pipeline: &str, event: Event, error: Option<
         Event::Failing => format!("started failing: {message}"),
         Event::Recovered => "recovered: its last run succeeded".to_string(),
         Event::Paused => format!("is paused after a day of failures only you can fix: {message}"),
+        Event::TokenExpiring => "has a token about to expire".to_string(),
     };
     let todo = match (event, hint) {
         (Event::Recovered, _) => String::new(),
         (_, Some(h)) => format!(" What to do: {h}"),
         (Event::Paused, None) => " Fix the cause, then change the connection or resume the pipeline.".into(),
         (Event::Failing, None) => " Trig retries on its own; the pipeline's runs show each attempt.".into(),
+        (Event::TokenExpiring, None) => String::new(),
     };
     json!({
         "text": format!("Trig · {} · pipeline `{pipeline}` {what}.{todo}", tenant.display_name),

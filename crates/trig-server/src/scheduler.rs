@@ -46,6 +46,8 @@ pub struct SchedulerOptions {
     pub retry_max: Duration,
     /// How long failures only the customer can fix may last before the pipeline is paused.
     pub pause_after: Duration,
+    /// How often each connection's token expiry is read (the Token API).
+    pub expiry_check: Duration,
     pub engine: EngineOptions,
 }
 
@@ -60,6 +62,7 @@ impl Default for SchedulerOptions {
             retry_base: Duration::from_secs(60),
             retry_max: Duration::from_secs(30 * 60),
             pause_after: Duration::from_secs(24 * 3600),
+            expiry_check: Duration::from_secs(12 * 3600),
             engine: EngineOptions { holder: trig_store::Holder::this_process("trig-databricks serve"), ..EngineOptions::default() },
         }
     }
@@ -143,7 +146,13 @@ impl Scheduler {
         let mut running: HashSet<PipelineKey> = HashSet::new();
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<PipelineKey>();
         let runs_stop = CancellationToken::new();
+        let mut expiry_checked: Option<tokio::time::Instant> = None;
         loop {
+            if expiry_checked.is_none_or(|t| t.elapsed() >= self.options.expiry_check) {
+                expiry_checked = Some(tokio::time::Instant::now());
+                let state = self.state.clone();
+                tokio::spawn(async move { check_expiries(&state).await });
+            }
             while let Ok(k) = done_rx.try_recv() {
                 running.remove(&k);
             }
@@ -263,6 +272,31 @@ impl Scheduler {
         );
         if let Err(e) = self.state.store.record_outcome(rec.key, &o).await {
             tracing::warn!(error = %e, "cannot record a pipeline's failure");
+        }
+    }
+}
+
+/// Reads each token-authenticated connection's token expiry and warns once per expiry.
+async fn check_expiries(state: &AppState) {
+    let Ok(tenants) = state.store.tenants().await else { return };
+    for t in tenants.into_iter().filter(|t| t.webhook.is_some()) {
+        let Ok(tc) = crate::pipelines::tenant_config(state, &t).await else { continue };
+        for (name, c) in &tc.config.connections {
+            if !matches!(c.auth, trig_config::AuthConfig::Token(_)) {
+                continue;
+            }
+            let Ok(client) = c.settings().map_err(|e| e.message).and_then(|s| databricks::Client::new(s).map_err(|e| e.to_string())) else {
+                continue;
+            };
+            // A workspace may not report tokens (the Token API refused): nothing to say.
+            let Ok(tokens) = client.own_tokens().await else { continue };
+            let now = chrono::Utc::now().timestamp_micros();
+            let Some(expiry) = crate::alerts::expiring(&tokens, now) else { continue };
+            if state.store.warn_expiry_once(t.id, name, expiry).await.unwrap_or(false) {
+                let body = crate::alerts::expiry_payload(&t, name, expiry, now);
+                let delivered = crate::alerts::deliver(state, &t, &body).await;
+                state.metrics.alert("token_expiring", if delivered { "delivered" } else { "failed" });
+            }
         }
     }
 }

@@ -424,7 +424,11 @@ async fn a_failing_pipeline_alerts_once_and_again_when_it_recovers() {
     let keys = Keyring::new("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", &[], KeySource::Environment).unwrap();
     let options = ServeOptions {
         addr: "127.0.0.1:0".parse().unwrap(),
-        scheduler: Some(trig_server::scheduler::SchedulerOptions { tick: std::time::Duration::from_millis(200), ..Default::default() }),
+        scheduler: Some(trig_server::scheduler::SchedulerOptions {
+            tick: std::time::Duration::from_millis(200),
+            expiry_check: std::time::Duration::from_millis(300),
+            ..Default::default()
+        }),
         webhook_allow: databricks::AllowHosts::parse(&[hook_addr.to_string()]).unwrap(),
         ..Default::default()
     };
@@ -491,6 +495,28 @@ async fn a_failing_pipeline_alerts_once_and_again_when_it_recovers() {
     assert_eq!(alerts.iter().map(|a| a["event"].as_str().unwrap()).collect::<Vec<_>>(), vec!["failing", "recovered"]);
     let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
     assert!(text.contains("trig_alerts_total{event=\"failing\",result=\"delivered\"} 1"), "{text}");
+
+    // A token of the connection's principal expires in 3 days (the Token API says so): one warning, however often it is read.
+    let r = reqwest::Client::new()
+        .post(format!("{}/emulator/v1/tokens", emu.base_url()))
+        .bearer_auth(emu.admin_token())
+        .header("content-type", "application/json")
+        .body(json!({"principal": "8c1c7f4e-5b1a-4a41-9d7a-2f6f0c1d9e01", "expires_in_secs": 3 * 86_400}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let soon: Value = r.json().await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while got.lock().unwrap().len() < 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await; // several more checks
+    let alerts = got.lock().unwrap().clone();
+    assert_eq!(alerts.iter().map(|a| a["event"].as_str().unwrap()).collect::<Vec<_>>(), vec!["failing", "recovered", "token_expiring"]);
+    let text = alerts[2]["text"].as_str().unwrap();
+    assert!(text.contains("expires in 3 days") && text.contains("connection `demo`") && text.contains("What to do:"), "{text}");
+    assert!(!alerts[2].to_string().contains(soon["token"].as_str().unwrap()) && !alerts[2].to_string().contains(&good));
     stop.cancel();
 }
 

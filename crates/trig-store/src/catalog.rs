@@ -200,6 +200,10 @@ pub trait Catalog: Send + Sync {
     /// Every sealed secret of every tenant.
     async fn sealed_secrets(&self) -> Result<Vec<SealedSecret>, Error>;
 
+    /// Records that the coming expiry `expiry` of a connection's token was
+    /// warned about; `true` only for the first caller for that expiry (one alert, whatever the processes).
+    async fn warn_expiry_once(&self, tenant: TenantId, connection: &str, expiry: Micros) -> Result<bool, Error>;
+
     /// Replaces a sealed secret if it is still `old` (a change in between wins), recording the rotation.
     async fn reseal(&self, connection_id: i64, old: &str, new: &str, actor: &str) -> Result<bool, Error>;
 
@@ -523,6 +527,17 @@ impl<B: Backend> Catalog for B {
                     note: r.opt_text(8),
                 })
                 .collect())
+        })
+        .await
+    }
+
+    async fn warn_expiry_once(&self, t: TenantId, connection: &str, expiry: Micros) -> Result<bool, Error> {
+        let connection = connection.to_string();
+        self.db(true, move |db| {
+            Ok(db.execute(
+                "UPDATE connections SET expiry_warned = $1 WHERE tenant_id = $2 AND name = $3 AND (expiry_warned IS NULL OR expiry_warned <> $1)",
+                &[expiry.into(), t.0.into(), (&connection).into()],
+            )? > 0)
         })
         .await
     }

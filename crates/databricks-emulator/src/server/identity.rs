@@ -25,6 +25,31 @@ pub(super) async fn scim_me(caller: Caller) -> Response {
     ok(Value::Object(m))
 }
 
+/// `GET /api/2.0/token/list`: the caller's own live personal access tokens, with their expiry
+/// (`expiry_time` in ms since the epoch, -1 when they never expire), as the Token API lists them.
+pub(super) async fn list_tokens(State(emu): State<Emulator>, caller: Caller) -> Response {
+    let now = Utc::now();
+    let ws = emu.ws();
+    let mut infos: Vec<(String, Value)> = ws
+        .tokens
+        .iter()
+        .filter(|(_, t)| !t.oauth && t.principal == caller.principal.user_name && t.expires_at.is_none_or(|e| e > now))
+        .map(|(value, t)| {
+            // A stable id that is not the token: a digest of it.
+            let id = format!("{:016x}", value.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3)));
+            let info = json!({
+                "token_id": id,
+                "creation_time": 0,
+                "expiry_time": t.expires_at.map(|e| e.timestamp_millis()).unwrap_or(-1),
+                "comment": "",
+            });
+            (id, info)
+        })
+        .collect();
+    infos.sort_by(|a, b| a.0.cmp(&b.0));
+    ok(json!({ "token_infos": infos.into_iter().map(|(_, v)| v).collect::<Vec<_>>() }))
+}
+
 pub(super) async fn host_metadata(State(emu): State<Emulator>) -> Response {
     let base = emu.base_url();
     ok(json!({"oidc_endpoint": format!("{base}/oidc"), "workspace_id": emu.ws().org_id, "account_id": ACCOUNT_ID, "cloud": "AWS"}))

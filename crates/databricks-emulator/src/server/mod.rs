@@ -140,6 +140,7 @@ fn router(emu: Emulator) -> Router {
         .route("/api/2.1/unity-catalog/permissions/{kind}/{full_name}", get(direct_permissions))
         // Identity and OAuth
         .route("/api/2.0/preview/scim/v2/Me", get(scim_me))
+        .route("/api/2.0/token/list", get(list_tokens))
         .route("/.well-known/databricks-config", get(host_metadata))
         .route("/oidc/.well-known/oauth-authorization-server", get(oidc_discovery))
         .route("/oidc/v1/token", post(oauth_token))

@@ -46,6 +46,8 @@ CREATE TABLE connections (
     config            TEXT NOT NULL,
     secret            TEXT,
     secret_changed_at BIGINT,
+    -- the token expiry an alert was sent for (once per expiry, across processes)
+    expiry_warned     BIGINT,
     created_at        BIGINT NOT NULL,
     updated_at        BIGINT NOT NULL,
     UNIQUE (tenant_id, name)

@@ -46,6 +46,8 @@ CREATE TABLE connections (
     config            TEXT NOT NULL,
     secret            TEXT,
     secret_changed_at INTEGER,
+    -- the token expiry an alert was sent for (once per expiry, across processes)
+    expiry_warned     INTEGER,
     created_at        INTEGER NOT NULL,
     updated_at        INTEGER NOT NULL,
     UNIQUE (tenant_id, name)
