@@ -221,6 +221,11 @@ impl Client {
         })
     }
 
+    /// Whether two handles are one client (one token cache, one connection pool).
+    pub fn is_same(&self, other: &Client) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     pub fn settings(&self) -> &ConnectionSettings {
         &self.inner.settings
     }

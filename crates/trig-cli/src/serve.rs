@@ -392,6 +392,7 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         engine: trig_sync::EngineOptions {
             holder: trig_store::Holder::this_process("trig-databricks serve"),
             lease_ttl: std::time::Duration::from_secs(a.lease_ttl_secs.clamp(2, 3600)),
+            clients: Some(Default::default()),
             ..Default::default()
         },
         ..Default::default()

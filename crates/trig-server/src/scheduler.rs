@@ -63,7 +63,11 @@ impl Default for SchedulerOptions {
             retry_max: Duration::from_secs(30 * 60),
             pause_after: Duration::from_secs(24 * 3600),
             expiry_check: Duration::from_secs(12 * 3600),
-            engine: EngineOptions { holder: trig_store::Holder::this_process("trig-databricks serve"), ..EngineOptions::default() },
+            engine: EngineOptions {
+                holder: trig_store::Holder::this_process("trig-databricks serve"),
+                clients: Some(Arc::default()),
+                ..EngineOptions::default()
+            },
         }
     }
 }

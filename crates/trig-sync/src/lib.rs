@@ -109,6 +109,57 @@ pub struct EngineOptions {
     pub lease_ttl: Duration,
     /// How long a run waits for a pipeline another run holds; `None` fails at once.
     pub wait_for_lease: Option<Duration>,
+    /// Clients kept across runs (a service's: the OAuth token cache and the
+    /// connection pool live on); `None` makes one per run.
+    pub clients: Option<Arc<ClientCache>>,
+}
+
+/// One `databricks::Client` per connection, reused across runs while the
+/// connection's settings stay the same (a changed token or URL makes a new one).
+#[derive(Default)]
+pub struct ClientCache {
+    clients: std::sync::Mutex<std::collections::HashMap<(String, String), (u64, Client)>>,
+}
+
+impl ClientCache {
+    /// The client of `tenant`'s connection `name` for `settings`.
+    fn get(&self, tenant: &str, name: &str, settings: databricks::ConnectionSettings, options: &ClientOptions) -> Result<Client, Error> {
+        let print = fingerprint(&settings);
+        let mut m = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (tenant.to_string(), name.to_string());
+        if let Some((p, c)) = m.get(&key)
+            && *p == print
+        {
+            return Ok(c.clone());
+        }
+        let c = Client::with_options(settings, options.clone())?;
+        m.insert(key, (print, c.clone()));
+        Ok(c)
+    }
+
+    /// How many clients are kept.
+    pub fn len(&self) -> usize {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Settings as a number (kept in memory only): equal settings, equal numbers.
+fn fingerprint(s: &databricks::ConnectionSettings) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    s.workspace.base().hash(&mut h);
+    s.warehouse.as_str().hash(&mut h);
+    s.default_catalog.hash(&mut h);
+    s.allow_hosts.entries().hash(&mut h);
+    match &s.credentials {
+        databricks::Credentials::Token(t) => ("token", t.expose()).hash(&mut h),
+        databricks::Credentials::OAuth { client_id, client_secret } => ("oauth", client_id, client_secret.expose()).hash(&mut h),
+    }
+    h.finish()
 }
 
 impl Default for EngineOptions {
@@ -127,6 +178,7 @@ impl Default for EngineOptions {
             holder: Holder::this_process("trig-databricks"),
             lease_ttl: Duration::from_secs(60),
             wait_for_lease: None,
+            clients: None,
         }
     }
 }
@@ -235,7 +287,11 @@ impl Engine {
             .connection(&p.connection)
             .map_err(|m| Error::Config { key: format!("pipelines.{}.connection", p.name), message: m })?;
         let settings = conn.settings().map_err(|e| Error::Config { key: e.key, message: e.message })?;
-        Ok((Client::with_options(settings, self.options.client.clone())?, p.source.clone()))
+        let client = match &self.options.clients {
+            Some(cache) => cache.get(self.config.tenant.as_str(), &p.connection, settings, &self.options.client)?,
+            None => Client::with_options(settings, self.options.client.clone())?,
+        };
+        Ok((client, p.source.clone()))
     }
 
     fn pipeline(&self, name: &str) -> Result<&PipelineConfig, Error> {
@@ -436,4 +492,35 @@ pub fn ordered_pipelines(config: &Config) -> Vec<String> {
     let mut v: Vec<&PipelineConfig> = config.pipelines.values().collect();
     v.sort_by_key(|p| (rank(p), p.name.clone()));
     v.into_iter().map(|p| p.name.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(token: &str) -> databricks::ConnectionSettings {
+        let allow = databricks::AllowHosts::default();
+        databricks::ConnectionSettings::new(
+            databricks::WorkspaceUrl::parse("https://dbc-a1b2c3d4-e5f6.cloud.databricks.com", &allow).unwrap(),
+            databricks::WarehouseId::from_http_path("/sql/1.0/warehouses/abc123").unwrap(),
+            databricks::Credentials::Token(databricks::Secret::new(token)),
+            None,
+            allow,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_connection_keeps_one_client_until_its_settings_change() {
+        let cache = ClientCache::default();
+        let o = ClientOptions::default();
+        let a = cache.get("acme", "prod", settings("dapi-1"), &o).unwrap();
+        let b = cache.get("acme", "prod", settings("dapi-1"), &o).unwrap();
+        assert!(a.is_same(&b), "reused across runs");
+        let c = cache.get("acme", "prod", settings("dapi-2"), &o).unwrap();
+        assert!(!c.is_same(&a), "a new token makes a new client");
+        let d = cache.get("globex", "prod", settings("dapi-2"), &o).unwrap();
+        assert!(!d.is_same(&c), "another tenant's connection is its own");
+        assert_eq!(cache.len(), 2);
+    }
 }
