@@ -8,22 +8,31 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 
-/// Upper bounds of the duration histograms, in seconds.
+/// Upper bounds of the run duration histograms, in seconds.
 const BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0];
+/// Upper bounds of the scheduler lag histogram, in seconds (the target is under 1 s).
+const LAG_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0];
 
-#[derive(Default)]
 struct Histogram {
+    bounds: &'static [f64],
     counts: Vec<u64>,
     sum: f64,
     count: u64,
 }
 
+impl Default for Histogram {
+    fn default() -> Histogram {
+        Histogram { bounds: BUCKETS, counts: vec![0; BUCKETS.len()], sum: 0.0, count: 0 }
+    }
+}
+
 impl Histogram {
+    fn lag() -> Histogram {
+        Histogram { bounds: LAG_BUCKETS, counts: vec![0; LAG_BUCKETS.len()], sum: 0.0, count: 0 }
+    }
+
     fn observe(&mut self, v: f64) {
-        if self.counts.is_empty() {
-            self.counts = vec![0; BUCKETS.len()];
-        }
-        for (i, b) in BUCKETS.iter().enumerate() {
+        for (i, b) in self.bounds.iter().enumerate() {
             if v <= *b {
                 self.counts[i] += 1;
             }
@@ -33,7 +42,6 @@ impl Histogram {
     }
 }
 
-#[derive(Default)]
 struct Inner {
     runs: BTreeMap<(&'static str, String), u64>,
     rows: BTreeMap<&'static str, u64>,
@@ -45,6 +53,23 @@ struct Inner {
     wakeups: u64,
     statements: u64,
     alerts: BTreeMap<(&'static str, &'static str), u64>,
+}
+
+impl Default for Inner {
+    fn default() -> Inner {
+        Inner {
+            runs: BTreeMap::new(),
+            rows: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            durations: BTreeMap::new(),
+            lag: Histogram::lag(),
+            claims: BTreeMap::new(),
+            lease_losses: 0,
+            wakeups: 0,
+            statements: 0,
+            alerts: BTreeMap::new(),
+        }
+    }
 }
 
 /// The process's metrics.
@@ -178,7 +203,7 @@ impl Metrics {
 }
 
 fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
-    for (i, b) in BUCKETS.iter().enumerate() {
+    for (i, b) in h.bounds.iter().enumerate() {
         let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{b}\"}} {}", h.counts.get(i).copied().unwrap_or(0));
     }
     let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {}", h.count);
@@ -210,6 +235,7 @@ mod tests {
         assert!(text.contains("trig_run_duration_seconds_bucket{kind=\"events\",le=\"1\"} 0"));
         assert!(text.contains("trig_run_duration_seconds_count{kind=\"events\"} 1"));
         assert!(text.contains("trig_scheduler_lag_seconds_count 1"));
+        assert!(text.contains("trig_scheduler_lag_seconds_bucket{le=\"0.25\"} 0") && text.contains("trig_scheduler_lag_seconds_bucket{le=\"0.5\"} 1"), "{text}");
         assert!(text.contains("trig_statements_total 2") && text.contains("trig_warehouse_wakeups_total 1"));
         assert!(!text.contains("acme"));
     }

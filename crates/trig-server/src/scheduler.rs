@@ -187,8 +187,16 @@ impl Scheduler {
                     Err(e) => tracing::warn!(error = %e, "the scheduler cannot read the due pipelines; trying again"),
                 }
             }
+            // Until the next pipeline is due, the next tick at the latest.
+            let now = chrono::Utc::now().timestamp_micros();
+            let nap = match self.state.store.next_due(now).await {
+                Ok(Some(due)) => Duration::from_micros((due - now).max(0) as u64).min(self.options.tick),
+                _ => self.options.tick,
+            };
+            // One due now but not started (every slot busy) waits for a run to end (below), or a moment: never a spin.
+            let nap = nap.max(Duration::from_millis(50));
             tokio::select! {
-                _ = tokio::time::sleep(self.options.tick) => {}
+                _ = tokio::time::sleep(nap) => {}
                 _ = self.state.wake.notified() => {}
                 _ = stop.cancelled() => {}
                 Some(k) = done_rx.recv() => { running.remove(&k); }

@@ -230,6 +230,10 @@ pub trait Catalog: Send + Sync {
     /// then the longest overdue.
     async fn due_pipelines(&self, now: Micros, limit: usize) -> Result<Vec<PipelineRecord>, Error>;
 
+    /// When the next scheduled run of any defined, unpaused pipeline that no run
+    /// holds now is due (a scheduler sleeps until then).
+    async fn next_due(&self, now: Micros) -> Result<Option<Micros>, Error>;
+
     /// A run starts: the request it serves (if it is still the one asked for) is taken.
     async fn take_request(&self, pipeline: crate::PipelineKey, requested: &str) -> Result<(), Error>;
 
@@ -674,6 +678,19 @@ impl<B: Backend> Catalog for B {
                 &[now.into(), (limit as i64).into()],
             )?;
             Ok(rows.iter().map(pipeline).collect())
+        })
+        .await
+    }
+
+    async fn next_due(&self, now: Micros) -> Result<Option<Micros>, Error> {
+        self.db(false, move |db| {
+            Ok(db
+                .query_opt(
+                    "SELECT MIN(next_run_at) FROM pipelines WHERE definition IS NOT NULL AND paused_reason IS NULL
+                       AND (holder IS NULL OR lease_until IS NULL OR lease_until < $1)",
+                    &[now.into()],
+                )?
+                .and_then(|r| r.opt_int(0)))
         })
         .await
     }
