@@ -79,7 +79,12 @@ fn usage(pid: u32) -> (f64, f64, f64) {
     let cpu = (ticks(11) + ticks(12)) / 100.0;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kib = |k: &str| {
-        status.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
     };
     (cpu, kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
 }
@@ -168,7 +173,10 @@ async fn scheduler_and_status(dir: &std::path::Path) {
         assert!(started.elapsed() < Duration::from_secs(1800), "first runs not done: {done}/{pipelines}");
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    println!("\n1. scheduler: {pipelines} pipelines on {workspaces} workspaces, one process; first runs all done in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "\n1. scheduler: {pipelines} pipelines on {workspaces} workspaces, one process; first runs all done in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let window = Duration::from_secs(env_num("BENCH_LAG_SECS", 150));
     let before = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
     let (cpu0, _, _) = usage(pid);
@@ -190,7 +198,10 @@ async fn scheduler_and_status(dir: &std::path::Path) {
 
     // 2. Status reads, 100 concurrent clients, against /healthz from the same clients.
     let status_url = format!("{t}/pipelines/p0000");
-    for (what, url, token) in [("GET /healthz (no store; the baseline)", format!("{base}/healthz"), None), ("GET pipeline status", status_url, Some(admin.clone()))] {
+    for (what, url, token) in [
+        ("GET /healthz (no store; the baseline)", format!("{base}/healthz"), None),
+        ("GET pipeline status", status_url, Some(admin.clone())),
+    ] {
         let stop_at = Instant::now() + Duration::from_secs(10);
         let mut tasks = Vec::new();
         for _ in 0..100 {
@@ -269,7 +280,11 @@ async fn throughput(dir: &std::path::Path, server: &str) {
         .await
         .unwrap();
         let secs = start.elapsed().as_secs_f64();
-        println!("   {procs} process{}: {stored} events in {secs:.1} s = {:.0} events/s", if procs == 1 { "" } else { "es" }, stored as f64 / secs);
+        println!(
+            "   {procs} process{}: {stored} events in {secs:.1} s = {:.0} events/s",
+            if procs == 1 { "" } else { "es" },
+            stored as f64 / secs
+        );
         drop(serves);
         std::thread::spawn(move || drop(db)).join().unwrap();
     }

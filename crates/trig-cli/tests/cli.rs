@@ -1025,3 +1025,57 @@ async fn three_serve_processes_on_one_postgres_run_every_pipeline_once_at_a_time
     assert!(interrupted >= 1, "the killed process's run is marked interrupted by the process that took over");
     drop(procs);
 }
+
+#[tokio::test]
+async fn sigterm_stops_serve_within_its_deadline_and_the_next_start_resumes() {
+    // A warehouse that takes 5 s to start: the first run is waiting for it when serve is told to stop.
+    let mut child = Command::new(BIN)
+        .args(["emulator", "--demo", "--events", "2000", "--addr", "127.0.0.1:0", "--start-delay-ms", "5000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _emu = Child(child);
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let info: Value = serde_json::from_str(&line).unwrap();
+    let dir = temp_dir("sigterm");
+    let config = sync_config(&dir, &info, "service_principal", "");
+    let c = config.to_str().unwrap();
+    let (mut serving, _base) = serve(c, &["--shutdown-deadline-secs", "10"]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let asked = std::time::Instant::now();
+    #[cfg(unix)]
+    Command::new("kill").args(["-TERM", &serving.0.id().to_string()]).status().unwrap();
+    let status = serving.0.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "a clean stop");
+    assert!(asked.elapsed() < std::time::Duration::from_secs(10), "within the deadline: {:?}", asked.elapsed());
+    let o = cli(&["runs", "--config", c, "--json"]);
+    let runs: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(runs.as_array().unwrap().iter().any(|r| r["status"] == "cancelled"), "the run in flight was stopped and recorded: {runs}");
+
+    // Started again, the pipelines run to the end; the stopped one is due at once.
+    let (_again, _) = serve(c, &[]).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let o = cli(&["runs", "--config", c, "--json"]);
+        let runs: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let ok: std::collections::BTreeSet<&str> =
+            runs.as_array().unwrap().iter().filter(|r| r["status"] == "succeeded").filter_map(|r| r["pipeline"].as_str()).collect();
+        if ok.contains("events") && ok.contains("people") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not resumed: {runs}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let events = ndjson(&cli(&["export", "events", "--config", c]));
+    let ids: std::collections::BTreeSet<&str> = events.iter().filter_map(|e| e["event_id"].as_str()).collect();
+    assert_eq!(ids.len(), events.len(), "each event once");
+    assert!(!events.is_empty());
+}

@@ -201,6 +201,20 @@ async fn write(
     };
     let w = ConnectionWrite { origin: "api".into(), config, sealed_secret: sealed, actor: actor(who), action: action.into() };
     let (rec, created) = state.store.put_connection(t.id, c, w).await.map_err(Error::from_store)?;
+    // A change of the connection may be the fix a paused pipeline waits for: its pipelines are un-paused.
+    if !created {
+        for p in state.store.pipeline_records(t.id).await.map_err(Error::from_store)? {
+            let on_it = p.definition.as_ref().and_then(|d| d.get("connection")).and_then(Value::as_str) == Some(c);
+            if on_it && p.paused_reason.is_some() {
+                state
+                    .store
+                    .unpause(t.id, &p.name, &format!("{} (connection `{c}` changed)", actor(who)))
+                    .await
+                    .map_err(Error::from_store)?;
+            }
+        }
+        state.wake.notify_one();
+    }
     Ok(json_response(if created { StatusCode::CREATED } else { StatusCode::OK }, &view(&rec)))
 }
 

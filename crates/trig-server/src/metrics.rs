@@ -235,7 +235,11 @@ mod tests {
         assert!(text.contains("trig_run_duration_seconds_bucket{kind=\"events\",le=\"1\"} 0"));
         assert!(text.contains("trig_run_duration_seconds_count{kind=\"events\"} 1"));
         assert!(text.contains("trig_scheduler_lag_seconds_count 1"));
-        assert!(text.contains("trig_scheduler_lag_seconds_bucket{le=\"0.25\"} 0") && text.contains("trig_scheduler_lag_seconds_bucket{le=\"0.5\"} 1"), "{text}");
+        assert!(
+            text.contains("trig_scheduler_lag_seconds_bucket{le=\"0.25\"} 0")
+                && text.contains("trig_scheduler_lag_seconds_bucket{le=\"0.5\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("trig_statements_total 2") && text.contains("trig_warehouse_wakeups_total 1"));
         assert!(!text.contains("acme"));
     }

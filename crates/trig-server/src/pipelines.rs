@@ -384,10 +384,12 @@ pub(crate) async fn timeline(
     let t = tenant_of(&state, &who, &t).await?;
     let p = resource_name("pipeline", &p)?;
     let limit = page(&uri)?.limit.unwrap_or(50).clamp(1, MAX_PAGE);
+    let r = record(&state, &t, &p).await?;
     let runs = state.store.runs(t.id, Some(&p), limit).await.map_err(Error::from_store)?;
-    let changes = state.store.changes(t.id, "pipeline", &p, limit).await.map_err(Error::from_store)?;
-    if runs.is_empty() && changes.is_empty() {
-        record(&state, &t, &p).await?;
+    let mut changes = state.store.changes(t.id, "pipeline", &p, limit).await.map_err(Error::from_store)?;
+    // Its connection's changes too (a new token, a new URL): often what a run's failure or recovery follows.
+    if let Some(c) = r.definition.as_ref().and_then(|d| d.get("connection")).and_then(Value::as_str) {
+        changes.extend(state.store.changes(t.id, "connection", c, limit).await.map_err(Error::from_store)?);
     }
     let mut items: Vec<(i64, Value)> =
         runs.iter().map(|r| (r.started_at, json!({ "type": "run", "at": trig_store::time::rfc3339(r.started_at), "run": r }))).collect();
@@ -395,7 +397,7 @@ pub(crate) async fn timeline(
         (
             c.at,
             json!({
-                "type": "change", "at": trig_store::time::rfc3339(c.at), "action": c.action, "actor": c.actor,
+                "type": "change", "subject": c.subject, "name": c.name, "at": trig_store::time::rfc3339(c.at), "action": c.action, "actor": c.actor,
                 "before": c.before, "after": c.after, "note": c.note,
             }),
         )

@@ -517,6 +517,26 @@ async fn a_failing_pipeline_alerts_once_and_again_when_it_recovers() {
     let text = alerts[2]["text"].as_str().unwrap();
     assert!(text.contains("expires in 3 days") && text.contains("connection `demo`") && text.contains("What to do:"), "{text}");
     assert!(!alerts[2].to_string().contains(soon["token"].as_str().unwrap()) && !alerts[2].to_string().contains(&good));
+
+    // Paused (as after a day of failures): a change of its connection un-pauses it.
+    let rec = store.pipeline_record(store.tenant_info("acme").await.unwrap().unwrap().id, "events").await.unwrap().unwrap();
+    let pause = trig_store::Outcome {
+        next_run_at: i64::MAX / 2,
+        error: Some(json!({"kind": "k", "message": "m", "hint": null})),
+        pause: Some("paused after failing for 24 h: m".into()),
+    };
+    store.record_outcome(rec.key, &pause).await.unwrap();
+    let (_, p) = call(reqwest::Method::GET, &format!("{t}/pipelines/events"), Some(&admin), None).await;
+    assert_eq!((p["state"].as_str(), p["paused_reason"].as_str()), (Some("paused"), Some("paused after failing for 24 h: m")));
+    call(reqwest::Method::PATCH, &format!("{t}/connections/demo"), Some(&admin), Some(&json!({"default_catalog": "main"}))).await;
+    let (_, p) = call(reqwest::Method::GET, &format!("{t}/pipelines/events"), Some(&admin), None).await;
+    assert_ne!(p["state"], "paused", "{p}");
+    // The pipeline's timeline holds its connection's changes too, and the un-pause.
+    let (_, tl) = call(reqwest::Method::GET, &format!("{t}/pipelines/events/timeline?limit=200"), Some(&admin), None).await;
+    let items = tl["timeline"].as_array().unwrap();
+    assert!(items.iter().any(|i| i["subject"] == "connection" && i["note"] == "the secret changed"), "{tl}");
+    assert!(items.iter().any(|i| i["note"].as_str().is_some_and(|n| n.starts_with("un-paused"))), "{tl}");
+    assert!(!tl.to_string().contains(&good) && !tl.to_string().contains(&expired));
     stop.cancel();
 }
 
