@@ -122,7 +122,7 @@ async fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     scheduler_and_status(&dir).await;
-    if let Some(server) = std::env::var("TRIG_BENCH_POSTGRES_URL").or_else(|_| std::env::var("TRIG_TEST_POSTGRES_URL")).ok() {
+    if let Ok(server) = std::env::var("TRIG_BENCH_POSTGRES_URL").or_else(|_| std::env::var("TRIG_TEST_POSTGRES_URL")) {
         throughput(&dir, &server).await;
     } else {
         println!("\n(PostgreSQL skipped: set TRIG_BENCH_POSTGRES_URL=postgres://root@127.0.0.1:5432/test to measure it)");
