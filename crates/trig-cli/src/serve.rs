@@ -401,8 +401,13 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         Ok(h) => h,
         Err(m) => return Ok(problem::user(false, &[Problem::new("--webhook-allow-host", m)])),
     };
-    let options =
-        ServeOptions { addr, shutdown_deadline: std::time::Duration::from_secs(a.shutdown_deadline_secs), scheduler, webhook_allow };
+    let options = ServeOptions {
+        addr,
+        shutdown_deadline: std::time::Duration::from_secs(a.shutdown_deadline_secs),
+        scheduler,
+        webhook_allow,
+        clock: std::sync::Arc::new(trig_server::SystemClock),
+    };
     let server = match Server::bind(store, keys, Some(Arc::new(config)), options).await {
         Ok(s) => s,
         Err(e) => return Ok(problem::report(false, &[Problem::new("--addr", format!("cannot listen on {addr}: {e}"))], ExitCode::from(2))),

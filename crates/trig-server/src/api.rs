@@ -36,6 +36,8 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Hosts an alert webhook may be on although the SSRF rules refuse them.
     pub webhook_allow: databricks::AllowHosts,
+    /// The scheduler's clock.
+    pub clock: Arc<dyn crate::Clock>,
 }
 
 /// The API's routes.

@@ -37,6 +37,48 @@ use trig_store::Store;
 
 pub use error::Error;
 
+/// What time it is, for the scheduler: the system's clock in service, a
+/// clock a test moves ([`ManualClock`]).
+pub trait Clock: Send + Sync {
+    /// Microseconds since the Unix epoch.
+    fn now(&self) -> trig_store::Micros;
+}
+
+/// The system's clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> trig_store::Micros {
+        chrono::Utc::now().timestamp_micros()
+    }
+}
+
+/// A clock that moves only when told to (tests: a day passes in a call).
+pub struct ManualClock(std::sync::atomic::AtomicI64);
+
+impl ManualClock {
+    /// Starting at the system's time.
+    pub fn new() -> ManualClock {
+        ManualClock(std::sync::atomic::AtomicI64::new(chrono::Utc::now().timestamp_micros()))
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_micros() as i64, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        ManualClock::new()
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> trig_store::Micros {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// How `serve` runs.
 #[derive(Clone)]
 pub struct ServeOptions {
@@ -47,6 +89,8 @@ pub struct ServeOptions {
     pub scheduler: Option<scheduler::SchedulerOptions>,
     /// Hosts an alert webhook may be on although the SSRF rules refuse them (a local receiver).
     pub webhook_allow: databricks::AllowHosts,
+    /// The scheduler's clock.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for ServeOptions {
@@ -56,6 +100,7 @@ impl Default for ServeOptions {
             shutdown_deadline: Duration::from_secs(30),
             scheduler: Some(scheduler::SchedulerOptions::default()),
             webhook_allow: databricks::AllowHosts::default(),
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -77,8 +122,8 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(options.addr).await?;
         let wake = Arc::new(tokio::sync::Notify::new());
         let metrics = Arc::default();
-        let webhook_allow = options.webhook_allow.clone();
-        Ok(Server { listener, state: api::AppState { store, keys, config, wake, metrics, webhook_allow }, options })
+        let (webhook_allow, clock) = (options.webhook_allow.clone(), options.clock.clone());
+        Ok(Server { listener, state: api::AppState { store, keys, config, wake, metrics, webhook_allow, clock }, options })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {

@@ -169,7 +169,7 @@ async fn define(
         actor: actor(who),
         action: action.into(),
         // A new pipeline's first run (its backfill) starts at the scheduler's next wake-up.
-        first_run_at: chrono::Utc::now().timestamp_micros(),
+        first_run_at: state.clock.now(),
     };
     let (r, created) = state.store.put_pipeline(t.id, p, w).await.map_err(Error::from_store)?;
     state.wake.notify_one();

@@ -97,7 +97,7 @@ pub fn next_after(
 ) -> Outcome {
     let spread = (micros(o.jitter) as f64 * jitter.clamp(0.0, 1.0)) as Micros;
     match end {
-        RunEnd::Succeeded => Outcome { next_run_at: now + micros(schedule) + spread, error: None, pause: None },
+        RunEnd::Succeeded => Outcome { at: now, next_run_at: now + micros(schedule) + spread, error: None, pause: None },
         RunEnd::Failed { class, kind, message, hint } => {
             let error = Some(json!({ "kind": kind, "message": message, "hint": hint }));
             match class {
@@ -106,13 +106,13 @@ pub fn next_after(
                     let since = failing_since.unwrap_or(now);
                     let pause = (now - since >= micros(o.pause_after))
                         .then(|| format!("paused after failing for {}: {message}", humantime_short(o.pause_after)));
-                    Outcome { next_run_at: now + micros(schedule) + spread, error, pause }
+                    Outcome { at: now, next_run_at: now + micros(schedule) + spread, error, pause }
                 }
                 // It may pass by itself: capped exponential backoff, never later than the schedule.
                 Class::Remote | Class::Internal => {
                     let exp = failures_before.clamp(0, 20) as u32;
                     let backoff = o.retry_base.saturating_mul(2u32.saturating_pow(exp)).min(o.retry_max).min(schedule);
-                    Outcome { next_run_at: now + micros(backoff) + spread / 4, error, pause: None }
+                    Outcome { at: now, next_run_at: now + micros(backoff) + spread / 4, error, pause: None }
                 }
             }
         }
@@ -188,7 +188,7 @@ impl Scheduler {
                 }
             }
             // Until the next pipeline is due, the next tick at the latest.
-            let now = chrono::Utc::now().timestamp_micros();
+            let now = self.state.clock.now();
             let nap = match self.state.store.next_due(now).await {
                 Ok(Some(due)) => Duration::from_micros((due - now).max(0) as u64).min(self.options.tick),
                 _ => self.options.tick,
@@ -222,7 +222,7 @@ impl Scheduler {
         free: usize,
         running: &HashSet<PipelineKey>,
     ) -> Result<Vec<(PipelineRecord, Arc<trig_config::Config>, String)>, crate::Error> {
-        let now = chrono::Utc::now().timestamp_micros();
+        let now = self.state.clock.now();
         let soon = now + micros(self.options.coalesce);
         let candidates = self.state.store.due_pipelines(soon, free * 4 + 16).await.map_err(crate::Error::from_store)?;
         let mut configs: BTreeMap<i64, Arc<trig_config::Config>> = BTreeMap::new();
@@ -273,15 +273,7 @@ impl Scheduler {
             hint: Some("fix the pipeline's mapping or its connection".into()),
         };
         let schedule = Duration::from_secs(24 * 3600);
-        let o = next_after(
-            chrono::Utc::now().timestamp_micros(),
-            schedule,
-            rec.failures,
-            rec.failing_since,
-            &end,
-            &self.options,
-            jitter_sample(),
-        );
+        let o = next_after(self.state.clock.now(), schedule, rec.failures, rec.failing_since, &end, &self.options, jitter_sample());
         if let Err(e) = self.state.store.record_outcome(rec.key, &o).await {
             tracing::warn!(error = %e, "cannot record a pipeline's failure");
         }
@@ -302,7 +294,7 @@ async fn check_expiries(state: &AppState) {
             };
             // A workspace may not report tokens (the Token API refused): nothing to say.
             let Ok(tokens) = client.own_tokens().await else { continue };
-            let now = chrono::Utc::now().timestamp_micros();
+            let now = state.clock.now();
             let Some(expiry) = crate::alerts::expiring(&tokens, now) else { continue };
             if state.store.warn_expiry_once(t.id, name, expiry).await.unwrap_or(false) {
                 let body = crate::alerts::expiry_payload(&t, name, expiry, now);
@@ -336,14 +328,14 @@ async fn run_one(
         return;
     }
     let engine = Engine::new((*config).clone(), state.store.clone(), options.engine.clone());
-    let started = chrono::Utc::now().timestamp_micros();
+    let started = state.clock.now();
     if rec.requested.is_none()
         && let Some(due) = rec.next_run_at
     {
         state.metrics.lag((started - due) as f64 / 1e6);
     }
     let result = engine.run_as(&rec.name, trigger, rec.requested_run_id.clone(), &cancel).await;
-    let now = chrono::Utc::now().timestamp_micros();
+    let now = state.clock.now();
     let seconds = (now - started) as f64 / 1e6;
     let end = match result {
         Ok(f) => {

@@ -521,6 +521,7 @@ async fn a_failing_pipeline_alerts_once_and_again_when_it_recovers() {
     // Paused (as after a day of failures): a change of its connection un-pauses it.
     let rec = store.pipeline_record(store.tenant_info("acme").await.unwrap().unwrap().id, "events").await.unwrap().unwrap();
     let pause = trig_store::Outcome {
+        at: chrono::Utc::now().timestamp_micros(),
         next_run_at: i64::MAX / 2,
         error: Some(json!({"kind": "k", "message": "m", "hint": null})),
         pause: Some("paused after failing for 24 h: m".into()),
@@ -563,4 +564,92 @@ async fn every_documented_route_is_served_and_asks_for_a_token_unless_public() {
     // An unknown path is JSON 404, not 401: the fallback is not hidden behind authentication.
     let (status, _) = call(reqwest::Method::GET, &format!("{}/api/v1/nope", s.base), None, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// The scheduler on a clock the test moves: days pass in milliseconds, and
+/// the test waits for nothing but the scheduler's reaction (its tick is 20 ms). The pipeline's definition names a
+/// connection that was deleted, so every run fails at once, as a failure only
+/// the customer can fix (no network in this test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_moved_clock_a_customer_fix_is_retried_on_schedule_paused_after_a_day_and_missed_slots_run_once() {
+    let dir = std::env::temp_dir().join(format!("trig-server-paused-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let _dir = TempDir(dir.clone());
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.join("trig.db").to_str().unwrap()).unwrap());
+    let clock = Arc::new(trig_server::ManualClock::new());
+    let state = trig_server::api::AppState {
+        store: store.clone(),
+        keys: Keyring::new("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", &[], KeySource::Environment).unwrap(),
+        config: None,
+        wake: Arc::default(),
+        metrics: Arc::default(),
+        webhook_allow: Default::default(),
+        clock: clock.clone(),
+    };
+    let acme = store.tenant("acme").await.unwrap();
+    use trig_server::Clock;
+    let w = trig_store::PipelineWrite {
+        origin: "api".into(),
+        definition: json!({"connection": "gone", "kind": "events", "source": "product.events_v", "event_id": "e", "event_name": "n", "timestamp": "t", "user_id": "u"}),
+        actor: "test".into(),
+        action: "replaced".into(),
+        first_run_at: clock.now(),
+    };
+    store.put_pipeline(acme, "events", w).await.unwrap();
+    let record = || async { store.pipeline_record(acme, "events").await.unwrap().unwrap() };
+    let options = trig_server::scheduler::SchedulerOptions { tick: std::time::Duration::from_millis(20), ..Default::default() };
+    let start = |state: trig_server::api::AppState| {
+        let stop = CancellationToken::new();
+        let s = trig_server::scheduler::Scheduler::new(state, options.clone());
+        (stop.clone(), tokio::spawn(s.run(stop, std::time::Duration::from_secs(1))))
+    };
+    // Moves the clock in steps of `step` (so each due time is met), giving the scheduler a few ticks each.
+    let pass = |secs: u64, clock: Arc<trig_server::ManualClock>| async move {
+        let step = 21_600.min(secs.max(1));
+        let mut left = secs;
+        while left > 0 {
+            let s = step.min(left);
+            clock.advance(std::time::Duration::from_secs(s));
+            left -= s;
+            tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let (stop, task) = start(state.clone());
+    pass(5, clock.clone()).await;
+    let r = record().await;
+    assert_eq!(r.failures, 1, "due at once on creation: {r:?}");
+    assert_eq!(r.last_error.as_ref().unwrap()["kind"], "config");
+    let first_next = r.next_run_at.unwrap();
+    // Not hammered: nothing more for most of a day (the normal schedule of a broken definition is a day).
+    pass(6 * 3600, clock.clone()).await;
+    assert_eq!(record().await.failures, 1, "a customer's fix is not retried before its schedule");
+
+    // The next time survives a restart: a new scheduler on the same store waits for it too.
+    stop.cancel();
+    task.await.unwrap();
+    let (stop, task) = start(state.clone());
+    pass(60, clock.clone()).await;
+    assert_eq!(record().await.next_run_at.unwrap(), first_next, "the next time is the store's, not the process's");
+    // A day after the first failure: the second, and the pipeline paused with its reason.
+    pass(18 * 3600 + 60, clock.clone()).await;
+    let r = record().await;
+    assert_eq!(r.failures, 2, "{r:?}");
+    assert!(r.paused_reason.as_deref().is_some_and(|p| p.starts_with("paused after failing for 24 h")), "{r:?}");
+    pass(3 * 24 * 3600, clock.clone()).await;
+    assert_eq!(record().await.failures, 2, "paused: not run again");
+
+    // Missed slots run once: stopped for a week, un-paused, started again: one run, then the schedule.
+    stop.cancel();
+    task.await.unwrap();
+    assert!(store.unpause(acme, "events", "test").await.unwrap());
+    pass(7 * 24 * 3600, clock.clone()).await;
+    let (stop, task) = start(state.clone());
+    pass(600, clock.clone()).await;
+    let r = record().await;
+    assert_eq!(r.failures, 1, "a week of missed slots ran once (the un-pause reset the count): {r:?}");
+    assert!(r.next_run_at.unwrap() > clock.now() + 23 * 3600 * 1_000_000, "then the schedule: {r:?}");
+    stop.cancel();
+    task.await.unwrap();
 }

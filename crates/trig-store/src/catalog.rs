@@ -139,6 +139,8 @@ pub struct PipelineWrite {
 /// What a run's end does to the schedule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
+    /// When the run ended (the scheduler's clock): a failure streak's start, a pause's time.
+    pub at: Micros,
     pub next_run_at: Micros,
     /// `None`: the run succeeded (failures reset); else the error `{kind, message, hint}`.
     pub error: Option<serde_json::Value>,
@@ -710,7 +712,7 @@ impl<B: Backend> Catalog for B {
     async fn record_outcome(&self, p: crate::PipelineKey, o: &Outcome) -> Result<(i64, bool), Error> {
         let o = o.clone();
         self.db(true, move |db| {
-            let now = now_micros();
+            let now = o.at;
             let before = db
                 .query_opt("SELECT failures, paused_reason FROM pipelines WHERE id = $1", &[p.pipeline.0.into()])?
                 .map(|r| (r.int(0), r.opt_text(1).is_some()))

@@ -683,13 +683,13 @@ async fn pipelines_are_defined_scheduled_requested_and_paused(f: Fixture) {
     assert!(f.b.due_pipelines(t0 - 1, 10).await.unwrap().is_empty(), "not before its time");
 
     // A run ends: next time set; a failure counts; a pause stops it being due; a change un-pauses.
-    f.a.record_outcome(p.key, &Outcome { next_run_at: t0 + 900_000_000, error: None, pause: None }).await.unwrap();
+    f.a.record_outcome(p.key, &Outcome { at: now(), next_run_at: t0 + 900_000_000, error: None, pause: None }).await.unwrap();
     assert!(f.a.due_pipelines(t0 + 1, 10).await.unwrap().is_empty());
     let e = json!({"kind": "token_expired", "message": "the token expired", "hint": "make a new one"});
-    f.a.record_outcome(p.key, &Outcome { next_run_at: t0, error: Some(e.clone()), pause: None }).await.unwrap();
+    f.a.record_outcome(p.key, &Outcome { at: now(), next_run_at: t0, error: Some(e.clone()), pause: None }).await.unwrap();
     f.b.record_outcome(
         p.key,
-        &Outcome { next_run_at: t0, error: Some(e.clone()), pause: Some("failing for 24 h: the token expired".into()) },
+        &Outcome { at: now(), next_run_at: t0, error: Some(e.clone()), pause: Some("failing for 24 h: the token expired".into()) },
     )
     .await
     .unwrap();
@@ -705,7 +705,7 @@ async fn pipelines_are_defined_scheduled_requested_and_paused(f: Fixture) {
     assert_eq!(f.a.pipeline_record(acme, "events").await.unwrap().unwrap().failures, 0);
 
     // "Sync now" and "full refresh": queued with a run id, absorbed while pending, never downgraded; due at once.
-    f.a.record_outcome(p.key, &Outcome { next_run_at: t0 + 900_000_000, error: None, pause: None }).await.unwrap();
+    f.a.record_outcome(p.key, &Outcome { at: now(), next_run_at: t0 + 900_000_000, error: None, pause: None }).await.unwrap();
     assert_eq!(f.a.request_run(acme, "events", "sync", "run-1").await.unwrap(), Some(("sync".into(), "run-1".into())));
     assert_eq!(f.b.request_run(acme, "events", "full_refresh", "run-2").await.unwrap(), Some(("full_refresh".into(), "run-1".into())));
     assert_eq!(f.a.request_run(acme, "events", "sync", "run-3").await.unwrap(), Some(("full_refresh".into(), "run-1".into())));
