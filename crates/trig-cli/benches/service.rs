@@ -12,8 +12,9 @@
 //!    same run: requests/s and p99.
 //! 3. **Throughput on PostgreSQL** (when `TRIG_BENCH_POSTGRES_URL` or
 //!    `TRIG_TEST_POSTGRES_URL` names a server): 12 events pipelines' first
-//!    runs (`BENCH_EVENTS` events each, default 50,000) into a fresh database
-//!    by 1, 2 and 3 `serve` processes: events stored per second.
+//!    runs (`BENCH_EVENTS` events each, default 50,000; 4 on each of 3
+//!    warehouses) into a fresh database by 1, 2 and 3 `serve` processes:
+//!    events stored per second.
 //!
 //! `cargo bench -p trig-cli --bench service` (BENCH_PIPELINES, BENCH_LAG_SECS, BENCH_EVENTS change it).
 
@@ -236,21 +237,27 @@ async fn scheduler_and_status(dir: &std::path::Path) {
 
 async fn throughput(dir: &std::path::Path, server: &str) {
     let events = env_num("BENCH_EVENTS", 50_000);
-    let (_emu, info) = emulator(events);
-    std::fs::write(dir.join("token"), info["tokens"]["service_principal"].as_str().unwrap()).unwrap();
-    println!("\n3. throughput into PostgreSQL: 12 events pipelines x {events} events (first runs), one warehouse");
+    // Three warehouses (one emulated workspace each), 4 pipelines on each: at most 2 runs per
+    // warehouse at once across all processes, so up to 6 runs at once.
+    let emus: Vec<(Reaped, Value)> = (0..3).map(|_| emulator(events)).collect();
+    for (i, (_, info)) in emus.iter().enumerate() {
+        std::fs::write(dir.join(format!("token{i}")), info["tokens"]["service_principal"].as_str().unwrap()).unwrap();
+    }
+    println!("\n3. throughput into PostgreSQL: 12 events pipelines x {events} events (first runs), on 3 warehouses");
     for procs in 1..=3 {
         let db = trig_store::testing::FreshDatabase::create(server, "trig_bench_serve");
-        let mut text = format!("[store]\nurl = \"{}\"\n", db.url)
-            + &trig_config::demo::connection(
-                "demo",
+        let mut text = format!("[store]\nurl = \"{}\"\n", db.url);
+        for (i, (_, info)) in emus.iter().enumerate() {
+            text += &trig_config::demo::connection(
+                &format!("w{i}"),
                 info["workspace_url"].as_str().unwrap(),
                 info["warehouse_id"].as_str().unwrap(),
-                &host_of(&info),
-                "token",
+                &host_of(info),
+                &format!("token{i}"),
             );
+        }
         for i in 0..12 {
-            text += &trig_config::demo::events(&format!("e{i:02}"), "demo");
+            text += &trig_config::demo::events(&format!("e{i:02}"), &format!("w{}", i % 3));
         }
         let config = dir.join(format!("pg{procs}.toml"));
         std::fs::write(&config, text).unwrap();

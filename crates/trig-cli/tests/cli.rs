@@ -1005,6 +1005,17 @@ async fn three_serve_processes_on_one_postgres_run_every_pipeline_once_at_a_time
                     .unwrap()
                     .get(0);
                 let interrupted: i64 = pg.query_one("SELECT count(*) FROM sync_runs WHERE status = 'interrupted'", &[]).unwrap().get(0);
+                // At most 2 runs (the default) on the one warehouse at any moment, across the 3 processes.
+                let widest: i64 = pg
+                    .query_one(
+                        "SELECT COALESCE(MAX(n), 0) FROM (SELECT (SELECT count(*) FROM sync_runs b
+                           WHERE b.started_at <= a.started_at AND COALESCE(b.ended_at, 9223372036854775807) > a.started_at) AS n
+                         FROM sync_runs a) x",
+                        &[],
+                    )
+                    .unwrap()
+                    .get(0);
+                assert!(widest <= 2, "{widest} runs on one warehouse at once");
                 return (all, overlaps, interrupted);
             }
             assert!(std::time::Instant::now() < deadline, "not every pipeline finished: {all:?}");

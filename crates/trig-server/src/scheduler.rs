@@ -35,7 +35,8 @@ pub struct SchedulerOptions {
     pub tick: Duration,
     /// Runs at once in this process.
     pub max_runs: usize,
-    /// Runs (each one statement at a time) at once per SQL warehouse, from this process.
+    /// Runs (each one statement at a time) at once per SQL warehouse, from every process together
+    /// (slots in the store) and from this one (a semaphore).
     pub per_warehouse: usize,
     /// Up to this much is added to each next time, so pipelines on one schedule spread out.
     pub jitter: Duration,
@@ -171,7 +172,7 @@ impl Scheduler {
                         for (rec, config, warehouse) in due {
                             let sem = self
                                 .warehouses
-                                .entry(warehouse)
+                                .entry(warehouse.clone())
                                 .or_insert_with(|| Arc::new(Semaphore::new(self.options.per_warehouse)))
                                 .clone();
                             running.insert(rec.key);
@@ -179,7 +180,7 @@ impl Scheduler {
                                 (self.state.clone(), self.options.clone(), done_tx.clone(), runs_stop.clone());
                             runs.spawn(async move {
                                 let key = rec.key;
-                                run_one(state, options, rec, config, sem, cancel).await;
+                                run_one(state, options, rec, config, sem, warehouse, cancel).await;
                                 let _ = done.send(key);
                             });
                         }
@@ -305,12 +306,60 @@ async fn check_expiries(state: &AppState) {
     }
 }
 
+/// A warehouse slot held for one run, kept alive by a heartbeat until released.
+struct Slot {
+    warehouse: String,
+    slot: i64,
+    holder: String,
+    beat: tokio::task::JoinHandle<()>,
+}
+
+impl Slot {
+    async fn release(self, state: &AppState) {
+        self.beat.abort();
+        if let Err(e) = state.store.release_warehouse_slot(&self.warehouse, self.slot, &self.holder).await {
+            tracing::warn!(error = %e, "cannot give a warehouse slot back; it expires on its own");
+        }
+    }
+}
+
+/// Waits for a free slot of the warehouse (checking every 250 ms), or `None` when stopping.
+async fn warehouse_slot(state: &AppState, options: &SchedulerOptions, warehouse: &str, cancel: &CancellationToken) -> Option<Slot> {
+    let ttl = micros(options.engine.lease_ttl);
+    let holder = format!("{}:{}:{:x}", options.engine.holder.host, options.engine.holder.pid, (jitter_sample() * 1e12) as u64);
+    loop {
+        let now = state.clock.now();
+        match state.store.claim_warehouse_slot(warehouse, options.per_warehouse as i64, &holder, now, now + ttl).await {
+            Ok(Some(slot)) => {
+                let (st, w, h, every) = (state.clone(), warehouse.to_string(), holder.clone(), options.engine.lease_ttl / 3);
+                let beat = tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(every).await;
+                        let until = st.clock.now() + ttl;
+                        if let Err(e) = st.store.extend_warehouse_slot(&w, slot, &h, until).await {
+                            tracing::warn!(error = %e, "cannot extend a warehouse slot");
+                        }
+                    }
+                });
+                return Some(Slot { warehouse: warehouse.to_string(), slot, holder, beat });
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot claim a warehouse slot; trying again"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = cancel.cancelled() => return None,
+        }
+    }
+}
+
 async fn run_one(
     state: AppState,
     options: SchedulerOptions,
     rec: PipelineRecord,
     config: Arc<trig_config::Config>,
     warehouse: Arc<Semaphore>,
+    warehouse_key: String,
     cancel: CancellationToken,
 ) {
     let Some(p) = config.pipelines.get(&rec.name) else { return };
@@ -321,6 +370,8 @@ async fn run_one(
         None => Trigger::Schedule,
     };
     let Ok(_permit) = warehouse.acquire_owned().await else { return };
+    // And one of the warehouse's slots shared by every process: at most `per_warehouse` runs on it at once, in all.
+    let Some(slot) = warehouse_slot(&state, &options, &warehouse_key, &cancel).await else { return };
     if let Some(r) = &rec.requested
         && let Err(e) = state.store.take_request(rec.key, r).await
     {
@@ -335,6 +386,7 @@ async fn run_one(
         state.metrics.lag((started - due) as f64 / 1e6);
     }
     let result = engine.run_as(&rec.name, trigger, rec.requested_run_id.clone(), &cancel).await;
+    slot.release(&state).await;
     let now = state.clock.now();
     let seconds = (now - started) as f64 / 1e6;
     let end = match result {

@@ -244,6 +244,22 @@ pub trait Catalog: Send + Sync {
     /// (read in the same transaction: the transition it makes is known once).
     async fn record_outcome(&self, pipeline: crate::PipelineKey, outcome: &Outcome) -> Result<(i64, bool), Error>;
 
+    /// Takes a free slot of `warehouse` (one of `slots`) for `holder` until `until`; `None` when all are held.
+    async fn claim_warehouse_slot(
+        &self,
+        warehouse: &str,
+        slots: i64,
+        holder: &str,
+        now: Micros,
+        until: Micros,
+    ) -> Result<Option<i64>, Error>;
+
+    /// Extends a held slot; `false` when it is no longer `holder`'s.
+    async fn extend_warehouse_slot(&self, warehouse: &str, slot: i64, holder: &str, until: Micros) -> Result<bool, Error>;
+
+    /// Gives a slot back.
+    async fn release_warehouse_slot(&self, warehouse: &str, slot: i64, holder: &str) -> Result<(), Error>;
+
     /// Un-pauses a pipeline by hand, recording who; `false` when it was not paused.
     async fn unpause(&self, tenant: TenantId, name: &str, actor: &str) -> Result<bool, Error>;
 
@@ -733,6 +749,59 @@ impl<B: Backend> Catalog for B {
                 }
             };
             Ok(before)
+        })
+        .await
+    }
+
+    async fn claim_warehouse_slot(
+        &self,
+        warehouse: &str,
+        slots: i64,
+        holder: &str,
+        now: Micros,
+        until: Micros,
+    ) -> Result<Option<i64>, Error> {
+        let (warehouse, holder) = (warehouse.to_string(), holder.to_string());
+        self.db(true, move |db| {
+            for slot in 0..slots {
+                db.execute(
+                    "INSERT INTO warehouse_slots (warehouse, slot) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[(&warehouse).into(), slot.into()],
+                )?;
+                // The condition is in the UPDATE itself: of two processes racing for one slot, the second finds it taken.
+                let took = db.execute(
+                    "UPDATE warehouse_slots SET holder = $1, until = $2
+                     WHERE warehouse = $3 AND slot = $4 AND (holder IS NULL OR until IS NULL OR until < $5)",
+                    &[(&holder).into(), until.into(), (&warehouse).into(), slot.into(), now.into()],
+                )?;
+                if took > 0 {
+                    return Ok(Some(slot));
+                }
+            }
+            Ok(None)
+        })
+        .await
+    }
+
+    async fn extend_warehouse_slot(&self, warehouse: &str, slot: i64, holder: &str, until: Micros) -> Result<bool, Error> {
+        let (warehouse, holder) = (warehouse.to_string(), holder.to_string());
+        self.db(true, move |db| {
+            Ok(db.execute(
+                "UPDATE warehouse_slots SET until = $1 WHERE warehouse = $2 AND slot = $3 AND holder = $4",
+                &[until.into(), (&warehouse).into(), slot.into(), (&holder).into()],
+            )? > 0)
+        })
+        .await
+    }
+
+    async fn release_warehouse_slot(&self, warehouse: &str, slot: i64, holder: &str) -> Result<(), Error> {
+        let (warehouse, holder) = (warehouse.to_string(), holder.to_string());
+        self.db(true, move |db| {
+            db.execute(
+                "UPDATE warehouse_slots SET holder = NULL, until = NULL WHERE warehouse = $1 AND slot = $2 AND holder = $3",
+                &[(&warehouse).into(), slot.into(), (&holder).into()],
+            )?;
+            Ok(())
         })
         .await
     }

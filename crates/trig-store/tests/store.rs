@@ -127,6 +127,7 @@ conformance!(
     tenants_and_tokens_are_the_same_records_on_every_connection,
     connections_keep_a_sealed_secret_and_every_change,
     pipelines_are_defined_scheduled_requested_and_paused,
+    warehouse_slots_bound_the_runs_on_a_warehouse_across_connections,
 );
 
 const TTL: Duration = Duration::from_secs(60);
@@ -732,4 +733,34 @@ async fn pipelines_are_defined_scheduled_requested_and_paused(f: Fixture) {
     assert_eq!(changes.iter().map(|c| c.action.as_str()).collect::<Vec<_>>(), vec!["deleted", "replaced", "changed", "created"]);
     let (again, created) = f.a.put_pipeline(acme, "events", w(json!({"kind": "events"}))).await.unwrap();
     assert!(created && again.key == p.key, "defined again: the same pipeline, its rows kept");
+}
+
+async fn warehouse_slots_bound_the_runs_on_a_warehouse_across_connections(f: Fixture) {
+    let t0 = now();
+    let w = "https://a.cloud.databricks.com/sql/1.0/warehouses/abc";
+    let a = f.a.claim_warehouse_slot(w, 2, "p1", t0, t0 + 60_000_000).await.unwrap();
+    let b = f.b.claim_warehouse_slot(w, 2, "p2", t0, t0 + 60_000_000).await.unwrap();
+    assert_eq!((a, b), (Some(0), Some(1)));
+    assert_eq!(f.a.claim_warehouse_slot(w, 2, "p3", t0, t0 + 60_000_000).await.unwrap(), None, "both held");
+    assert_eq!(f.a.claim_warehouse_slot("another", 2, "p3", t0, t0 + 60_000_000).await.unwrap(), Some(0), "per warehouse");
+    assert!(f.b.extend_warehouse_slot(w, 1, "p2", t0 + 120_000_000).await.unwrap());
+    assert!(!f.b.extend_warehouse_slot(w, 1, "p1", t0 + 120_000_000).await.unwrap(), "not p1's");
+    f.a.release_warehouse_slot(w, 0, "p1").await.unwrap();
+    assert_eq!(f.b.claim_warehouse_slot(w, 2, "p3", t0, t0 + 60_000_000).await.unwrap(), Some(0), "released");
+    // An expired slot (its holder died) is free.
+    assert_eq!(f.a.claim_warehouse_slot(w, 2, "p4", t0 + 121_000_000, t0 + 200_000_000).await.unwrap(), Some(0));
+    // Many claimers at once from two connections: never more than the slots.
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let s = if i % 2 == 0 { f.a.clone() } else { f.b.clone() };
+        tasks.push(tokio::spawn(async move { s.claim_warehouse_slot("race", 3, &format!("h{i}"), t0, t0 + 60_000_000).await.unwrap() }));
+    }
+    let mut got = Vec::new();
+    for t in tasks {
+        if let Some(s) = t.await.unwrap() {
+            got.push(s);
+        }
+    }
+    got.sort();
+    assert_eq!(got, vec![0, 1, 2]);
 }

@@ -68,3 +68,14 @@ CREATE TABLE config_changes (
     note      TEXT
 );
 CREATE INDEX config_changes_by_subject ON config_changes (tenant_id, subject, name, id);
+
+-- Slots of Trig's runs on one SQL warehouse, shared by every process: a run
+-- holds one (like a lease, until it ends or its time runs out), so at most
+-- as many runs as slots reach a warehouse at once, whatever the processes.
+CREATE TABLE warehouse_slots (
+    warehouse TEXT NOT NULL,
+    slot      INTEGER NOT NULL,
+    holder    TEXT,
+    until     INTEGER,
+    PRIMARY KEY (warehouse, slot)
+);
