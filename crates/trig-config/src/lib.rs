@@ -698,7 +698,13 @@ fn read_profile(r: &mut Reader, c: &Table, key: &str) -> Option<databricks::prof
 }
 
 fn read_connection(r: &mut Reader, name: &str, c: &Table, key: &str, base: &Path) -> Option<ConnectionConfig> {
-    r.unknown(c, key, &["workspace_url", "http_path", "token", "oauth", "profile", "default_catalog", "allow_hosts"]);
+    // Through the API a profile (a file on the CLI's machine) is not a key.
+    let keys: &[&str] = if r.inline_secrets {
+        &["workspace_url", "http_path", "token", "oauth", "default_catalog", "allow_hosts"]
+    } else {
+        &["workspace_url", "http_path", "token", "oauth", "profile", "default_catalog", "allow_hosts"]
+    };
+    r.unknown(c, key, keys);
     let before = r.errs.len();
     let profile = read_profile(r, c, key);
     let has_profile = c.contains_key("profile");
@@ -1186,7 +1192,10 @@ schedule = "24h"
         for k in ["tokne", "workspace_url", "http_path", "oauth.client_secret"] {
             assert!(keys.contains(&k), "{k} in {e:?}");
         }
-        assert!(e.iter().any(|e| e.key == "tokne" && e.message.contains("did you mean `token`")), "{e:?}");
+        assert!(
+            e.iter().any(|e| e.key == "tokne" && e.message.contains("did you mean `token`") && !e.message.contains("profile")),
+            "{e:?}"
+        );
         let e = connection_from_json("prod", &serde_json::json!({"profile": "acme"})).unwrap_err();
         assert!(e.iter().any(|e| e.key == "profile" && e.message.contains("not something the service can read")), "{e:?}");
         let e = connection_from_json("prod", &serde_json::json!([1])).unwrap_err();
