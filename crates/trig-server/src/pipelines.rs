@@ -349,14 +349,11 @@ pub(crate) async fn runs(
     record(&state, &t, &p).await?;
     let page = page(&uri)?;
     let limit = page.limit.unwrap_or(50).clamp(1, MAX_PAGE);
-    // Newest first; `after` is the last run id of the previous page.
-    let all = state.store.runs(t.id, Some(&p), 10_000).await.map_err(Error::from_store)?;
-    let start = match &page.after {
-        Some(id) => all.iter().position(|r| &r.run_id == id).map(|i| i + 1).unwrap_or(all.len()),
-        None => 0,
-    };
-    let runs: Vec<_> = all.iter().skip(start).take(limit).collect();
-    let next = if start + runs.len() < all.len() { runs.last().map(|r| r.run_id.clone()) } else { None };
+    // Newest first; `after` is the last run id of the previous page (one more is read to know whether a page follows).
+    let mut runs = state.store.runs_page(t.id, &p, page.after.as_deref(), limit + 1).await.map_err(Error::from_store)?;
+    let more = runs.len() > limit;
+    runs.truncate(limit);
+    let next = if more { runs.last().map(|r| r.run_id.clone()) } else { None };
     Ok(json_response(StatusCode::OK, &json!({ "runs": runs, "next": next })))
 }
 
@@ -369,8 +366,12 @@ pub(crate) async fn run(
     let t = tenant_of(&state, &who, &t).await?;
     let p = resource_name("pipeline", &p)?;
     record(&state, &t, &p).await?;
-    let all = state.store.runs(t.id, Some(&p), 10_000).await.map_err(Error::from_store)?;
-    let r = all.into_iter().find(|r| r.run_id == id).ok_or_else(|| Error::NotFound { what: format!("run `{id}` of pipeline `{p}`") })?;
+    let r = state
+        .store
+        .run(t.id, &p, &id)
+        .await
+        .map_err(Error::from_store)?
+        .ok_or_else(|| Error::NotFound { what: format!("run `{id}` of pipeline `{p}`") })?;
     Ok(json_response(StatusCode::OK, &serde_json::to_value(&r).unwrap_or(Value::Null)))
 }
 

@@ -382,6 +382,13 @@ pub trait Store: Catalog + Send + Sync + 'static {
     /// A tenant's runs (of one pipeline, or all), newest first.
     async fn runs(&self, tenant: TenantId, pipeline: Option<&str>, limit: usize) -> Result<Vec<SyncRun>, Error>;
 
+    /// One page of a pipeline's runs, newest first, after the run `after`
+    /// (a run id of the previous page; `None` for the first page).
+    async fn runs_page(&self, tenant: TenantId, pipeline: &str, after: Option<&str>, limit: usize) -> Result<Vec<SyncRun>, Error>;
+
+    /// One run of a pipeline, by its run id.
+    async fn run(&self, tenant: TenantId, pipeline: &str, run_id: &str) -> Result<Option<SyncRun>, Error>;
+
     /// One page of a tenant's stored rows as JSON objects, in a stable
     /// order, after `after` (`None` for the start, else a position this
     /// returned); the position to continue from, `None` at the end.

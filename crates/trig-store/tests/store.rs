@@ -264,6 +264,12 @@ async fn tenants_keep_everything_apart(f: Fixture) {
     assert_eq!(s.cursor(a.key, Slot::Live).await.unwrap(), None);
     assert!(s.runs(globex, None, 10).await.unwrap().iter().all(|r| r.pipeline == "events"));
     assert_eq!(s.runs(acme, Some("people"), 10).await.unwrap().len(), 1);
+    // Runs by id and by page, inside the tenant only.
+    let people = s.runs(acme, Some("people"), 1).await.unwrap().remove(0);
+    assert_eq!(s.run(acme, "people", &people.run_id).await.unwrap().map(|r| r.run_id), Some(people.run_id.clone()));
+    assert_eq!(s.run(globex, "people", &people.run_id).await.unwrap(), None, "another tenant's run is not found");
+    assert_eq!(s.runs_page(acme, "people", None, 10).await.unwrap().len(), 1);
+    assert!(s.runs_page(acme, "people", Some(&people.run_id), 10).await.unwrap().is_empty(), "nothing after the last");
     let (rows, _) = s.export_page(globex, Export::Events, None, 100).await.unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["email"], "pat@x.com");

@@ -487,6 +487,34 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn runs_page(&self, tenant: TenantId, pipeline: &str, after: Option<&str>, limit: usize) -> Result<Vec<SyncRun>, Error> {
+        let (pipeline, after) = (pipeline.to_string(), after.map(str::to_string));
+        self.with(move |c| {
+            let mut s = c.prepare_cached(
+                "SELECT r.*, p.name AS pipeline FROM sync_runs r JOIN pipelines p ON p.id = r.pipeline_id
+                 WHERE r.tenant_id = ?1 AND p.name = ?2
+                   AND (?3 IS NULL OR (r.started_at, r.id) < (SELECT started_at, id FROM sync_runs WHERE run_id = ?3 AND tenant_id = ?1))
+                 ORDER BY r.started_at DESC, r.id DESC LIMIT ?4",
+            )?;
+            let rows = s.query_map(params![tenant.0, pipeline, after, limit as i64], run_from_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn run(&self, tenant: TenantId, pipeline: &str, run_id: &str) -> Result<Option<SyncRun>, Error> {
+        let (pipeline, run_id) = (pipeline.to_string(), run_id.to_string());
+        self.with(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT r.*, p.name AS pipeline FROM sync_runs r JOIN pipelines p ON p.id = r.pipeline_id
+                 WHERE r.tenant_id = ?1 AND p.name = ?2 AND r.run_id = ?3",
+            )?
+            .query_row(params![tenant.0, pipeline, run_id], run_from_row)
+            .optional()?)
+        })
+        .await
+    }
+
     async fn export_page(
         &self,
         tenant: TenantId,
