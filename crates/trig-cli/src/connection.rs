@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args as ClapArgs, Subcommand};
-use databricks::check::{CheckInput, Report, TableCheck, test_connection};
+use databricks::check::{CheckInput, Report, test_connection};
 use databricks::profile::Profile;
 use databricks::{Credentials, Secret};
 use trig_config::Config;
@@ -179,18 +179,11 @@ fn credentials(a: &TestArgs, profile: Option<&Profile>) -> Result<Credentials, P
 
 fn from_config(path: &std::path::Path, name: &str) -> Result<CheckInput, Vec<Problem>> {
     let config = Config::load(path).map_err(|e| problem::from_config(&e))?;
-    let conn = config.connection(name).map_err(|m| vec![Problem::new("--connection", m)])?;
-    let credentials = conn.credentials().map_err(|e| vec![Problem::new(format!("{}: {}", path.display(), e.key), e.message)])?;
-    let tables = config
-        .pipelines_of(name)
-        .map(|p| TableCheck { pipeline: p.name.clone(), source: p.source.quoted(), columns: p.columns() })
-        .collect();
-    Ok(CheckInput {
-        workspace_url: conn.workspace.base(),
-        http_path: conn.http_path(),
-        credentials,
-        default_catalog: conn.default_catalog.clone(),
-        allow_hosts: conn.allow_hosts.entries(),
-        tables,
+    config.check_input(name).map_err(|e| {
+        if e.key == "connection" {
+            vec![Problem::new("--connection", e.message)]
+        } else {
+            vec![Problem::new(format!("{}: {}", path.display(), e.key), e.message)]
+        }
     })
 }

@@ -588,6 +588,24 @@ fn toml_to_json(v: &Value) -> serde_json::Value {
 }
 
 impl Config {
+    /// What Test connection checks for connection `name`: its settings, its secret read, and every pipeline's source on it.
+    pub fn check_input(&self, name: &str) -> Result<databricks::check::CheckInput, ConfigError> {
+        let conn = self.connection(name).map_err(|message| ConfigError { key: "connection".into(), message })?;
+        let credentials = conn.credentials()?;
+        let tables = self
+            .pipelines_of(name)
+            .map(|p| databricks::check::TableCheck { pipeline: p.name.clone(), source: p.source.quoted(), columns: p.columns() })
+            .collect();
+        Ok(databricks::check::CheckInput {
+            workspace_url: conn.workspace.base(),
+            http_path: conn.http_path(),
+            credentials,
+            default_catalog: conn.default_catalog.clone(),
+            allow_hosts: conn.allow_hosts.entries(),
+            tables,
+        })
+    }
+
     /// Each pipeline's keys as written in the file, as JSON (what the API shows and takes).
     pub fn pipeline_definitions(&self) -> BTreeMap<String, serde_json::Value> {
         let Ok(text) = std::fs::read_to_string(&self.path) else { return BTreeMap::new() };

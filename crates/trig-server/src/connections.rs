@@ -313,23 +313,10 @@ pub(crate) async fn test(
     let t = tenant_of(&state, &who, &t).await?;
     let c = resource_name("connection", &c)?;
     let rec = stored(&state, &t, &c).await?;
-    let conn = settings_of(&state, &t, &rec)?;
-    let credentials = conn.credentials().map_err(|e| Error::Invalid { field: e.key, message: e.message })?;
-    let tables = match (&state.config, rec.origin.as_str()) {
-        (Some(cfg), "config") => cfg
-            .pipelines_of(&c)
-            .map(|p| databricks::check::TableCheck { pipeline: p.name.clone(), source: p.source.quoted(), columns: p.columns() })
-            .collect(),
-        _ => Vec::new(),
-    };
-    let input = databricks::check::CheckInput {
-        workspace_url: conn.workspace.base(),
-        http_path: conn.http_path(),
-        credentials,
-        default_catalog: conn.default_catalog.clone(),
-        allow_hosts: conn.allow_hosts.entries(),
-        tables,
-    };
+    // The settings as stored (a secret that does not open is named), then every pipeline's source on it.
+    settings_of(&state, &t, &rec)?;
+    let tc = crate::pipelines::tenant_config(&state, &t).await?;
+    let input = tc.config.check_input(&c).map_err(|e| Error::Invalid { field: e.key, message: e.message })?;
     let report = databricks::check::test_connection(&input).await;
     Ok(json_response(StatusCode::OK, &serde_json::to_value(&report).unwrap_or(Value::Null)))
 }

@@ -358,6 +358,11 @@ async fn pipelines_defined_through_the_api_are_scheduled_run_on_request_and_expl
         assert!(row["reason"].as_str().is_some_and(|r| !r.is_empty()), "{row}");
     }
 
+    // Test connection now checks each pipeline's source on the connection too.
+    let (status, report) = call(reqwest::Method::POST, &format!("{t}/connections/demo/test"), Some(&admin), None).await;
+    assert_eq!((status, report["ok"].as_bool()), (StatusCode::OK, Some(true)), "{report}");
+    assert!(report["checks"].as_array().unwrap().iter().any(|c| c.to_string().contains("events_v")), "{report}");
+
     // Preview: the SQL, its parameters, the first mapped rows; nothing written.
     let (status, p) = call(reqwest::Method::POST, &format!("{t}/pipelines/events/preview"), Some(&rep), None).await;
     assert_eq!(status, StatusCode::OK, "{p}");
