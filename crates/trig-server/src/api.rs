@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -107,10 +107,15 @@ pub(crate) fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> 
     })
 }
 
-/// The principal of a request.
-pub(crate) async fn principal(state: &AppState, headers: &HeaderMap) -> Result<Principal, Error> {
-    let header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    Principal::from_header(state.store.as_ref(), header).await
+/// Every handler that takes a [`Principal`] is authorised first: the token is
+/// read from `Authorization` before the body or anything else.
+impl axum::extract::FromRequestParts<AppState> for Principal {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &AppState) -> Result<Principal, Error> {
+        let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        Principal::from_header(state.store.as_ref(), header).await
+    }
 }
 
 async fn healthz() -> Response {
@@ -153,8 +158,7 @@ fn tenant_json(t: &TenantInfo, state: &AppState) -> Value {
     })
 }
 
-async fn get_tenant(State(state): State<AppState>, Path(t): Path<String>, headers: HeaderMap) -> Result<Response, Error> {
-    let who = principal(&state, &headers).await?;
+async fn get_tenant(State(state): State<AppState>, Path(t): Path<String>, who: Principal) -> Result<Response, Error> {
     let t = connections::tenant_of(&state, &who, &t).await?;
     Ok(json_response(StatusCode::OK, &tenant_json(&t, &state)))
 }
@@ -173,8 +177,7 @@ fn some_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<
     Ok(Some(Option::deserialize(d)?))
 }
 
-async fn patch_tenant(State(state): State<AppState>, Path(t): Path<String>, headers: HeaderMap, req: Request) -> Result<Response, Error> {
-    let who = principal(&state, &headers).await?;
+async fn patch_tenant(State(state): State<AppState>, Path(t): Path<String>, who: Principal, req: Request) -> Result<Response, Error> {
     let t = connections::tenant_of(&state, &who, &t).await?;
     let b: TenantChange = read_json(req).await?;
     let name = match b.name.as_deref().map(str::trim) {
@@ -202,8 +205,7 @@ async fn patch_tenant(State(state): State<AppState>, Path(t): Path<String>, head
     Ok(json_response(StatusCode::OK, &tenant_json(&t, &state)))
 }
 
-async fn list_tenants(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, Error> {
-    let who = principal(&state, &headers).await?;
+async fn list_tenants(State(state): State<AppState>, who: Principal) -> Result<Response, Error> {
     who.representative("list tenants")?;
     let all = state.store.tenants().await.map_err(Error::from_store)?;
     Ok(json_response(StatusCode::OK, &json!({ "tenants": all.iter().map(|t| tenant_json(t, &state)).collect::<Vec<_>>() })))
@@ -216,8 +218,7 @@ struct NewTenant {
     name: Option<String>,
 }
 
-async fn create_tenant(State(state): State<AppState>, headers: HeaderMap, req: Request) -> Result<Response, Error> {
-    let who = principal(&state, &headers).await?;
+async fn create_tenant(State(state): State<AppState>, who: Principal, req: Request) -> Result<Response, Error> {
     who.representative("create tenants")?;
     let b: NewTenant = read_json(req).await?;
     let name = TenantName::parse(b.id.trim()).map_err(|message| Error::Invalid { field: "id".into(), message })?;

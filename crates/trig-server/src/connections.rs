@@ -9,14 +9,14 @@
 //! connections are listed read-only.
 
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Map, Value, json};
 use trig_config::{AuthConfig, ConnectionConfig, SecretRef, connection_from_json};
 use trig_store::{ConnectionRecord, ConnectionWrite, TenantInfo};
 
 use crate::Error;
-use crate::api::{AppState, json_response, principal, read_json};
+use crate::api::{AppState, json_response, read_json};
 use crate::auth::Principal;
 
 /// A name in a path: what the config file's table names allow here.
@@ -218,19 +218,13 @@ async fn write(
     Ok(json_response(if created { StatusCode::CREATED } else { StatusCode::OK }, &view(&rec)))
 }
 
-pub(crate) async fn list(State(state): State<AppState>, Path(t): Path<String>, headers: HeaderMap) -> Result<Response, Error> {
-    let who = principal(&state, &headers).await?;
+pub(crate) async fn list(State(state): State<AppState>, Path(t): Path<String>, who: Principal) -> Result<Response, Error> {
     let t = tenant_of(&state, &who, &t).await?;
     let all = state.store.connections(t.id).await.map_err(Error::from_store)?;
     Ok(json_response(StatusCode::OK, &json!({ "connections": all.iter().map(view).collect::<Vec<_>>() })))
 }
 
-pub(crate) async fn get(
-    State(state): State<AppState>,
-    Path((t, c)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Response, Error> {
-    let who = principal(&state, &headers).await?;
+pub(crate) async fn get(State(state): State<AppState>, Path((t, c)): Path<(String, String)>, who: Principal) -> Result<Response, Error> {
     let t = tenant_of(&state, &who, &t).await?;
     let c = resource_name("connection", &c)?;
     Ok(json_response(StatusCode::OK, &view(&stored(&state, &t, &c).await?)))
@@ -239,10 +233,9 @@ pub(crate) async fn get(
 pub(crate) async fn put(
     State(state): State<AppState>,
     Path((t, c)): Path<(String, String)>,
-    headers: HeaderMap,
+    who: Principal,
     req: Request,
 ) -> Result<Response, Error> {
-    let who = principal(&state, &headers).await?;
     let t = tenant_of(&state, &who, &t).await?;
     let c = resource_name("connection", &c)?;
     let body: Value = read_json(req).await?;
@@ -272,10 +265,9 @@ pub(crate) fn merge(target: &mut Value, patch: &Value) {
 pub(crate) async fn patch(
     State(state): State<AppState>,
     Path((t, c)): Path<(String, String)>,
-    headers: HeaderMap,
+    who: Principal,
     req: Request,
 ) -> Result<Response, Error> {
-    let who = principal(&state, &headers).await?;
     let t = tenant_of(&state, &who, &t).await?;
     let c = resource_name("connection", &c)?;
     let change: Value = read_json(req).await?;
@@ -289,12 +281,7 @@ pub(crate) async fn patch(
     write(&state, &who, &t, &c, body, Some(&old), "changed").await
 }
 
-pub(crate) async fn delete(
-    State(state): State<AppState>,
-    Path((t, c)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Response, Error> {
-    let who = principal(&state, &headers).await?;
+pub(crate) async fn delete(State(state): State<AppState>, Path((t, c)): Path<(String, String)>, who: Principal) -> Result<Response, Error> {
     let t = tenant_of(&state, &who, &t).await?;
     let c = resource_name("connection", &c)?;
     let old = stored(&state, &t, &c).await?;
@@ -304,12 +291,7 @@ pub(crate) async fn delete(
 }
 
 /// Test connection: the checklist with fixes, and the catalogs.
-pub(crate) async fn test(
-    State(state): State<AppState>,
-    Path((t, c)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Response, Error> {
-    let who = principal(&state, &headers).await?;
+pub(crate) async fn test(State(state): State<AppState>, Path((t, c)): Path<(String, String)>, who: Principal) -> Result<Response, Error> {
     let t = tenant_of(&state, &who, &t).await?;
     let c = resource_name("connection", &c)?;
     let rec = stored(&state, &t, &c).await?;

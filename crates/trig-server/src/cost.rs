@@ -13,14 +13,15 @@
 use std::collections::{BTreeMap, HashMap};
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Serialize;
 use serde_json::{Value, json};
 use trig_store::Micros;
 
 use crate::Error;
-use crate::api::{AppState, json_response, principal};
+use crate::api::{AppState, json_response};
+use crate::auth::Principal;
 use crate::connections::tenant_of;
 
 const DAY: Micros = 86_400_000_000;
@@ -116,8 +117,7 @@ pub fn suggestion(runs: &[RunSpan], auto_stop_mins: i64, serverless: bool, short
     }))
 }
 
-pub(crate) async fn warehouses(State(state): State<AppState>, Path(t): Path<String>, headers: HeaderMap) -> Result<Response, Error> {
-    let who = principal(&state, &headers).await?;
+pub(crate) async fn warehouses(State(state): State<AppState>, Path(t): Path<String>, who: Principal) -> Result<Response, Error> {
     let t = tenant_of(&state, &who, &t).await?;
     let tc = crate::pipelines::tenant_config(&state, &t).await?;
     let since = chrono::Utc::now().timestamp_micros() - 7 * DAY;

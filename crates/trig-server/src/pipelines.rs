@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{StatusCode, Uri};
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -18,7 +18,8 @@ use trig_config::{Config, ConnectionConfig, PipelineConfig, TenantName, pipeline
 use trig_store::{PipelineRecord, PipelineWrite, TenantInfo};
 
 use crate::Error;
-use crate::api::{AppState, json_response, principal, read_json};
+use crate::api::{AppState, json_response, read_json};
+use crate::auth::Principal;
 use crate::connections::{actor, resource_name, settings_of, tenant_of};
 
 /// A tenant's configuration as the engine reads it: the connections and
@@ -128,8 +129,7 @@ fn writable(state: &AppState, r: &PipelineRecord) -> Result<(), Error> {
     Ok(())
 }
 
-pub(crate) async fn list(State(state): State<AppState>, Path(t): Path<String>, headers: HeaderMap) -> Result<Response, Error> {
-    let who = principal(&state, &headers).await?;
+pub(crate) async fn list(State(state): State<AppState>, Path(t): Path<String>, who: Principal) -> Result<Response, Error> {
     let t = tenant_of(&state, &who, &t).await?;
     let mut out = Vec::new();
     for r in state.store.pipeline_records(t.id).await.map_err(Error::from_store)? {
@@ -138,12 +138,7 @@ pub(crate) async fn list(State(state): State<AppState>, Path(t): Path<String>, h
     Ok(json_response(StatusCode::OK, &json!({ "pipelines": out })))
 }
 
-pub(crate) async fn get(
-    State(state): State<AppState>,
-    Path((t, p)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Response, Error> {
-    let who = principal(&state, &headers).await?;
+pub(crate) async fn get(State(state): State<AppState>, Path((t, p)): Path<(String, String)>, who: Principal) -> Result<Response, Error> {
     let t = tenant_of(&state, &who, &t).await?;
     let p = resource_name("pipeline", &p)?;
     let r = record(&state, &t, &p).await?;
@@ -179,10 +174,9 @@ async fn define(
 pub(crate) async fn put(
     State(state): State<AppState>,
     Path((t, p)): Path<(String, String)>,
-    headers: HeaderMap,
+    who: Principal,
     req: Request,
 ) -> Result<Response, Error> {
-    let who = principal(&state, &headers).await?;
     who.representative("define pipelines")?;
     let t = tenant_of(&state, &who, &t).await?;
     let p = resource_name("pipeline", &p)?;
@@ -196,10 +190,9 @@ pub(crate) async fn put(
 pub(crate) async fn patch(
     State(state): State<AppState>,
     Path((t, p)): Path<(String, String)>,
-    headers: HeaderMap,
+    who: Principal,
     req: Request,
 ) -> Result<Response, Error> {
-    let who = principal(&state, &headers).await?;
     who.representative("change pipelines")?;
     let t = tenant_of(&state, &who, &t).await?;
     let p = resource_name("pipeline", &p)?;
@@ -214,12 +207,7 @@ pub(crate) async fn patch(
     define(&state, &who, &t, &p, body, "changed").await
 }
 
-pub(crate) async fn delete(
-    State(state): State<AppState>,
-    Path((t, p)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Response, Error> {
-    let who = principal(&state, &headers).await?;
+pub(crate) async fn delete(State(state): State<AppState>, Path((t, p)): Path<(String, String)>, who: Principal) -> Result<Response, Error> {
     who.representative("delete pipelines")?;
     let t = tenant_of(&state, &who, &t).await?;
     let p = resource_name("pipeline", &p)?;
@@ -242,10 +230,9 @@ struct SyncBody {
 pub(crate) async fn sync(
     State(state): State<AppState>,
     Path((t, p)): Path<(String, String)>,
-    headers: HeaderMap,
+    who: Principal,
     req: Request,
 ) -> Result<Response, Error> {
-    let who = principal(&state, &headers).await?;
     who.representative("start runs")?;
     let t = tenant_of(&state, &who, &t).await?;
     let p = resource_name("pipeline", &p)?;
@@ -263,12 +250,7 @@ pub(crate) async fn sync(
     Ok(json_response(StatusCode::ACCEPTED, &json!({ "run_id": run_id, "requested": requested, "pipeline": p })))
 }
 
-pub(crate) async fn resume(
-    State(state): State<AppState>,
-    Path((t, p)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Response, Error> {
-    let who = principal(&state, &headers).await?;
+pub(crate) async fn resume(State(state): State<AppState>, Path((t, p)): Path<(String, String)>, who: Principal) -> Result<Response, Error> {
     who.representative("resume pipelines")?;
     let t = tenant_of(&state, &who, &t).await?;
     let p = resource_name("pipeline", &p)?;
@@ -282,9 +264,8 @@ pub(crate) async fn resume(
 pub(crate) async fn preview(
     State(state): State<AppState>,
     Path((t, p)): Path<(String, String)>,
-    headers: HeaderMap,
+    who: Principal,
 ) -> Result<Response, Error> {
-    let who = principal(&state, &headers).await?;
     who.representative("preview pipelines")?;
     let t = tenant_of(&state, &who, &t).await?;
     let p = resource_name("pipeline", &p)?;
@@ -341,9 +322,8 @@ pub(crate) async fn runs(
     State(state): State<AppState>,
     Path((t, p)): Path<(String, String)>,
     uri: Uri,
-    headers: HeaderMap,
+    who: Principal,
 ) -> Result<Response, Error> {
-    let who = principal(&state, &headers).await?;
     let t = tenant_of(&state, &who, &t).await?;
     let p = resource_name("pipeline", &p)?;
     record(&state, &t, &p).await?;
@@ -360,9 +340,8 @@ pub(crate) async fn runs(
 pub(crate) async fn run(
     State(state): State<AppState>,
     Path((t, p, id)): Path<(String, String, String)>,
-    headers: HeaderMap,
+    who: Principal,
 ) -> Result<Response, Error> {
-    let who = principal(&state, &headers).await?;
     let t = tenant_of(&state, &who, &t).await?;
     let p = resource_name("pipeline", &p)?;
     record(&state, &t, &p).await?;
@@ -379,9 +358,8 @@ pub(crate) async fn timeline(
     State(state): State<AppState>,
     Path((t, p)): Path<(String, String)>,
     uri: Uri,
-    headers: HeaderMap,
+    who: Principal,
 ) -> Result<Response, Error> {
-    let who = principal(&state, &headers).await?;
     let t = tenant_of(&state, &who, &t).await?;
     let p = resource_name("pipeline", &p)?;
     let limit = page(&uri)?.limit.unwrap_or(50).clamp(1, MAX_PAGE);
@@ -412,9 +390,8 @@ pub(crate) async fn quarantine(
     State(state): State<AppState>,
     Path((t, p)): Path<(String, String)>,
     uri: Uri,
-    headers: HeaderMap,
+    who: Principal,
 ) -> Result<Response, Error> {
-    let who = principal(&state, &headers).await?;
     let t = tenant_of(&state, &who, &t).await?;
     let p = resource_name("pipeline", &p)?;
     let r = record(&state, &t, &p).await?;
