@@ -13,7 +13,7 @@ use trig_server::{ServeOptions, Server};
 use trig_store::{Store, TenantName};
 
 use crate::problem::{self, Problem};
-use crate::sync::{load_config, open_store};
+use crate::sync::{load_config, open_store, store_exit};
 
 #[derive(Debug, ClapArgs)]
 pub struct ServeArgs {
@@ -131,18 +131,17 @@ fn store_of(config: &Path, json: bool) -> Result<(Config, Arc<dyn Store>), ExitC
     Ok((c, s))
 }
 
-fn failed(key: &str, e: impl std::fmt::Display, code: u8) -> ExitCode {
-    problem::report(false, &[Problem::new(key, e.to_string())], ExitCode::from(code))
+fn failed(key: &str, e: impl std::fmt::Display, code: ExitCode) -> ExitCode {
+    problem::report(false, &[Problem::new(key, e.to_string())], code)
 }
 
-fn store_code(e: &trig_store::Error) -> u8 {
-    if e.is_transient() {
-        3
-    } else if e.is_user_fixable() || matches!(e, trig_store::Error::Exists { .. } | trig_store::Error::NotFound { .. }) {
-        2
-    } else {
-        1
-    }
+/// The config, its store and the keyring for that store (see [`keyring`]).
+fn keyed_store(path: &Path, json: bool) -> Result<(Config, Keyring, Arc<dyn Store>), ExitCode> {
+    let config = load_config(path, json)?;
+    let url = config.resolve_store_url().map_err(|e| problem::user(json, &[Problem::new(&e.key, e.message)]))?;
+    let keys = keyring(&config, &url)?;
+    let store = open_store(&config, json)?;
+    Ok((config, keys, store))
 }
 
 pub async fn tenants(a: TenantsArgs) -> anyhow::Result<ExitCode> {
@@ -161,7 +160,7 @@ pub async fn tenants(a: TenantsArgs) -> anyhow::Result<ExitCode> {
                     writeln!(std::io::stdout(), "{}", t.name)?;
                     Ok(ExitCode::SUCCESS)
                 }
-                Err(e) => Ok(failed("ID", &e, store_code(&e))),
+                Err(e) => Ok(failed("ID", &e, store_exit(&e))),
             }
         }
         TenantsCommand::List { config, json } => {
@@ -171,7 +170,7 @@ pub async fn tenants(a: TenantsArgs) -> anyhow::Result<ExitCode> {
             };
             let all = match store.tenants().await {
                 Ok(t) => t,
-                Err(e) => return Ok(failed("store.url", &e, store_code(&e))),
+                Err(e) => return Ok(failed("store.url", &e, store_exit(&e))),
             };
             let mut out = std::io::stdout().lock();
             if json {
@@ -208,7 +207,7 @@ pub async fn tokens(a: TokensArgs) -> anyhow::Result<ExitCode> {
                     ));
                     return Ok(problem::user(false, &[p]));
                 }
-                Err(e) => return Ok(failed("store.url", &e, store_code(&e))),
+                Err(e) => return Ok(failed("store.url", &e, store_exit(&e))),
             };
             let token = trig_server::auth::new_token()?;
             match store.create_token(t.id, role.as_str(), &trig_server::auth::token_hash(&token), label.trim()).await {
@@ -217,7 +216,7 @@ pub async fn tokens(a: TokensArgs) -> anyhow::Result<ExitCode> {
                     writeln!(std::io::stdout(), "{token}")?;
                     Ok(ExitCode::SUCCESS)
                 }
-                Err(e) => Ok(failed("store.url", &e, store_code(&e))),
+                Err(e) => Ok(failed("store.url", &e, store_exit(&e))),
             }
         }
         TokensCommand::List { tenant, config, json } => {
@@ -232,12 +231,12 @@ pub async fn tokens(a: TokensArgs) -> anyhow::Result<ExitCode> {
                     Ok(None) => {
                         return Ok(problem::user(json, &[Problem::new("--tenant", format!("there is no tenant `{}`", name.trim()))]));
                     }
-                    Err(e) => return Ok(failed("store.url", &e, store_code(&e))),
+                    Err(e) => return Ok(failed("store.url", &e, store_exit(&e))),
                 },
             };
             let all = match store.tokens(only).await {
                 Ok(t) => t,
-                Err(e) => return Ok(failed("store.url", &e, store_code(&e))),
+                Err(e) => return Ok(failed("store.url", &e, store_exit(&e))),
             };
             let mut out = std::io::stdout().lock();
             if json {
@@ -277,7 +276,7 @@ pub async fn tokens(a: TokensArgs) -> anyhow::Result<ExitCode> {
                     false,
                     &[Problem::new("ID", format!("there is no live token {id}")).hint("`trig-databricks tokens list` shows the ids")],
                 )),
-                Err(e) => Ok(failed("store.url", &e, store_code(&e))),
+                Err(e) => Ok(failed("store.url", &e, store_exit(&e))),
             }
         }
     }
@@ -285,25 +284,13 @@ pub async fn tokens(a: TokensArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn secrets(a: SecretsArgs) -> anyhow::Result<ExitCode> {
     let SecretsCommand::Rotate { config, json } = a.command;
-    let cfg = match load_config(&config, json) {
-        Ok(c) => c,
-        Err(code) => return Ok(code),
-    };
-    let url = match cfg.resolve_store_url() {
-        Ok(u) => u,
-        Err(e) => return Ok(problem::user(json, &[Problem::new(&e.key, e.message)])),
-    };
-    let keys = match keyring(&cfg, &url) {
+    let (_, keys, store) = match keyed_store(&config, json) {
         Ok(k) => k,
-        Err(code) => return Ok(code),
-    };
-    let store = match open_store(&cfg, json) {
-        Ok(s) => s,
         Err(code) => return Ok(code),
     };
     let r = match trig_server::secrets::rotate(store.as_ref(), &keys).await {
         Ok(r) => r,
-        Err(e) => return Ok(failed("store.url", &e, 1)),
+        Err(e) => return Ok(failed("store.url", &e, ExitCode::FAILURE)),
     };
     let mut out = std::io::stdout().lock();
     if json {
@@ -367,25 +354,13 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
             return Ok(problem::user(false, &[Problem::new("--addr", format!("`{}` is not HOST:PORT, e.g. 127.0.0.1:8080", a.addr))]));
         }
     };
-    let config = match load_config(&a.config, false) {
-        Ok(c) => c,
-        Err(code) => return Ok(code),
-    };
-    let url = match config.resolve_store_url() {
-        Ok(u) => u,
-        Err(e) => return Ok(problem::user(false, &[Problem::new(&e.key, e.message)])),
-    };
-    let keys = match keyring(&config, &url) {
+    let (config, keys, store) = match keyed_store(&a.config, false) {
         Ok(k) => k,
-        Err(code) => return Ok(code),
-    };
-    let store = match open_store(&config, false) {
-        Ok(s) => s,
         Err(code) => return Ok(code),
     };
     // The config's own tenant exists from the start, with the file's connections (read-only).
     if let Err(e) = load_file(store.as_ref(), &config).await {
-        return Ok(failed("store.url", &e, store_code(&e)));
+        return Ok(failed("store.url", &e, store_exit(&e)));
     }
     let scheduler = (!a.no_scheduler).then(|| trig_server::scheduler::SchedulerOptions {
         tick: std::time::Duration::from_millis(a.scheduler_tick_ms.max(50)),

@@ -99,7 +99,7 @@ pub fn load_config(path: &Path, json: bool) -> Result<Config, ExitCode> {
 
 /// A store error's exit code: 3 when the next try may succeed (busy), 2
 /// when the operator must fix the file or URL, 1 for a bug.
-fn store_exit(e: &trig_store::Error) -> ExitCode {
+pub fn store_exit(e: &trig_store::Error) -> ExitCode {
     if e.is_transient() {
         ExitCode::from(3)
     } else if e.is_user_fixable() {

@@ -239,7 +239,7 @@ pub(crate) async fn sync(
     let has_body = req.headers().get(axum::http::header::CONTENT_LENGTH).is_some_and(|v| v != "0");
     let body: SyncBody = if has_body { read_json(req).await? } else { SyncBody::default() };
     let what = if body.full_refresh { "full_refresh" } else { "sync" };
-    let run_id = uuid_v4();
+    let run_id = uuid::Uuid::new_v4().to_string();
     let (requested, run_id) = state
         .store
         .request_run(t.id, &p, what, &run_id)
@@ -280,16 +280,6 @@ pub(crate) async fn preview(
         Ok(d) => Ok(json_response(StatusCode::OK, &serde_json::to_value(&d).unwrap_or(Value::Null))),
         Err(e) => Err(Error::Sync { kind: e.kind(), message: e.to_string(), hint: e.hint() }),
     }
-}
-
-/// A random run id (the engine's form: a v4 UUID).
-fn uuid_v4() -> String {
-    let mut b = [0u8; 16];
-    let _ = getrandom::fill(&mut b);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
 /// `?limit=N&after=X`; any other parameter is refused, naming it.

@@ -326,7 +326,7 @@ impl Slot {
 /// Waits for a free slot of the warehouse (checking every 250 ms), or `None` when stopping.
 async fn warehouse_slot(state: &AppState, options: &SchedulerOptions, warehouse: &str, cancel: &CancellationToken) -> Option<Slot> {
     let ttl = micros(options.engine.lease_ttl);
-    let holder = format!("{}:{}:{:x}", options.engine.holder.host, options.engine.holder.pid, (jitter_sample() * 1e12) as u64);
+    let holder = format!("{}:{}:{}", options.engine.holder.host, options.engine.holder.pid, uuid::Uuid::new_v4().simple());
     loop {
         let now = state.clock.now();
         match state.store.claim_warehouse_slot(warehouse, options.per_warehouse as i64, &holder, now, now + ttl).await {

@@ -92,6 +92,8 @@ impl Error {
                 | Error::Corrupt { .. }
                 | Error::ReadOnly { .. }
                 | Error::Refused { .. }
+                | Error::Exists { .. }
+                | Error::NotFound { .. }
         )
     }
 }
