@@ -29,7 +29,7 @@ pub mod suggest;
 pub use api::{Column, Manifest, ResultSchema};
 pub use client::{Client, ClientOptions, ConnectionSettings, Credentials};
 pub use error::Error;
-pub use metadata::{AccessTokenInfo, Catalog, EffectivePrivilege, Identity, TableColumn, Warehouse};
+pub use metadata::{AccessTokenInfo, Catalog, EffectivePrivilege, Identity, TableColumn, TableInfo, Warehouse};
 pub use retry::{RetryPolicy, Verdict};
 pub use secret::Secret;
 pub use settings::{AllowHosts, Cloud, WarehouseId, WebhookUrl, WorkspaceUrl};

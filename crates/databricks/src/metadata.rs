@@ -51,6 +51,15 @@ pub struct Catalog {
     pub catalog_type: Option<String>,
 }
 
+/// A table or view as a Unity Catalog listing names it.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct TableInfo {
+    pub name: String,
+    /// `MANAGED`, `EXTERNAL`, `VIEW`, `MATERIALIZED_VIEW`, …
+    #[serde(default)]
+    pub table_type: Option<String>,
+}
+
 /// A column of a table or view, as Unity Catalog describes it.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 pub struct TableColumn {
@@ -155,6 +164,47 @@ impl Client {
             }
         }
         Err(Error::Protocol { detail: "the catalog list did not end after 10,000 pages".into() })
+    }
+
+    /// The schemas of a catalog the principal can see, following all pages.
+    pub async fn list_schemas(&self, catalog: &str) -> Result<Vec<String>, Error> {
+        #[derive(Deserialize)]
+        struct Named {
+            name: String,
+        }
+        let items: Vec<Named> = self.list_all("/api/2.1/unity-catalog/schemas", "schemas", &[("catalog_name", catalog)]).await?;
+        Ok(items.into_iter().map(|n| n.name).collect())
+    }
+
+    /// The tables and views of a schema the principal can see (names and
+    /// kinds; columns by [`Client::table_columns`]), following all pages.
+    pub async fn list_tables(&self, catalog: &str, schema: &str) -> Result<Vec<TableInfo>, Error> {
+        let q = [("catalog_name", catalog), ("schema_name", schema), ("omit_columns", "true")];
+        self.list_all("/api/2.1/unity-catalog/tables", "tables", &q).await
+    }
+
+    /// Every item of a paged Unity Catalog listing (`key` holds a page's items).
+    async fn list_all<T: serde::de::DeserializeOwned>(&self, path: &str, key: &str, query: &[(&str, &str)]) -> Result<Vec<T>, Error> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..10_000 {
+            let mut q: Vec<(&str, String)> = query.iter().map(|(k, v)| (*k, v.to_string())).collect();
+            q.push(("max_results", "0".to_string()));
+            if let Some(t) = &token {
+                q.push(("page_token", t.clone()));
+            }
+            let mut page: serde_json::Value = self.call(Method::GET, path, &q, None).await?;
+            if let Some(items) = page.get_mut(key).map(serde_json::Value::take) {
+                let items: Vec<T> = serde_json::from_value(items)
+                    .map_err(|e| Error::Protocol { detail: format!("{path} answered a `{key}` list that does not parse: {e}") })?;
+                out.extend(items);
+            }
+            match page.get("next_page_token").and_then(serde_json::Value::as_str).filter(|t| !t.is_empty()) {
+                Some(t) => token = Some(t.to_string()),
+                None => return Ok(out),
+            }
+        }
+        Err(Error::Protocol { detail: format!("the listing of {path} did not end after 10,000 pages") })
     }
 
     /// The columns of a table or view, in order.

@@ -68,7 +68,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tenants/{t}/pipelines/{p}/runs/{run_id}", get(pipelines::run))
         .route("/api/v1/tenants/{t}/pipelines/{p}/timeline", get(pipelines::timeline))
         .route("/api/v1/tenants/{t}/pipelines/{p}/quarantine", get(pipelines::quarantine))
+        .merge(crate::pages::router())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(crate::pages::security_headers))
         .with_state(state)
 }
 
@@ -137,8 +139,13 @@ async fn metrics(State(state): State<AppState>) -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
 
-async fn not_found() -> Error {
-    Error::NotFound { what: "this path".into() }
+/// An unknown path: JSON under `/api/`, a page with a way home elsewhere.
+async fn not_found(uri: axum::http::Uri) -> Response {
+    if uri.path().starts_with("/api/") {
+        Error::NotFound { what: "this path".into() }.into_response()
+    } else {
+        crate::pages::not_found_page()
+    }
 }
 
 fn tenant_json(t: &TenantInfo, state: &AppState) -> Value {

@@ -47,7 +47,7 @@ pub(crate) fn actor(who: &Principal) -> String {
 }
 
 /// Where a connection's sealed secret belongs: a ciphertext opens only there.
-fn context(tenant: &str, connection: &str) -> String {
+pub(crate) fn context(tenant: &str, connection: &str) -> String {
     format!("{tenant}/connections/{connection}")
 }
 
@@ -70,7 +70,7 @@ fn split_secret(body: &Value) -> (Value, Option<Value>) {
 
 /// Puts a secret back into a body, where the body's auth wants it (a token
 /// into `token`, a client secret into `oauth`); a secret of the other kind is dropped.
-fn join_secret(config: &Value, secret: &Value) -> Value {
+pub(crate) fn join_secret(config: &Value, secret: &Value) -> Value {
     let mut body = config.clone();
     if let Some(o) = body.as_object_mut() {
         if let Some(Value::Object(oauth)) = o.get_mut("oauth") {
@@ -84,7 +84,7 @@ fn join_secret(config: &Value, secret: &Value) -> Value {
     body
 }
 
-fn invalid(errors: Vec<trig_config::ConfigError>) -> Error {
+pub(crate) fn invalid(errors: Vec<trig_config::ConfigError>) -> Error {
     let first = errors.into_iter().next();
     match first {
         Some(e) => Error::Invalid { field: e.key, message: e.message },
@@ -139,7 +139,7 @@ pub fn config_file_json(c: &ConnectionConfig) -> Value {
     v
 }
 
-async fn stored(state: &AppState, t: &TenantInfo, c: &str) -> Result<ConnectionRecord, Error> {
+pub(crate) async fn stored(state: &AppState, t: &TenantInfo, c: &str) -> Result<ConnectionRecord, Error> {
     state
         .store
         .connection(t.id, c)
@@ -148,12 +148,20 @@ async fn stored(state: &AppState, t: &TenantInfo, c: &str) -> Result<ConnectionR
         .ok_or_else(|| Error::NotFound { what: format!("connection `{c}` of tenant `{}`", t.name) })
 }
 
-fn writable(r: &ConnectionRecord, state: &AppState) -> Result<(), Error> {
+pub(crate) fn writable(r: &ConnectionRecord, state: &AppState) -> Result<(), Error> {
     if r.origin == "config" {
         let file = state.config.as_ref().map(|c| c.path.display().to_string()).unwrap_or_else(|| "the config file".into());
         return Err(Error::ReadOnly { what: format!("connection `{}`", r.name), file });
     }
     Ok(())
+}
+
+/// A stored connection's secret, opened (`null` when it has none).
+pub(crate) fn stored_secret(state: &AppState, t: &TenantInfo, r: &ConnectionRecord) -> Result<Value, Error> {
+    match &r.sealed_secret {
+        Some(s) => Ok(serde_json::from_str(&state.keys.open(s, &context(&t.name, &r.name))?).unwrap_or(Value::Null)),
+        None => Ok(Value::Null),
+    }
 }
 
 /// The connection's settings, its secret opened: what a run or a test uses.
@@ -183,6 +191,25 @@ async fn write(
     old: Option<&ConnectionRecord>,
     action: &str,
 ) -> Result<Response, Error> {
+    let (rec, created) = save(state, who, t, c, body, old, action).await?;
+    Ok(json_response(if created { StatusCode::CREATED } else { StatusCode::OK }, &view(&rec)))
+}
+
+/// Validates `body` (the secret kept from `old` when absent), seals and
+/// stores it; a changed connection un-pauses its pipelines. The stored
+/// record, and whether it is new. (The API and the pages both save by it.)
+pub(crate) async fn save(
+    state: &AppState,
+    who: &Principal,
+    t: &TenantInfo,
+    c: &str,
+    body: Value,
+    old: Option<&ConnectionRecord>,
+    action: &str,
+) -> Result<(ConnectionRecord, bool), Error> {
+    if let Some(o) = old {
+        writable(o, state)?;
+    }
     let (config, mut secret) = split_secret(&body);
     let kept: Value = match old.and_then(|o| o.sealed_secret.as_ref()) {
         Some(s) => serde_json::from_str(&state.keys.open(s, &context(&t.name, c))?).unwrap_or(Value::Null),
@@ -215,7 +242,7 @@ async fn write(
         }
         state.wake.notify_one();
     }
-    Ok(json_response(if created { StatusCode::CREATED } else { StatusCode::OK }, &view(&rec)))
+    Ok((rec, created))
 }
 
 pub(crate) async fn list(State(state): State<AppState>, Path(t): Path<String>, who: Principal) -> Result<Response, Error> {

@@ -117,9 +117,35 @@ pub fn suggestion(runs: &[RunSpan], auto_stop_mins: i64, serverless: bool, short
     }))
 }
 
+/// One warehouse's cost, as the API and the settings page show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct WarehouseCost {
+    pub warehouse_id: String,
+    pub name: String,
+    pub connections: Vec<String>,
+    pub auto_stop_mins: Option<i64>,
+    pub days: Vec<Day>,
+    pub suggestion: Option<Value>,
+    /// Why the warehouse's settings could not be read.
+    pub error: Option<String>,
+}
+
+impl WarehouseCost {
+    /// The suggestion's sentence, if there is one.
+    pub fn suggestion_text(&self) -> Option<&str> {
+        self.suggestion.as_ref().and_then(|s| s.get("text")).and_then(Value::as_str)
+    }
+}
+
 pub(crate) async fn warehouses(State(state): State<AppState>, Path(t): Path<String>, who: Principal) -> Result<Response, Error> {
     let t = tenant_of(&state, &who, &t).await?;
-    let tc = crate::pipelines::tenant_config(&state, &t).await?;
+    let (out, since) = report(&state, &t).await?;
+    Ok(json_response(StatusCode::OK, &json!({ "warehouses": out, "since": trig_store::time::rfc3339(since) })))
+}
+
+/// Every warehouse of a tenant's connections over the last 7 days, and since when.
+pub(crate) async fn report(state: &AppState, t: &trig_store::TenantInfo) -> Result<(Vec<WarehouseCost>, Micros), Error> {
+    let tc = crate::pipelines::tenant_config(state, t).await?;
     let since = chrono::Utc::now().timestamp_micros() - 7 * DAY;
     let runs = state.store.runs(t.id, None, 10_000).await.map_err(Error::from_store)?;
     // Warehouse (its workspace and HTTP path) → the connections on it.
@@ -153,17 +179,17 @@ pub(crate) async fn warehouses(State(state): State<AppState>, Path(t): Path<Stri
             Err(e) => (String::new(), None, false, Some(e.clone())),
         };
         let stop = auto_stop.unwrap_or(10).max(0);
-        out.push(json!({
-            "warehouse_id": c.warehouse.as_str(),
-            "name": name,
-            "connections": conns,
-            "auto_stop_mins": auto_stop,
-            "days": per_day(&spans, stop * MIN),
-            "suggestion": auto_stop.and_then(|a| suggestion(&spans, a, serverless, shortest)),
-            "error": err,
-        }));
+        out.push(WarehouseCost {
+            warehouse_id: c.warehouse.as_str().to_string(),
+            name,
+            connections: conns.clone(),
+            auto_stop_mins: auto_stop,
+            days: per_day(&spans, stop * MIN),
+            suggestion: auto_stop.and_then(|a| suggestion(&spans, a, serverless, shortest)),
+            error: err,
+        });
     }
-    Ok(json_response(StatusCode::OK, &json!({ "warehouses": out, "since": trig_store::time::rfc3339(since) })))
+    Ok((out, since))
 }
 
 #[cfg(test)]

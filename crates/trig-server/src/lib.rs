@@ -11,6 +11,7 @@
 //! | `metrics` | `/metrics` in Prometheus' text format; labels only of our own words |
 //! | `alerts` | a tenant's webhook, once per transition (failing, recovered, paused), SSRF-checked, retried |
 //! | `cost` | the uptime Trig's runs caused per warehouse and day, wake-ups, statements, and the setting that would cut it |
+//! | `pages` | the pages (Settings → Integrations → Databricks, run history, the mapping editor): askama, sessions, CSRF |
 //! | `openapi` | the routes' one table and the OpenAPI 3.1 document built from it |
 //! | `auth` | API tokens (random, stored as SHA-256), roles, who sees which tenant |
 //! | `secrets` | secrets at rest: the keyring (current key, old keys), seal and open |
@@ -24,6 +25,7 @@ pub mod cost;
 mod error;
 pub mod metrics;
 pub mod openapi;
+pub mod pages;
 pub mod pipelines;
 pub mod scheduler;
 pub mod secrets;

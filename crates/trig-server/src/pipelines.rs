@@ -73,7 +73,7 @@ fn parse(state: &AppState, rec: &PipelineRecord, connections: &BTreeMap<String, 
 }
 
 /// `healthy`, `failing`, `paused` or `running`.
-fn state_of(r: &PipelineRecord) -> &'static str {
+pub(crate) fn state_of(r: &PipelineRecord) -> &'static str {
     let now = chrono::Utc::now().timestamp_micros();
     if r.paused_reason.is_some() {
         "paused"
@@ -111,7 +111,7 @@ async fn view(state: &AppState, t: &TenantInfo, r: &PipelineRecord) -> Result<Va
     }))
 }
 
-async fn record(state: &AppState, t: &TenantInfo, p: &str) -> Result<PipelineRecord, Error> {
+pub(crate) async fn record(state: &AppState, t: &TenantInfo, p: &str) -> Result<PipelineRecord, Error> {
     state
         .store
         .pipeline_record(t.id, p)
@@ -121,7 +121,7 @@ async fn record(state: &AppState, t: &TenantInfo, p: &str) -> Result<PipelineRec
         .ok_or_else(|| Error::NotFound { what: format!("pipeline `{p}` of tenant `{}`", t.name) })
 }
 
-fn writable(state: &AppState, r: &PipelineRecord) -> Result<(), Error> {
+pub(crate) fn writable(state: &AppState, r: &PipelineRecord) -> Result<(), Error> {
     if r.origin.as_deref() == Some("config") {
         let file = state.config.as_ref().map(|c| c.path.display().to_string()).unwrap_or_else(|| "the config file".into());
         return Err(Error::ReadOnly { what: format!("pipeline `{}`", r.name), file });
@@ -153,6 +153,20 @@ async fn define(
     body: Value,
     action: &str,
 ) -> Result<Response, Error> {
+    let (r, created) = define_pipeline(state, who, t, p, body, action).await?;
+    Ok(json_response(if created { StatusCode::CREATED } else { StatusCode::OK }, &view(state, t, &r).await?))
+}
+
+/// Validates a pipeline's body against the tenant's connections and stores
+/// it (the API and the pages both define by it): the record, and whether it is new.
+pub(crate) async fn define_pipeline(
+    state: &AppState,
+    who: &crate::auth::Principal,
+    t: &TenantInfo,
+    p: &str,
+    body: Value,
+    action: &str,
+) -> Result<(PipelineRecord, bool), Error> {
     let tc = tenant_config(state, t).await?;
     pipeline_from_json(p, &body, &tc.config.connections).map_err(|errors| match errors.into_iter().next() {
         Some(e) => Error::Invalid { field: e.key, message: e.message },
@@ -168,7 +182,7 @@ async fn define(
     };
     let (r, created) = state.store.put_pipeline(t.id, p, w).await.map_err(Error::from_store)?;
     state.wake.notify_one();
-    Ok(json_response(if created { StatusCode::CREATED } else { StatusCode::OK }, &view(state, t, &r).await?))
+    Ok((r, created))
 }
 
 pub(crate) async fn put(

@@ -9,6 +9,14 @@ use trig_server::secrets::{KeySource, Keyring};
 use trig_server::{ServeOptions, Server};
 use trig_store::{SqliteStore, Store, TenantName};
 
+// The pages: over plain HTTP, and in a real browser (one test binary for the crate).
+#[path = "pages/browser.rs"]
+mod browser;
+#[path = "pages/http.rs"]
+mod pages_http;
+#[path = "pages/webdriver.rs"]
+mod webdriver;
+
 struct Running {
     base: String,
     db: std::path::PathBuf,

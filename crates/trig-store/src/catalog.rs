@@ -39,6 +39,18 @@ pub struct TokenInfo {
     pub revoked_at: Option<Micros>,
 }
 
+/// A signed-in page session, found by its cookie's hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebSession {
+    /// The API token it signed in with (a revoked token ends its sessions).
+    pub token: TokenInfo,
+    /// The tenant a representative chose to work on.
+    pub tenant: Option<(TenantId, String)>,
+    pub created_at: Micros,
+    /// Past this it is no session (the caller says so: the page explains, the row goes).
+    pub expires_at: Micros,
+}
+
 /// A connection as the service keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ConnectionRecord {
@@ -265,6 +277,31 @@ pub trait Catalog: Send + Sync {
 
     /// One pipeline's quarantined rows after the row `after` (an id), oldest first: `(id, json)`.
     async fn quarantine_of(&self, pipeline: crate::PipelineKey, after: i64, limit: usize) -> Result<Vec<(i64, serde_json::Value)>, Error>;
+
+    /// Keeps a page sign-in by its secret's hash: `kind` `session` (a cookie)
+    /// or `link` (a one-time login link). Rows past their expiry go at the same time.
+    async fn create_web_session(
+        &self,
+        hash: &str,
+        kind: &str,
+        token_id: i64,
+        tenant: Option<TenantId>,
+        now: Micros,
+        expires_at: Micros,
+    ) -> Result<(), Error>;
+
+    /// The session of a cookie's hash, expired or not (the caller tells which),
+    /// `None` when there is none or its token was revoked.
+    async fn web_session(&self, hash: &str) -> Result<Option<WebSession>, Error>;
+
+    /// Uses up a one-time login link: its token when the link is live (once only).
+    async fn redeem_login_link(&self, hash: &str, now: Micros) -> Result<Option<TokenInfo>, Error>;
+
+    /// The tenant a representative's session works on.
+    async fn set_web_session_tenant(&self, hash: &str, tenant: TenantId) -> Result<(), Error>;
+
+    /// Signs a session out (or forgets an expired one).
+    async fn end_web_session(&self, hash: &str) -> Result<(), Error>;
 }
 
 const PIPELINE: &str = "SELECT p.id, p.tenant_id, t.name, p.name, p.origin, p.definition, p.defined_at, p.next_run_at, p.requested,
@@ -839,6 +876,82 @@ impl<B: Backend> Catalog for B {
                     (r.int(0), v)
                 })
                 .collect())
+        })
+        .await
+    }
+
+    async fn create_web_session(
+        &self,
+        hash: &str,
+        kind: &str,
+        token_id: i64,
+        tenant: Option<TenantId>,
+        now: Micros,
+        expires_at: Micros,
+    ) -> Result<(), Error> {
+        let (hash, kind) = (hash.to_string(), kind.to_string());
+        self.db(true, move |db| {
+            db.execute("DELETE FROM web_sessions WHERE expires_at <= $1", &[now.into()])?;
+            db.execute(
+                "INSERT INTO web_sessions (hash, kind, token_id, tenant_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                &[(&hash).into(), (&kind).into(), token_id.into(), tenant.map(|t| t.0).into(), now.into(), expires_at.into()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn web_session(&self, hash: &str) -> Result<Option<WebSession>, Error> {
+        let hash = hash.to_string();
+        self.db(false, move |db| {
+            let row = db.query_opt(
+                "SELECT k.id, k.tenant_id, t.name, k.role, k.label, k.created_at, k.revoked_at, s.tenant_id, st.name, s.created_at, s.expires_at
+                 FROM web_sessions s JOIN api_tokens k ON k.id = s.token_id JOIN tenants t ON t.id = k.tenant_id
+                 LEFT JOIN tenants st ON st.id = s.tenant_id
+                 WHERE s.hash = $1 AND s.kind = 'session' AND k.revoked_at IS NULL",
+                &[(&hash).into()],
+            )?;
+            Ok(row.map(|r| WebSession {
+                token: token(&r),
+                tenant: r.opt_int(7).map(|id| (TenantId(id), r.text(8))),
+                created_at: r.int(9),
+                expires_at: r.int(10),
+            }))
+        })
+        .await
+    }
+
+    async fn redeem_login_link(&self, hash: &str, now: Micros) -> Result<Option<TokenInfo>, Error> {
+        let hash = hash.to_string();
+        self.db(true, move |db| {
+            let used = db.query_opt(
+                "DELETE FROM web_sessions WHERE hash = $1 AND kind = 'link' RETURNING token_id, expires_at",
+                &[(&hash).into()],
+            )?;
+            match used {
+                Some(r) if r.int(1) > now => {
+                    Ok(db.query_opt(&format!("{TOKEN} WHERE k.id = $1 AND k.revoked_at IS NULL"), &[r.int(0).into()])?.map(|r| token(&r)))
+                }
+                _ => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn set_web_session_tenant(&self, hash: &str, tenant: TenantId) -> Result<(), Error> {
+        let hash = hash.to_string();
+        self.db(true, move |db| {
+            db.execute("UPDATE web_sessions SET tenant_id = $1 WHERE hash = $2 AND kind = 'session'", &[tenant.0.into(), (&hash).into()])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn end_web_session(&self, hash: &str) -> Result<(), Error> {
+        let hash = hash.to_string();
+        self.db(true, move |db| {
+            db.execute("DELETE FROM web_sessions WHERE hash = $1", &[(&hash).into()])?;
+            Ok(())
         })
         .await
     }

@@ -39,6 +39,7 @@ use serde::Serialize;
 
 pub use catalog::{
     Catalog, ChangeRecord, ConnectionRecord, ConnectionWrite, Outcome, PipelineRecord, PipelineWrite, SealedSecret, TenantInfo, TokenInfo,
+    WebSession,
 };
 pub use error::Error;
 #[cfg(feature = "failpoints")]

@@ -128,6 +128,7 @@ conformance!(
     connections_keep_a_sealed_secret_and_every_change,
     pipelines_are_defined_scheduled_requested_and_paused,
     warehouse_slots_bound_the_runs_on_a_warehouse_across_connections,
+    page_sessions_and_login_links_are_kept_by_hash_and_end,
 );
 
 const TTL: Duration = Duration::from_secs(60);
@@ -607,6 +608,39 @@ async fn tenants_and_tokens_are_the_same_records_on_every_connection(f: Fixture)
     assert_eq!(f.a.token_by_hash("hash-a").await.unwrap(), None, "a revoked token authenticates nothing");
     assert!(f.a.tokens(None).await.unwrap().iter().any(|t| t.id == admin.id && t.revoked_at.is_some()));
     assert_eq!(f.a.token_by_hash("hash-r").await.unwrap().unwrap().id, rep.id);
+}
+
+async fn page_sessions_and_login_links_are_kept_by_hash_and_end(f: Fixture) {
+    let acme = f.a.tenant("acme").await.unwrap();
+    let globex = f.a.tenant("globex").await.unwrap();
+    let admin = f.a.create_token(acme, "admin", "hash-admin", "").await.unwrap();
+    let rep = f.a.create_token(globex, "representative", "hash-rep", "").await.unwrap();
+    let now = 1_800_000_000_000_000;
+    f.a.create_web_session("s1", "session", admin.id, None, now, now + 1_000).await.unwrap();
+    // Seen from another connection, with its token's tenant and role.
+    let s = f.b.web_session("s1").await.unwrap().unwrap();
+    assert_eq!((s.token.id, s.token.tenant_name.as_str(), s.tenant.clone(), s.expires_at), (admin.id, "acme", None, now + 1_000));
+    assert_eq!(f.b.web_session("s2").await.unwrap(), None);
+    // A representative's session remembers the tenant chosen.
+    f.a.create_web_session("s3", "session", rep.id, None, now, now + 1_000).await.unwrap();
+    f.b.set_web_session_tenant("s3", acme).await.unwrap();
+    assert_eq!(f.a.web_session("s3").await.unwrap().unwrap().tenant, Some((acme, "acme".to_string())));
+    // A login link is no session, and works once, while live.
+    f.a.create_web_session("l1", "link", rep.id, None, now, now + 1_000).await.unwrap();
+    assert_eq!(f.a.web_session("l1").await.unwrap(), None, "a link is not a session");
+    assert_eq!(f.b.redeem_login_link("l1", now + 1).await.unwrap().map(|t| t.id), Some(rep.id));
+    assert_eq!(f.a.redeem_login_link("l1", now + 2).await.unwrap(), None, "once only");
+    f.a.create_web_session("l2", "link", rep.id, None, now, now + 1_000).await.unwrap();
+    assert_eq!(f.a.redeem_login_link("l2", now + 1_000).await.unwrap(), None, "expired");
+    assert_eq!(f.a.redeem_login_link("s3", now).await.unwrap(), None, "a session is no link");
+    // Signed out; and a revoked token ends its sessions.
+    f.b.end_web_session("s3").await.unwrap();
+    assert_eq!(f.a.web_session("s3").await.unwrap(), None);
+    f.a.revoke_token(admin.id).await.unwrap();
+    assert_eq!(f.a.web_session("s1").await.unwrap(), None);
+    // Expired rows go when a new one is made; an unknown kind is refused by the store.
+    f.a.create_web_session("s4", "session", rep.id, None, now + 5_000, now + 6_000).await.unwrap();
+    assert!(f.a.create_web_session("x", "cookie", rep.id, None, now, now + 1).await.is_err());
 }
 
 async fn connections_keep_a_sealed_secret_and_every_change(f: Fixture) {

@@ -27,6 +27,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("v1.sql"),
     // 2: the service's records: a tenant's name for people, API tokens by hash.
     include_str!("v2.sql"),
+    // 3: the pages' sign-ins (sessions and one-time login links, by hash).
+    include_str!("v3.sql"),
 ];
 /// The schema version this build reads and writes.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;

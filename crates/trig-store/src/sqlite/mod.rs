@@ -39,6 +39,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("v3.sql"),
     // 4: the service's records: a tenant's name for people, API tokens by hash.
     include_str!("v4.sql"),
+    // 5: the pages' sign-ins (sessions and one-time login links, by hash).
+    include_str!("v5.sql"),
 ];
 /// The schema version this build reads and writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
