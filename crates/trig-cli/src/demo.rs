@@ -30,9 +30,14 @@ pub struct Args {
     #[arg(long, default_value_t = 100_000)]
     events: u64,
     /// Keep the local workspace serving after the report (until Ctrl-C), so
-    /// `sync`, `runs` and `export` can be tried with the config the demo wrote.
+    /// `sync`, `runs` and `export` can be tried with the config the demo wrote,
+    /// and serve the pages (Settings → Integrations → Databricks) on `--addr`,
+    /// printing a login link for a customer admin and one for a Trig representative.
     #[arg(long)]
     serve: bool,
+    /// Where `--serve` serves the pages and the API.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: String,
 }
 
 const DB: &str = "trig-demo.db";
@@ -66,7 +71,7 @@ pub fn config_text(workspace_url: &str, host: &str) -> String {
 }
 
 fn remove_previous(dir: &Path) -> anyhow::Result<()> {
-    for f in [DB, "trig-demo.db-wal", "trig-demo.db-shm", CONFIG, TOKEN] {
+    for f in [DB, "trig-demo.db-wal", "trig-demo.db-shm", "trig-demo.db.key", CONFIG, TOKEN] {
         match std::fs::remove_file(dir.join(f)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -133,6 +138,14 @@ fn live_rows(since: chrono::DateTime<chrono::Utc>, until: chrono::DateTime<chron
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
+    // Refused before any work, as every bad flag is.
+    let addr: std::net::SocketAddr = match args.addr.parse() {
+        Ok(a) => a,
+        Err(_) => {
+            let p = crate::problem::Problem::new("--addr", format!("`{}` is not HOST:PORT, e.g. 127.0.0.1:8080", args.addr));
+            return Ok(crate::problem::user(false, &[p]));
+        }
+    };
     std::fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
     let dir = args.dir.canonicalize()?;
     remove_previous(&dir)?;
@@ -230,14 +243,79 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     writeln!(out, "     trig-databricks export events --config {} | head", config_path.display())?;
     writeln!(out, "Done in {:.1}s.", started.elapsed().as_secs_f64())?;
     if args.serve {
-        writeln!(out, "\nThe local workspace keeps serving at {} (Ctrl-C stops it). In another terminal:", emulator.base_url())?;
-        writeln!(out, "     trig-databricks sync demo_events --config {}", config_path.display())?;
-        out.flush()?;
         drop(out);
-        let _ = tokio::signal::ctrl_c().await;
+        let code = serve_pages(&config, store, addr, &emulator.base_url()).await?;
+        emulator.shutdown().await;
+        return Ok(code);
     } else {
         writeln!(out, "The local workspace stopped with the demo; `--serve` keeps it running for `sync`.")?;
     }
     emulator.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--serve`: the service on the demo's store (its scheduler, the API, the
+/// pages) with a customer admin of the config's tenant and a Trig
+/// representative, each given a one-time login link; until Ctrl-C.
+async fn serve_pages(config: &Config, store: Arc<dyn Store>, addr: std::net::SocketAddr, workspace: &str) -> anyhow::Result<ExitCode> {
+    use trig_server::auth::{Role, new_token, token_hash};
+    let url = config.resolve_store_url().map_err(|e| anyhow::anyhow!("{}: {}", e.key, e.message))?;
+    let keys = match crate::serve::keyring(config, &url) {
+        Ok(k) => k,
+        Err(code) => return Ok(code),
+    };
+    // The demo synced every pipeline a moment ago: the schedule picks them up again in 15 minutes
+    // (Sync now on a pipeline's page runs one at once).
+    let next = chrono::Utc::now().timestamp_micros() + 15 * 60 * 1_000_000;
+    crate::serve::load_file(store.as_ref(), config, next).await?;
+    let customer = store.tenant_info(config.tenant.as_str()).await?.context("the config's tenant was just made")?;
+    let trig = match store.tenant_info("trig").await? {
+        Some(t) => t,
+        None => store.create_tenant(&trig_store::TenantName::parse("trig").map_err(anyhow::Error::msg)?, Some("Trig")).await?,
+    };
+    let now = chrono::Utc::now().timestamp_micros();
+    let mut links = Vec::new();
+    for (t, role, who) in [(&customer, Role::Admin, "a customer admin"), (&trig, Role::Representative, "a Trig representative")] {
+        let made = store.create_token(t.id, role.as_str(), &token_hash(&new_token()?), "demo --serve").await?;
+        links.push((who, t.name.clone(), trig_server::pages::session::login_link(store.as_ref(), made.id, now).await?));
+    }
+    let scheduler = trig_server::scheduler::SchedulerOptions {
+        tick: std::time::Duration::from_secs(1),
+        engine: EngineOptions {
+            holder: trig_store::Holder::this_process("trig-databricks demo --serve"),
+            clients: Some(Default::default()),
+            ..EngineOptions::default()
+        },
+        ..Default::default()
+    };
+    let options = trig_server::ServeOptions { addr, scheduler: Some(scheduler), ..Default::default() };
+    let server = match trig_server::Server::bind(store, keys, Some(Arc::new(config.clone())), options).await {
+        Ok(s) => s,
+        Err(e) => {
+            let p = crate::problem::Problem::new("--addr", format!("cannot listen on {addr}: {e}"))
+                .hint("another program has the port; choose another, e.g. --addr 127.0.0.1:8081");
+            return Ok(crate::problem::report(false, &[p], ExitCode::from(2)));
+        }
+    };
+    let base = format!("http://{}", server.local_addr()?);
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "\nThe pages: {base}/settings/integrations/databricks. Sign in with a link (each works once, within a day):")?;
+    for (who, tenant, path) in &links {
+        writeln!(out, "  as {who} (tenant {tenant}): {base}{path}")?;
+    }
+    let c = config.path.display();
+    writeln!(
+        out,
+        "More links: `trig-databricks tokens list --config {c}`, then `trig-databricks tokens link ID --url {base} --config {c}`."
+    )?;
+    writeln!(out, "\nThe local workspace keeps serving at {workspace} and the pages at {base} (Ctrl-C stops both). In another terminal:")?;
+    writeln!(out, "     trig-databricks sync demo_events --config {}", config.path.display())?;
+    out.flush()?;
+    drop(out);
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(server.run(stop.clone()));
+    crate::serve::shutdown_signal().await;
+    stop.cancel();
+    serving.await??;
     Ok(ExitCode::SUCCESS)
 }

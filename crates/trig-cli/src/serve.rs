@@ -117,6 +117,16 @@ enum TokensCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Print a one-time login link for the pages, signing in as a token (by its id from
+    /// `tokens list`); it works once, within a day.
+    Link {
+        id: i64,
+        /// Where `serve` is reached, as a browser opens it.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Revoke a token by its id (from `tokens list`); it stops working at once.
     Revoke {
         id: i64,
@@ -262,6 +272,34 @@ pub async fn tokens(a: TokensArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        TokensCommand::Link { id, url, config } => {
+            let base = match page_base(&url) {
+                Ok(b) => b,
+                Err(m) => return Ok(problem::user(false, &[Problem::new("--url", m)])),
+            };
+            let (_, store) = match store_of(&config, false) {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            let live = match store.tokens(None).await {
+                Ok(all) => all.into_iter().find(|t| t.id == id && t.revoked_at.is_none()),
+                Err(e) => return Ok(failed("store.url", &e, store_exit(&e))),
+            };
+            let Some(t) = live else {
+                return Ok(problem::user(
+                    false,
+                    &[Problem::new("ID", format!("there is no live token {id}")).hint("`trig-databricks tokens list` shows the ids")],
+                ));
+            };
+            match trig_server::pages::session::login_link(store.as_ref(), t.id, chrono::Utc::now().timestamp_micros()).await {
+                Ok(path) => {
+                    eprintln!("a login link for token {} ({}, tenant {}); it works once, within a day:", t.id, t.role, t.tenant_name);
+                    writeln!(std::io::stdout(), "{base}{path}")?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => Ok(failed("store.url", &e, ExitCode::FAILURE)),
+            }
+        }
         TokensCommand::Revoke { id, config } => {
             let (_, store) = match store_of(&config, false) {
                 Ok(s) => s,
@@ -314,7 +352,7 @@ pub async fn secrets(a: SecretsArgs) -> anyhow::Result<ExitCode> {
 
 /// The keyring for this store: the environment's; on SQLite without one, a
 /// key file beside the database; on PostgreSQL without one, a refusal.
-fn keyring(config: &Config, url: &str) -> Result<Keyring, ExitCode> {
+pub(crate) fn keyring(config: &Config, url: &str) -> Result<Keyring, ExitCode> {
     let refuse = |e: trig_server::Error| problem::user(false, &[Problem::new(trig_server::secrets::KEY_VAR, e.to_string())]);
     match url.strip_prefix("sqlite://") {
         Some(path) if path != ":memory:" => {
@@ -359,7 +397,7 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     // The config's own tenant exists from the start, with the file's connections (read-only).
-    if let Err(e) = load_file(store.as_ref(), &config).await {
+    if let Err(e) = load_file(store.as_ref(), &config, chrono::Utc::now().timestamp_micros()).await {
         return Ok(failed("store.url", &e, store_exit(&e)));
     }
     let scheduler = (!a.no_scheduler).then(|| trig_server::scheduler::SchedulerOptions {
@@ -402,8 +440,22 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The config file's tenant and connections, into the store (the file wins over the API for a name it defines).
-async fn load_file(store: &dyn Store, config: &Config) -> Result<(), trig_store::Error> {
+/// `--url`: where a browser reaches `serve`, as `http(s)://HOST[:PORT]` with no trailing slash.
+pub(crate) fn page_base(url: &str) -> Result<String, String> {
+    let u = url.trim().trim_end_matches('/');
+    let rest = u.strip_prefix("http://").or_else(|| u.strip_prefix("https://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.contains(['?', '#', ' ']) => Ok(u.to_string()),
+        _ => {
+            Err(format!("`{url}` is not where serve is reached; give its address, e.g. http://127.0.0.1:8080 or https://trig.example.com"))
+        }
+    }
+}
+
+/// The config file's tenant and connections, into the store (the file wins
+/// over the API for a name it defines); a pipeline new to the store is first
+/// due at `first_run_at`.
+pub(crate) async fn load_file(store: &dyn Store, config: &Config, first_run_at: trig_store::Micros) -> Result<(), trig_store::Error> {
     let tenant = store.tenant(config.tenant.as_str()).await?;
     for c in config.connections.values() {
         let w = trig_store::ConnectionWrite {
@@ -415,7 +467,6 @@ async fn load_file(store: &dyn Store, config: &Config) -> Result<(), trig_store:
         };
         store.put_connection(tenant, &c.name, w).await?;
     }
-    let now = chrono::Utc::now().timestamp_micros();
     let defined = config.pipeline_definitions();
     // A pipeline the file no longer has stops (its rows stay).
     for gone in store
@@ -432,14 +483,14 @@ async fn load_file(store: &dyn Store, config: &Config) -> Result<(), trig_store:
             definition,
             actor: format!("config file {}", config.path.display()),
             action: "replaced".into(),
-            first_run_at: now,
+            first_run_at,
         };
         store.put_pipeline(tenant, &name, w).await?;
     }
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

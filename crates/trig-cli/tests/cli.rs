@@ -486,12 +486,20 @@ async fn sync_dry_run_json_exit_codes_and_no_secret_printed() {
     std::fs::remove_dir_all(dir).ok();
 }
 
-#[test]
-fn the_demo_syncs_everything_and_leaves_a_config_and_a_database() {
+/// The first `trig_session` cookie a response sets.
+fn session_cookie(r: &reqwest::Response) -> Option<String> {
+    r.headers().get_all("set-cookie").iter().filter_map(|v| v.to_str().ok()).find_map(|v| {
+        let pair = v.split(';').next()?.strip_prefix("trig_session=")?;
+        Some(pair.to_string())
+    })
+}
+
+#[tokio::test]
+async fn the_demo_syncs_everything_and_leaves_a_config_and_a_database() {
     let dir = temp_dir("demo");
-    // --serve: the demo keeps its workspace up after the report, until interrupted.
+    // --serve: the demo keeps its workspace up after the report, and serves the pages, until interrupted.
     let mut child = Command::new(BIN)
-        .args(["demo", "--dir", dir.to_str().unwrap(), "--events", "5000", "--serve"])
+        .args(["demo", "--dir", dir.to_str().unwrap(), "--events", "5000", "--serve", "--addr", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -509,6 +517,57 @@ fn the_demo_syncs_everything_and_leaves_a_config_and_a_database() {
     assert_eq!(again.status.code(), Some(0), "{}", text(&again));
     let run: Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(run["counts"]["inserted"], 0, "everything was stored by the demo: {run}");
+
+    // The pages, through the login links it printed: once each.
+    let link = |who: &str| {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("as {who}")))
+            .unwrap_or_else(|| panic!("no link for {who}: {stdout}"));
+        line.rsplit(' ').next().unwrap().to_string()
+    };
+    let (admin, rep) = (link("a customer admin"), link("a Trig representative"));
+    let base = admin.split("/login/link/").next().unwrap().to_string();
+    assert!(stdout.contains(&format!("The pages: {base}/settings/integrations/databricks")), "{stdout}");
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let r = http.get(&admin).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    let session = session_cookie(&r).expect("the link starts a session");
+    let page = http
+        .get(format!("{base}/settings/integrations/databricks"))
+        .header("cookie", format!("trig_session={session}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    for want in ["demo_events", "demo_people", "demo_organisations", "Healthy"] {
+        assert!(page.contains(want), "`{want}` on the settings page: {page}");
+    }
+    assert_eq!(http.get(&admin).send().await.unwrap().status(), 401, "a login link works once");
+    let r = http.get(&rep).send().await.unwrap();
+    let session = session_cookie(&r).expect("the representative's link starts a session");
+    let page = http.get(format!("{base}/tenants")).header("cookie", format!("trig_session={session}")).send().await.unwrap();
+    assert_eq!(page.status(), 200, "a representative chooses a tenant");
+    assert!(page.text().await.unwrap().contains("default"));
+
+    // tokens link: another link for a live token; a wrong id or URL is named.
+    let c = dir.join("trig-demo.toml");
+    let c = c.to_str().unwrap();
+    let tokens: Value = serde_json::from_slice(&cli(&["tokens", "list", "--config", c, "--json"]).stdout).unwrap();
+    let id = tokens.as_array().unwrap().iter().find(|t| t["role"] == "admin").unwrap()["id"].to_string();
+    let out = cli(&["tokens", "link", &id, "--url", &format!("{base}/"), "--config", c]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let again = String::from_utf8(out.stdout).unwrap();
+    assert!(again.trim().starts_with(&format!("{base}/login/link/")), "{again}");
+    let r = http.get(again.trim()).send().await.unwrap();
+    assert!(r.status() == 303 && session_cookie(&r).is_some());
+    let out = cli(&["tokens", "link", "999", "--config", c]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("ID: there is no live token 999") && text(&out).contains("tokens list"), "{}", text(&out));
+    let out = cli(&["tokens", "link", &id, "--url", "localhost:8080", "--config", c]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("--url") && text(&out).contains("http://127.0.0.1:8080"), "{}", text(&out));
     drop(guard);
     for want in ["Connection OK.", "First sync", "Second sync", "Report", "deduplicated", "late           40", "parked", "quarantined"] {
         assert!(stdout.contains(want), "`{want}` in {stdout}");

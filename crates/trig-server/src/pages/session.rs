@@ -148,16 +148,13 @@ pub async fn start(state: &AppState, token: &TokenInfo, https: bool) -> Result<S
     Ok(set_cookie(COOKIE, &secret, SESSION_TTL / 1_000_000, https))
 }
 
-/// A one-time login link's code for a token (the CLI prints the link).
-pub async fn login_link(state: &AppState, token_id: i64) -> Result<String, crate::Error> {
+/// A one-time login link for a token: the path to open (`/login/link/CODE`),
+/// good once within [`LINK_TTL`]. The store keeps only the code's hash; the
+/// CLI (`tokens link`, `demo --serve`) prints the link.
+pub async fn login_link(store: &dyn trig_store::Store, token_id: i64, now: Micros) -> Result<String, crate::Error> {
     let code = random_secret()?;
-    let now = state.clock.now();
-    state
-        .store
-        .create_web_session(&token_hash(&code), "link", token_id, None, now, now + LINK_TTL)
-        .await
-        .map_err(crate::Error::from_store)?;
-    Ok(code)
+    store.create_web_session(&token_hash(&code), "link", token_id, None, now, now + LINK_TTL).await.map_err(crate::Error::from_store)?;
+    Ok(format!("/login/link/{code}"))
 }
 
 /// A posted form, read only after its session and CSRF token check out.

@@ -219,9 +219,30 @@ impl Browser {
         self.click(&opt).await;
     }
 
-    /// Writes a PNG of the page to `shots/NAME.png`.
+    /// Writes a PNG of the whole page (the window grown to the page's height
+    /// for the shot, then put back) to `shots/NAME.png`.
     pub async fn screenshot(&self, name: &str) -> PathBuf {
+        let height = self
+            .cmd(
+                reqwest::Method::POST,
+                "/execute/sync",
+                Some(json!({"script": "return document.documentElement.scrollHeight", "args": []})),
+            )
+            .await
+            .as_u64()
+            .unwrap_or(1400);
+        let rect = self.cmd(reqwest::Method::GET, "/window/rect", None).await;
+        // The window's frame is part of its height: grow it by what the viewport lacks.
+        let inner = self
+            .cmd(reqwest::Method::POST, "/execute/sync", Some(json!({"script": "return window.innerHeight", "args": []})))
+            .await
+            .as_u64()
+            .unwrap_or(1400);
+        let frame = rect["height"].as_u64().unwrap_or(1400).saturating_sub(inner);
+        let tall = (height + frame).clamp(600, 8000);
+        self.cmd(reqwest::Method::POST, "/window/rect", Some(json!({"width": rect["width"], "height": tall}))).await;
         let v = self.cmd(reqwest::Method::GET, "/screenshot", None).await;
+        self.cmd(reqwest::Method::POST, "/window/rect", Some(json!({"width": rect["width"], "height": rect["height"]}))).await;
         let png = base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap()).unwrap();
         let path = self.shots.join(format!("{name}.png"));
         std::fs::write(&path, png).unwrap();
