@@ -38,6 +38,8 @@ pub struct AppState {
     pub webhook_allow: databricks::AllowHosts,
     /// The scheduler's clock.
     pub clock: Arc<dyn crate::Clock>,
+    /// The warehouses' settings the cost panel shows, read at most once a minute each.
+    pub warehouses: Arc<crate::cost::WarehouseCache>,
 }
 
 /// The API's routes.

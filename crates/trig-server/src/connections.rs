@@ -228,6 +228,7 @@ pub(crate) async fn save(
     };
     let w = ConnectionWrite { origin: "api".into(), config, sealed_secret: sealed, actor: actor(who), action: action.into() };
     let (rec, created) = state.store.put_connection(t.id, c, w).await.map_err(Error::from_store)?;
+    state.warehouses.forget(t.id);
     // A change of the connection may be the fix a paused pipeline waits for: its pipelines are un-paused.
     if !created {
         for p in state.store.pipeline_records(t.id).await.map_err(Error::from_store)? {
@@ -314,6 +315,7 @@ pub(crate) async fn delete(State(state): State<AppState>, Path((t, c)): Path<(St
     let old = stored(&state, &t, &c).await?;
     writable(&old, &state)?;
     state.store.delete_connection(t.id, &c, &actor(&who)).await.map_err(Error::from_store)?;
+    state.warehouses.forget(t.id);
     Ok(json_response(StatusCode::OK, &json!({ "deleted": c })))
 }
 

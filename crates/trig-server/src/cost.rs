@@ -26,6 +26,63 @@ use crate::connections::tenant_of;
 
 const DAY: Micros = 86_400_000_000;
 const MIN: Micros = 60_000_000;
+/// How long a warehouse's settings, as read, are shown without asking again.
+const WAREHOUSE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// The most warehouses remembered at once (the oldest are dropped first).
+const WAREHOUSE_MAX: usize = 4096;
+
+/// The warehouses' settings as last read (or why they could not be), per
+/// tenant and warehouse, for [`WAREHOUSE_TTL`]: the settings page shows the
+/// cost panel without a call to the customer's workspace on every load. A
+/// connection saved or deleted in this process forgets its tenant's; another
+/// process's change shows within the TTL.
+#[derive(Debug, Default)]
+pub struct WarehouseCache {
+    entries: std::sync::Mutex<HashMap<String, (std::time::Instant, Result<databricks::Warehouse, String>)>>,
+}
+
+impl WarehouseCache {
+    fn key(t: trig_store::TenantId, c: &trig_config::ConnectionConfig) -> String {
+        format!("{}|{}{}", t.0, c.workspace.base(), c.http_path())
+    }
+
+    fn fresh(&self, key: &str) -> Option<Result<databricks::Warehouse, String>> {
+        let m = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.get(key).filter(|(at, _)| at.elapsed() < WAREHOUSE_TTL).map(|(_, v)| v.clone())
+    }
+
+    fn keep(&self, key: String, value: Result<databricks::Warehouse, String>) {
+        let mut m = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if m.len() >= WAREHOUSE_MAX {
+            m.retain(|_, (at, _)| at.elapsed() < WAREHOUSE_TTL);
+            while m.len() >= WAREHOUSE_MAX {
+                let Some(oldest) = m.iter().min_by_key(|(_, (at, _))| *at).map(|(k, _)| k.clone()) else { break };
+                m.remove(&oldest);
+            }
+        }
+        m.insert(key, (std::time::Instant::now(), value));
+    }
+
+    /// Forgets a tenant's warehouses (one of its connections changed).
+    pub fn forget(&self, t: trig_store::TenantId) {
+        let prefix = format!("{}|", t.0);
+        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|k, _| !k.starts_with(&prefix));
+    }
+
+    /// The warehouse a connection names: as read within the TTL, else read now.
+    pub async fn warehouse(&self, t: trig_store::TenantId, c: &trig_config::ConnectionConfig) -> Result<databricks::Warehouse, String> {
+        let key = Self::key(t, c);
+        if let Some(v) = self.fresh(&key) {
+            return v;
+        }
+        let read = match c.settings().map_err(|e| e.message).and_then(|s| databricks::Client::new(s).map_err(|e| e.to_string())) {
+            Ok(client) => client.warehouse().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        self.keep(key, read.clone());
+        read
+    }
+}
 
 /// One run, as the cost model sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -170,10 +227,7 @@ pub(crate) async fn report(state: &AppState, t: &trig_store::TenantInfo) -> Resu
             })
             .collect();
         let shortest = pipeline_conn.values().filter(|(conn, _)| conns.iter().any(|n| n == conn)).map(|(_, s)| *s).min();
-        let info = match c.settings().map_err(|e| e.message).and_then(|s| databricks::Client::new(s).map_err(|e| e.to_string())) {
-            Ok(client) => client.warehouse().await.map_err(|e| e.to_string()),
-            Err(e) => Err(e),
-        };
+        let info = state.warehouses.warehouse(t.id, c).await;
         let (name, auto_stop, serverless, err) = match &info {
             Ok(w) => (w.name.clone(), w.auto_stop_mins, w.enable_serverless_compute.unwrap_or(false), None),
             Err(e) => (String::new(), None, false, Some(e.clone())),
@@ -195,6 +249,22 @@ pub(crate) async fn report(state: &AppState, t: &trig_store::TenantInfo) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_warehouse_cache_forgets_a_tenant_and_stays_bounded() {
+        let c = WarehouseCache::default();
+        c.keep("1|https://a/sql".into(), Err("refused".into()));
+        c.keep("2|https://a/sql".into(), Err("other".into()));
+        assert_eq!(c.fresh("1|https://a/sql").map(|r| r.unwrap_err()).as_deref(), Some("refused"));
+        c.forget(trig_store::TenantId(1));
+        assert!(c.fresh("1|https://a/sql").is_none(), "a tenant's connection changed: read again");
+        assert!(c.fresh("2|https://a/sql").is_some(), "another tenant's stays");
+        for i in 0..WAREHOUSE_MAX + 10 {
+            c.keep(format!("3|{i}"), Err(String::new()));
+        }
+        assert_eq!(c.entries.lock().unwrap().len(), WAREHOUSE_MAX);
+        assert!(c.fresh(&format!("3|{}", WAREHOUSE_MAX + 9)).is_some(), "the newest is kept, the oldest dropped");
+    }
 
     fn run(start_min: i64, mins: i64, woke: bool) -> RunSpan {
         RunSpan { start: start_min * MIN, end: (start_min + mins) * MIN, woke, statements: 2 }

@@ -125,7 +125,11 @@ impl Server {
         let wake = Arc::new(tokio::sync::Notify::new());
         let metrics = Arc::default();
         let (webhook_allow, clock) = (options.webhook_allow.clone(), options.clock.clone());
-        Ok(Server { listener, state: api::AppState { store, keys, config, wake, metrics, webhook_allow, clock }, options })
+        Ok(Server {
+            listener,
+            state: api::AppState { store, keys, config, wake, metrics, webhook_allow, clock, warehouses: Arc::default() },
+            options,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {

@@ -599,6 +599,7 @@ async fn on_a_moved_clock_a_customer_fix_is_retried_on_schedule_paused_after_a_d
         metrics: Arc::default(),
         webhook_allow: Default::default(),
         clock: clock.clone(),
+        warehouses: Arc::default(),
     };
     let acme = store.tenant("acme").await.unwrap();
     use trig_server::Clock;

@@ -386,7 +386,15 @@ pub(super) async fn submit(State(state): State<AppState>, Path(p): Path<String>,
     let config = match trig_config::pipeline_from_json(&p, &body, &tc.config.connections) {
         Ok(c) => c,
         Err(errors) => {
-            let errors = errors.into_iter().map(|e| (field_of(&e.key), e.message)).collect();
+            // The label is shown before the message: a message that names its key again drops it.
+            let errors = errors
+                .into_iter()
+                .map(|e| {
+                    let field = field_of(&e.key);
+                    let message = e.message.strip_prefix(&format!("{field}: ")).map(str::to_string).unwrap_or(e.message);
+                    (field, message)
+                })
+                .collect();
             return render(&state, &t, chrome, &p, exists, read_only, m, errors, None, false, StatusCode::BAD_REQUEST).await;
         }
     };
@@ -491,7 +499,7 @@ fn preview_of(d: trig_sync::DryRun) -> Preview {
 pub(super) async fn create(State(state): State<AppState>, posted: Posted) -> Result<Response, PageError> {
     let (t, chrome) = representative(&state, &posted.session).await?;
     let name = posted.form.get("name");
-    let name = resource_name("Pipeline name", name).map_err(|e| PageError::with(e, chrome.clone()))?;
+    let name = resource_name("New pipeline name", name).map_err(|e| PageError::with(e, chrome.clone()))?;
     if state.store.pipeline_record(t.id, &name).await.map_err(Error::from_store)?.is_some_and(|r| r.definition.is_some()) {
         return Err(PageError::with(Error::Conflict { what: format!("pipeline `{name}`") }, chrome));
     }

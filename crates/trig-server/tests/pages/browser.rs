@@ -164,5 +164,28 @@ async fn a_customer_connects_and_a_representative_maps_and_syncs_in_a_real_brows
     b.screenshot("10-pipeline-history").await;
     b.goto(&home).await;
     b.screenshot("11-settings-with-pipeline").await;
+
+    // Markup typed into the pipeline's name and every mapping field comes back as text too.
+    b.fill("New pipeline name", XSS).await;
+    b.press("Map a table").await;
+    assert!(b.text().await.contains("New pipeline name:"), "the name's problem is named: {}", b.text().await);
+    assert!(b.find_all("script").await.is_empty() && b.find_all("img").await.is_empty());
+    b.goto(&format!("{home}/pipelines/probe/mapping?kind=events")).await;
+    let fields = b.find_all("input[id^='f-']").await;
+    assert!(fields.len() >= 10, "every field of an events pipeline: {}", fields.len());
+    for f in &fields {
+        b.clear(f).await;
+        b.type_into(f, XSS).await;
+    }
+    b.press("Save").await;
+    assert!(b.find_all("script").await.is_empty() && b.find_all("img").await.is_empty(), "nothing typed became markup");
+    assert_ne!(b.title().await, "owned");
+    let fields = b.find_all("input[id^='f-']").await;
+    for f in &fields {
+        assert_eq!(b.attr(f, "value").await.as_deref(), Some(XSS), "each field holds what was typed, as text");
+    }
+    assert!(b.text().await.contains("Nothing was saved") || b.find_all("[aria-invalid='true']").await.len() >= 3, "{}", b.text().await);
+    assert!(!b.text().await.contains("WHERE: where:"), "a message does not repeat its field's name");
+    b.screenshot("12-mapping-markup-is-inert").await;
     emu.shutdown().await;
 }
