@@ -9,7 +9,7 @@
 //! on loopback (an upper bound of the server-side time) beside `/healthz`
 //! fetched the same way in the same run.
 //!
-//! `cargo bench -p trig-cli --bench pages`
+//! `cargo bench -p trig-cli --bench pages` (`BENCH_N` fetches per page; `BENCH_KEEP=1` keeps the store to look at)
 
 #![allow(clippy::print_stdout)]
 
@@ -210,5 +210,9 @@ async fn main() {
         let (p50, p99, bytes) = measure(&http, &url, session, n).await;
         println!("  {what}: p50 {p50:.2} ms, p99 {p99:.2} ms ({} KiB)", bytes / 1024);
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    if std::env::var_os("BENCH_KEEP").is_some() {
+        println!("kept {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -170,11 +170,7 @@ impl Scheduler {
                 match self.due(free, &running).await {
                     Ok(due) => {
                         for (rec, config, warehouse) in due {
-                            let sem = self
-                                .warehouses
-                                .entry(warehouse.clone())
-                                .or_insert_with(|| Arc::new(Semaphore::new(self.options.per_warehouse)))
-                                .clone();
+                            let sem = self.semaphore(&warehouse);
                             running.insert(rec.key);
                             let (state, options, done, cancel) =
                                 (self.state.clone(), self.options.clone(), done_tx.clone(), runs_stop.clone());
@@ -215,6 +211,30 @@ impl Scheduler {
                 runs.abort_all();
             }
         }
+    }
+
+    /// One round of [`Scheduler::run`], driven by the caller: starts what is
+    /// due on the scheduler's clock (as `run` does on each wake-up) and waits
+    /// for those runs to end; how many it started. `run` is this in a loop
+    /// with its naps; a test moves a manual clock and calls this, so time
+    /// passes without waiting for it.
+    pub async fn run_due(&mut self) -> Result<usize, crate::Error> {
+        let due = self.due(self.options.max_runs, &HashSet::new()).await?;
+        let started = due.len();
+        let cancel = CancellationToken::new();
+        let mut runs = tokio::task::JoinSet::new();
+        for (rec, config, warehouse) in due {
+            let sem = self.semaphore(&warehouse);
+            runs.spawn(run_one(self.state.clone(), self.options.clone(), rec, config, sem, warehouse, cancel.clone()));
+        }
+        while runs.join_next().await.is_some() {}
+        Ok(started)
+    }
+
+    /// This process's limit of runs at once on a warehouse.
+    fn semaphore(&mut self, warehouse: &str) -> Arc<Semaphore> {
+        let per = self.options.per_warehouse;
+        self.warehouses.entry(warehouse.to_string()).or_insert_with(|| Arc::new(Semaphore::new(per))).clone()
     }
 
     /// The pipelines to start now: due ones, plus ones due soon on a warehouse being started anyway.

@@ -579,10 +579,11 @@ async fn every_documented_route_is_served_and_asks_for_a_token_unless_public() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
-/// The scheduler on a clock the test moves: days pass in milliseconds, and
-/// the test waits for nothing but the scheduler's reaction (its tick is 20 ms). The pipeline's definition names a
-/// connection that was deleted, so every run fails at once, as a failure only
-/// the customer can fix (no network in this test).
+/// The scheduler on a clock the test moves, driven round by round
+/// (`Scheduler::run_due`): days pass in milliseconds and the test sleeps for
+/// none of them. The pipeline's definition names a connection that was
+/// deleted, so every run fails at once, as a failure only the customer can
+/// fix (no network in this test).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_moved_clock_a_customer_fix_is_retried_on_schedule_paused_after_a_day_and_missed_slots_run_once() {
     let dir = std::env::temp_dir().join(format!("trig-server-paused-{}", std::process::id()));
@@ -612,58 +613,51 @@ async fn on_a_moved_clock_a_customer_fix_is_retried_on_schedule_paused_after_a_d
     };
     store.put_pipeline(acme, "events", w).await.unwrap();
     let record = || async { store.pipeline_record(acme, "events").await.unwrap().unwrap() };
-    let options = trig_server::scheduler::SchedulerOptions { tick: std::time::Duration::from_millis(20), ..Default::default() };
-    let start = |state: trig_server::api::AppState| {
-        let stop = CancellationToken::new();
-        let s = trig_server::scheduler::Scheduler::new(state, options.clone());
-        (stop.clone(), tokio::spawn(s.run(stop, std::time::Duration::from_secs(1))))
-    };
-    // Moves the clock in steps of `step` (so each due time is met), giving the scheduler a few ticks each.
-    let pass = |secs: u64, clock: Arc<trig_server::ManualClock>| async move {
-        let step = 21_600.min(secs.max(1));
+    let options = trig_server::scheduler::SchedulerOptions::default();
+    let start = |state: trig_server::api::AppState| trig_server::scheduler::Scheduler::new(state, options.clone());
+    // Moves the clock in steps of at most 6 h (so each due time is met on
+    // its step), letting the scheduler run what is due after each: days pass
+    // in milliseconds, without waiting for any of them.
+    async fn pass(secs: u64, clock: Arc<trig_server::ManualClock>, mut sched: Option<&mut trig_server::scheduler::Scheduler>) {
         let mut left = secs;
         while left > 0 {
-            let s = step.min(left);
+            let s = 21_600.min(left);
             clock.advance(std::time::Duration::from_secs(s));
             left -= s;
-            tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+            if let Some(sc) = sched.as_deref_mut() {
+                sc.run_due().await.unwrap();
+            }
         }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
-    let (stop, task) = start(state.clone());
-    pass(5, clock.clone()).await;
+    }
+    let mut sched = start(state.clone());
+    sched.run_due().await.unwrap();
     let r = record().await;
     assert_eq!(r.failures, 1, "due at once on creation: {r:?}");
     assert_eq!(r.last_error.as_ref().unwrap()["kind"], "config");
     let first_next = r.next_run_at.unwrap();
     // Not hammered: nothing more for most of a day (the normal schedule of a broken definition is a day).
-    pass(6 * 3600, clock.clone()).await;
+    pass(6 * 3600, clock.clone(), Some(&mut sched)).await;
     assert_eq!(record().await.failures, 1, "a customer's fix is not retried before its schedule");
 
     // The next time survives a restart: a new scheduler on the same store waits for it too.
-    stop.cancel();
-    task.await.unwrap();
-    let (stop, task) = start(state.clone());
-    pass(60, clock.clone()).await;
+    let mut sched = start(state.clone());
+    pass(60, clock.clone(), Some(&mut sched)).await;
     assert_eq!(record().await.next_run_at.unwrap(), first_next, "the next time is the store's, not the process's");
     // A day after the first failure: the second, and the pipeline paused with its reason.
-    pass(18 * 3600 + 60, clock.clone()).await;
+    pass(18 * 3600 + 60, clock.clone(), Some(&mut sched)).await;
     let r = record().await;
     assert_eq!(r.failures, 2, "{r:?}");
     assert!(r.paused_reason.as_deref().is_some_and(|p| p.starts_with("paused after failing for 24 h")), "{r:?}");
-    pass(3 * 24 * 3600, clock.clone()).await;
+    pass(3 * 24 * 3600, clock.clone(), Some(&mut sched)).await;
     assert_eq!(record().await.failures, 2, "paused: not run again");
 
     // Missed slots run once: stopped for a week, un-paused, started again: one run, then the schedule.
-    stop.cancel();
-    task.await.unwrap();
+    drop(sched);
     assert!(store.unpause(acme, "events", "test").await.unwrap());
-    pass(7 * 24 * 3600, clock.clone()).await;
-    let (stop, task) = start(state.clone());
-    pass(600, clock.clone()).await;
+    pass(7 * 24 * 3600, clock.clone(), None).await;
+    let mut sched = start(state.clone());
+    pass(600, clock.clone(), Some(&mut sched)).await;
     let r = record().await;
     assert_eq!(r.failures, 1, "a week of missed slots ran once (the un-pause reset the count): {r:?}");
     assert!(r.next_run_at.unwrap() > clock.now() + 23 * 3600 * 1_000_000, "then the schedule: {r:?}");
-    stop.cancel();
-    task.await.unwrap();
 }

@@ -232,6 +232,17 @@ pub struct RecordOutcome {
     pub quarantined: u64,
 }
 
+/// A run as the warehouse cost model reads it: when it ran and what it
+/// found the warehouse doing (a narrow read of many runs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunTime {
+    pub pipeline: String,
+    pub started_at: Micros,
+    pub ended_at: Option<Micros>,
+    pub warehouse_state: Option<String>,
+    pub statements: u64,
+}
+
 /// A sync run, as recorded (one row per run).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct SyncRun {
@@ -382,6 +393,10 @@ pub trait Store: Catalog + Send + Sync + 'static {
 
     /// A tenant's runs (of one pipeline, or all), newest first.
     async fn runs(&self, tenant: TenantId, pipeline: Option<&str>, limit: usize) -> Result<Vec<SyncRun>, Error>;
+
+    /// A tenant's runs started at `since` or later, oldest first, at most
+    /// `limit`: only their times, warehouse state and statement count.
+    async fn run_times(&self, tenant: TenantId, since: Micros, limit: usize) -> Result<Vec<RunTime>, Error>;
 
     /// One page of a pipeline's runs, newest first, after the run `after`
     /// (a run id of the previous page; `None` for the first page).

@@ -269,6 +269,19 @@ async fn tenants_keep_everything_apart(f: Fixture) {
     let people = s.runs(acme, Some("people"), 1).await.unwrap().remove(0);
     assert_eq!(s.run(acme, "people", &people.run_id).await.unwrap().map(|r| r.run_id), Some(people.run_id.clone()));
     assert_eq!(s.run(globex, "people", &people.run_id).await.unwrap(), None, "another tenant's run is not found");
+    // Their times, oldest first, from a time on, inside the tenant only.
+    let times = s.run_times(acme, 0, 10).await.unwrap();
+    assert_eq!(times.iter().map(|r| r.pipeline.as_str()).collect::<Vec<_>>(), vec!["events", "people"], "{times:?}");
+    assert!(times[0].started_at <= times[1].started_at && times.iter().all(|r| r.statements == 0 && r.ended_at.is_none()));
+    assert_eq!(s.run_times(globex, 0, 10).await.unwrap().len(), 1);
+    assert!(s.run_times(acme, times[1].started_at + 1, 10).await.unwrap().is_empty(), "none started since");
+    assert_eq!(s.run_times(acme, 0, 1).await.unwrap().len(), 1, "at most the limit");
+    let mut done = s.runs(acme, Some("events"), 1).await.unwrap().remove(0);
+    (done.status, done.ended_at, done.statement_ids) = ("succeeded".into(), Some(now()), vec!["s1".into(), "s2".into()]);
+    done.warehouse_state = Some("STOPPED".into());
+    s.finish_run(a.fence(), a.run, &done).await.unwrap();
+    let t = s.run_times(acme, 0, 10).await.unwrap().remove(0);
+    assert_eq!((t.statements, t.ended_at, t.warehouse_state.as_deref()), (2, done.ended_at, Some("STOPPED")));
     assert_eq!(s.runs_page(acme, "people", None, 10).await.unwrap().len(), 1);
     assert!(s.runs_page(acme, "people", Some(&people.run_id), 10).await.unwrap().is_empty(), "nothing after the last");
     let (rows, _) = s.export_page(globex, Export::Events, None, 100).await.unwrap();

@@ -19,7 +19,7 @@ use crate::rules::{self, PeopleCache, json_text, now_micros};
 use crate::time::rfc3339;
 use crate::{
     Error, EventBatch, EventOutcome, Export, Fence, Holder, Lease, Micros, PipelineId, PipelineKey, RecordBatch, RecordOutcome, RunCounts,
-    RunKey, Slot, Store, SyncRun, TenantId, Totals,
+    RunKey, RunTime, Slot, Store, SyncRun, TenantId, Totals,
 };
 
 /// The migrations, in order: version `i + 1` is `MIGRATIONS[i]`.
@@ -433,6 +433,28 @@ impl Store for PostgresStore {
                 &[&tenant.0, &pipeline, &(limit as i64)],
             )?;
             Ok(rows.iter().map(run_from_row).collect())
+        })
+        .await
+    }
+
+    async fn run_times(&self, tenant: TenantId, since: Micros, limit: usize) -> Result<Vec<RunTime>, Error> {
+        self.with(move |c, _| {
+            let rows = c.query(
+                "SELECT p.name, r.started_at, r.ended_at, r.warehouse_state, json_array_length(r.statement_ids::json)::bigint
+                 FROM sync_runs r JOIN pipelines p ON p.id = r.pipeline_id
+                 WHERE r.tenant_id = $1 AND r.started_at >= $2 ORDER BY r.started_at, r.id LIMIT $3",
+                &[&tenant.0, &since, &(limit as i64)],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|r| RunTime {
+                    pipeline: r.get(0),
+                    started_at: r.get(1),
+                    ended_at: r.get(2),
+                    warehouse_state: r.get(3),
+                    statements: r.get::<_, Option<i64>>(4).unwrap_or(0).max(0) as u64,
+                })
+                .collect())
         })
         .await
     }
