@@ -127,7 +127,7 @@ async fn main() {
     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
     for i in 0..PIPELINES {
         let body = json!({
-            "connection": "production", "kind": "events", "source": "product.events_v",
+            "connection": "production", "kind": "events", "source": "main.product.events_v",
             "event_id": "event_id", "event_name": "event_name", "timestamp": "event_ts", "user_id": "user_id",
         });
         let r = http.put(format!("{t}/pipelines/p{i:02}")).bearer_auth(&rep).json(&body).send().await.unwrap();
