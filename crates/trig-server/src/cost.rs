@@ -40,20 +40,23 @@ const WAREHOUSE_MAX: usize = 4096;
 /// process's change shows within the TTL.
 #[derive(Debug, Default)]
 pub struct WarehouseCache {
-    entries: std::sync::Mutex<HashMap<String, (std::time::Instant, Result<databricks::Warehouse, String>)>>,
+    entries: std::sync::Mutex<HashMap<String, (std::time::Instant, WarehouseRead)>>,
 }
+
+/// A warehouse's settings, or why they could not be read.
+type WarehouseRead = Result<databricks::Warehouse, String>;
 
 impl WarehouseCache {
     fn key(t: trig_store::TenantId, c: &trig_config::ConnectionConfig) -> String {
         format!("{}|{}{}", t.0, c.workspace.base(), c.http_path())
     }
 
-    fn fresh(&self, key: &str) -> Option<Result<databricks::Warehouse, String>> {
+    fn fresh(&self, key: &str) -> Option<WarehouseRead> {
         let m = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         m.get(key).filter(|(at, _)| at.elapsed() < WAREHOUSE_TTL).map(|(_, v)| v.clone())
     }
 
-    fn keep(&self, key: String, value: Result<databricks::Warehouse, String>) {
+    fn keep(&self, key: String, value: WarehouseRead) {
         let mut m = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if m.len() >= WAREHOUSE_MAX {
             m.retain(|_, (at, _)| at.elapsed() < WAREHOUSE_TTL);

@@ -81,6 +81,31 @@ impl Clock for ManualClock {
     }
 }
 
+/// A clock that reads tokio's: with tokio's time paused (tests) it moves
+/// only as the runtime's timers fire, starting at the system's time.
+pub struct TokioClock {
+    base: trig_store::Micros,
+    start: tokio::time::Instant,
+}
+
+impl TokioClock {
+    pub fn new() -> TokioClock {
+        TokioClock { base: chrono::Utc::now().timestamp_micros(), start: tokio::time::Instant::now() }
+    }
+}
+
+impl Default for TokioClock {
+    fn default() -> Self {
+        TokioClock::new()
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> trig_store::Micros {
+        self.base + self.start.elapsed().as_micros() as trig_store::Micros
+    }
+}
+
 /// How `serve` runs.
 #[derive(Clone)]
 pub struct ServeOptions {

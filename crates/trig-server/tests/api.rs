@@ -661,3 +661,64 @@ async fn on_a_moved_clock_a_customer_fix_is_retried_on_schedule_paused_after_a_d
     assert_eq!(r.failures, 1, "a week of missed slots ran once (the un-pause reset the count): {r:?}");
     assert!(r.next_run_at.unwrap() > clock.now() + 23 * 3600 * 1_000_000, "then the schedule: {r:?}");
 }
+
+/// The scheduler's own loop (`Scheduler::run`: its naps, its wake-ups) in
+/// tokio's paused time: days pass as the runtime's timers fire, and the test
+/// sleeps only in that virtual time. On PostgreSQL, whose calls run on
+/// tokio's blocking pool: a paused current-thread runtime does not move its
+/// clock while one of those is in flight, so virtual time never outruns the
+/// work. (SQLite answers from a thread of its own, which the runtime cannot
+/// see; the moved-clock test above drives that store round by round.)
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn in_paused_tokio_time_the_scheduler_loop_keeps_a_customer_fix_to_its_schedule_and_pauses_after_a_day() {
+    let Some(server) = trig_store::testing::postgres_server("the scheduler in paused time") else { return };
+    let db = trig_store::testing::FreshDatabase::create(&server, "trig_paused");
+    let store: Arc<dyn Store> = Arc::new(trig_store::PostgresStore::open(&db.url).unwrap());
+    let clock = Arc::new(trig_server::TokioClock::new());
+    let state = trig_server::api::AppState {
+        store: store.clone(),
+        keys: Keyring::new("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", &[], KeySource::Environment).unwrap(),
+        config: None,
+        wake: Arc::default(),
+        metrics: Arc::default(),
+        webhook_allow: Default::default(),
+        clock: clock.clone(),
+        warehouses: Arc::default(),
+    };
+    let acme = store.tenant("acme").await.unwrap();
+    use trig_server::Clock;
+    let w = trig_store::PipelineWrite {
+        origin: "api".into(),
+        definition: json!({"connection": "gone", "kind": "events", "source": "product.events_v", "event_id": "e", "event_name": "n", "timestamp": "t", "user_id": "u"}),
+        actor: "test".into(),
+        action: "replaced".into(),
+        first_run_at: clock.now(),
+    };
+    store.put_pipeline(acme, "events", w).await.unwrap();
+    let record = || async { store.pipeline_record(acme, "events").await.unwrap().unwrap() };
+    // A 5-minute tick: four virtual days are some 1,150 wake-ups of the loop.
+    let options = trig_server::scheduler::SchedulerOptions { tick: std::time::Duration::from_secs(300), ..Default::default() };
+    let stop = CancellationToken::new();
+    let task =
+        tokio::spawn(trig_server::scheduler::Scheduler::new(state.clone(), options).run(stop.clone(), std::time::Duration::from_secs(1)));
+    let started = tokio::time::Instant::now();
+
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let r = record().await;
+    assert_eq!(r.failures, 1, "due at once on creation: {r:?}");
+    assert_eq!(r.last_error.as_ref().unwrap()["kind"], "config");
+    let next = r.next_run_at.unwrap();
+    assert!(next >= clock.now() + 23 * 3600 * 1_000_000, "a customer's fix waits the schedule (a day for a broken definition): {r:?}");
+    tokio::time::sleep(std::time::Duration::from_secs(6 * 3600)).await;
+    assert_eq!(record().await.failures, 1, "not hammered while the loop naps and wakes");
+    // A day after the first failure: the second, and the pipeline paused with its reason.
+    tokio::time::sleep(std::time::Duration::from_secs(18 * 3600 + 120)).await;
+    let r = record().await;
+    assert_eq!(r.failures, 2, "{r:?}");
+    assert!(r.paused_reason.as_deref().is_some_and(|p| p.starts_with("paused after failing for 24 h")), "{r:?}");
+    tokio::time::sleep(std::time::Duration::from_secs(3 * 24 * 3600)).await;
+    assert_eq!(record().await.failures, 2, "paused: not run again");
+    stop.cancel();
+    task.await.unwrap();
+    assert!(started.elapsed() >= std::time::Duration::from_secs(4 * 24 * 3600), "four days passed on tokio's clock");
+}
