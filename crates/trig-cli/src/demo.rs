@@ -146,6 +146,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(crate::problem::user(false, &[p]));
         }
     };
+    // A port already taken is said before the demo's work, not after it.
+    if args.serve
+        && let Err(e) = std::net::TcpListener::bind(addr)
+    {
+        return Ok(port_taken(addr, &e));
+    }
     std::fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
     let dir = args.dir.canonicalize()?;
     remove_previous(&dir)?;
@@ -264,10 +270,11 @@ async fn serve_pages(config: &Config, store: Arc<dyn Store>, addr: std::net::Soc
         Ok(k) => k,
         Err(code) => return Ok(code),
     };
-    // The demo synced every pipeline a moment ago: the schedule picks them up again in 15 minutes
+    // The demo synced every pipeline a moment ago: each is next due a schedule from now
     // (Sync now on a pipeline's page runs one at once).
-    let next = chrono::Utc::now().timestamp_micros() + 15 * 60 * 1_000_000;
-    crate::serve::load_file(store.as_ref(), config, next).await?;
+    let now = chrono::Utc::now().timestamp_micros();
+    let next = |name: &str| now + config.pipelines.get(name).map_or(0, |p| p.schedule.as_micros() as i64);
+    crate::serve::load_file(store.as_ref(), config, &next).await?;
     let customer = store.tenant_info(config.tenant.as_str()).await?.context("the config's tenant was just made")?;
     let trig = match store.tenant_info("trig").await? {
         Some(t) => t,
@@ -291,11 +298,7 @@ async fn serve_pages(config: &Config, store: Arc<dyn Store>, addr: std::net::Soc
     let options = trig_server::ServeOptions { addr, scheduler: Some(scheduler), ..Default::default() };
     let server = match trig_server::Server::bind(store, keys, Some(Arc::new(config.clone())), options).await {
         Ok(s) => s,
-        Err(e) => {
-            let p = crate::problem::Problem::new("--addr", format!("cannot listen on {addr}: {e}"))
-                .hint("another program has the port; choose another, e.g. --addr 127.0.0.1:8081");
-            return Ok(crate::problem::report(false, &[p], ExitCode::from(2)));
-        }
+        Err(e) => return Ok(port_taken(addr, &e)),
     };
     let base = format!("http://{}", server.local_addr()?);
     let mut out = std::io::stdout().lock();
@@ -318,4 +321,10 @@ async fn serve_pages(config: &Config, store: Arc<dyn Store>, addr: std::net::Soc
     stop.cancel();
     serving.await??;
     Ok(ExitCode::SUCCESS)
+}
+
+fn port_taken(addr: std::net::SocketAddr, e: &std::io::Error) -> ExitCode {
+    let p = crate::problem::Problem::new("--addr", format!("cannot listen on {addr}: {e}"))
+        .hint("another program has the port; choose another, e.g. --addr 127.0.0.1:8081");
+    crate::problem::report(false, &[p], ExitCode::from(2))
 }

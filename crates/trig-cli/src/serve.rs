@@ -397,7 +397,8 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     // The config's own tenant exists from the start, with the file's connections (read-only).
-    if let Err(e) = load_file(store.as_ref(), &config, chrono::Utc::now().timestamp_micros()).await {
+    let now = chrono::Utc::now().timestamp_micros();
+    if let Err(e) = load_file(store.as_ref(), &config, &|_| now).await {
         return Ok(failed("store.url", &e, store_exit(&e)));
     }
     let scheduler = (!a.no_scheduler).then(|| trig_server::scheduler::SchedulerOptions {
@@ -454,8 +455,12 @@ pub(crate) fn page_base(url: &str) -> Result<String, String> {
 
 /// The config file's tenant and connections, into the store (the file wins
 /// over the API for a name it defines); a pipeline new to the store is first
-/// due at `first_run_at`.
-pub(crate) async fn load_file(store: &dyn Store, config: &Config, first_run_at: trig_store::Micros) -> Result<(), trig_store::Error> {
+/// due at `first_run_at(its name)`.
+pub(crate) async fn load_file(
+    store: &dyn Store,
+    config: &Config,
+    first_run_at: &dyn Fn(&str) -> trig_store::Micros,
+) -> Result<(), trig_store::Error> {
     let tenant = store.tenant(config.tenant.as_str()).await?;
     for c in config.connections.values() {
         let w = trig_store::ConnectionWrite {
@@ -483,7 +488,7 @@ pub(crate) async fn load_file(store: &dyn Store, config: &Config, first_run_at: 
             definition,
             actor: format!("config file {}", config.path.display()),
             action: "replaced".into(),
-            first_run_at,
+            first_run_at: first_run_at(&name),
         };
         store.put_pipeline(tenant, &name, w).await?;
     }

@@ -569,6 +569,15 @@ async fn the_demo_syncs_everything_and_leaves_a_config_and_a_database() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("--url") && text(&out).contains("http://127.0.0.1:8080"), "{}", text(&out));
     drop(guard);
+    // A port already taken is said at once, before the demo does its work.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let other = temp_dir("demo-port");
+    let out = cli(&["demo", "--dir", other.to_str().unwrap(), "--events", "1000", "--serve", "--addr", &addr]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains(&format!("--addr: cannot listen on {addr}")) && text(&out).contains("choose another"), "{}", text(&out));
+    assert!(!text(&out).contains("First sync"), "nothing was done first: {}", text(&out));
+    std::fs::remove_dir_all(other).ok();
     for want in ["Connection OK.", "First sync", "Second sync", "Report", "deduplicated", "late           40", "parked", "quarantined"] {
         assert!(stdout.contains(want), "`{want}` in {stdout}");
     }
