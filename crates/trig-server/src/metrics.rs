@@ -53,6 +53,7 @@ struct Inner {
     wakeups: u64,
     statements: u64,
     alerts: BTreeMap<(&'static str, &'static str), u64>,
+    token_checks: u64,
 }
 
 impl Default for Inner {
@@ -68,6 +69,7 @@ impl Default for Inner {
             wakeups: 0,
             statements: 0,
             alerts: BTreeMap::new(),
+            token_checks: 0,
         }
     }
 }
@@ -150,6 +152,11 @@ impl Metrics {
         self.with(|m| *m.claims.entry(result).or_default() += 1);
     }
 
+    /// A connection's token expiry read from its workspace's Token API.
+    pub fn token_checked(&self) {
+        self.with(|m| m.token_checks += 1);
+    }
+
     pub fn lease_lost(&self) {
         self.with(|m| m.lease_losses += 1);
     }
@@ -194,6 +201,13 @@ impl Metrics {
         let _ = writeln!(out, "trig_warehouse_wakeups_total {}", m.wakeups);
         head(&mut out, "trig_statements_total", "counter", "Statements Trig sent to warehouses.");
         let _ = writeln!(out, "trig_statements_total {}", m.statements);
+        head(
+            &mut out,
+            "trig_token_expiry_checks_total",
+            "counter",
+            "Connections whose token expiry was read from the workspace's Token API.",
+        );
+        let _ = writeln!(out, "trig_token_expiry_checks_total {}", m.token_checks);
         head(&mut out, "trig_alerts_total", "counter", "Alerts by event and delivery.");
         for ((event, result), n) in &m.alerts {
             let _ = writeln!(out, "trig_alerts_total{{event=\"{event}\",result=\"{result}\"}} {n}");

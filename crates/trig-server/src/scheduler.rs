@@ -315,6 +315,7 @@ async fn check_expiries(state: &AppState) {
             };
             // A workspace may not report tokens (the Token API refused): nothing to say.
             let Ok(tokens) = client.own_tokens().await else { continue };
+            state.metrics.token_checked();
             let now = state.clock.now();
             let Some(expiry) = crate::alerts::expiring(&tokens, now) else { continue };
             if state.store.warn_expiry_once(t.id, name, expiry).await.unwrap_or(false) {

@@ -524,7 +524,16 @@ async fn a_failing_pipeline_alerts_once_and_again_when_it_recovers() {
     while got.lock().unwrap().len() < 3 && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(std::time::Duration::from_millis(1000)).await; // several more checks
+    // Three more reads of the Token API (the process counts them), and still one warning.
+    let checks = || async {
+        let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+        text.lines().find_map(|l| l.strip_prefix("trig_token_expiry_checks_total ")).and_then(|n| n.parse::<u64>().ok()).unwrap()
+    };
+    let (seen, deadline) = (checks().await, std::time::Instant::now() + std::time::Duration::from_secs(20));
+    while checks().await < seen + 3 {
+        assert!(std::time::Instant::now() < deadline, "the token expiry was not read again");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let alerts = got.lock().unwrap().clone();
     assert_eq!(alerts.iter().map(|a| a["event"].as_str().unwrap()).collect::<Vec<_>>(), vec!["failing", "recovered", "token_expiring"]);
     let text = alerts[2]["text"].as_str().unwrap();
