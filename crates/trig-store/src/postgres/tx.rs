@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use postgres::Transaction;
 use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::error::SqlState;
 use postgres::types::{ToSql, Type};
 
 use crate::rules::{LeaseRow, Lock, NewPerson, ParkedRow, PersonRow, RecordWrite, Tx, json_list};
@@ -341,6 +342,53 @@ impl Tx for Transaction<'_> {
     ) -> Result<Vec<bool>, Error> {
         if rows.is_empty() {
             return Ok(Vec::new());
+        }
+        // The batch's own repeats first: only the first of an id may be new.
+        let mut seen = HashSet::new();
+        let firsts: Vec<bool> = rows.iter().map(|(r, _)| seen.insert(r.event_id.as_str())).collect();
+        // Fast path: one binary COPY straight into events, under a savepoint.
+        // Only the lease holder writes a pipeline's events, and in a backfill
+        // nearly every id is new; an id stored already (a lookback's re-read,
+        // an earlier run) fails the COPY with a unique violation, which rolls
+        // back to the savepoint, and the staged insert below decides row by row.
+        // (Measured here per 20k rows: this COPY ~45 ms; staging ~19 ms plus
+        // INSERT … ON CONFLICT DO NOTHING RETURNING ~130 ms.)
+        {
+            let mut sp = self.savepoint("events_copy")?;
+            let copied = (|| -> Result<u64, postgres::Error> {
+                let sink = sp.copy_in(
+                    "COPY events (tenant_id, pipeline_id, event_id, name, ts, person_id, properties, backfill, ingested_at, run) FROM STDIN BINARY",
+                )?;
+                let types = [
+                    Type::INT8,
+                    Type::INT8,
+                    Type::TEXT,
+                    Type::TEXT,
+                    Type::INT8,
+                    Type::INT8,
+                    Type::TEXT,
+                    Type::BOOL,
+                    Type::INT8,
+                    Type::INT8,
+                ];
+                let mut w = BinaryCopyInWriter::new(sink, &types);
+                for ((r, person), first) in rows.iter().zip(&firsts) {
+                    if *first {
+                        let values: [&(dyn ToSql + Sync); 10] =
+                            [&p.tenant.0, &p.pipeline.0, &r.event_id, &r.name, &r.ts, person, &r.properties, &backfill, &now, &run.0];
+                        w.write(&values)?;
+                    }
+                }
+                w.finish()
+            })();
+            match copied {
+                Ok(_) => {
+                    sp.commit()?;
+                    return Ok(firsts);
+                }
+                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => sp.rollback()?,
+                Err(e) => return Err(e.into()),
+            }
         }
         // Binary COPY into a staging table of this transaction, then one
         // INSERT … ON CONFLICT DO NOTHING into events.
