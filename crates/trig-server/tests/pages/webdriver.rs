@@ -39,10 +39,27 @@ pub struct Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // Best effort: the session ends with the driver.
+        // End the session first, so chromedriver closes Chromium: killing the
+        // driver alone would leave the browser running. Blocking (a drop
+        // cannot await), over a plain socket, bounded by timeouts.
+        let _ = self.end_session();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+impl Browser {
+    fn end_session(&self) -> std::io::Result<()> {
+        use std::io::{Read, Write};
+        let addr = self.base.trim_start_matches("http://");
+        let mut c = std::net::TcpStream::connect(addr)?;
+        c.set_read_timeout(Some(Duration::from_secs(10)))?;
+        c.set_write_timeout(Some(Duration::from_secs(10)))?;
+        write!(c, "DELETE /session/{} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", self.session)?;
+        let mut answer = Vec::new();
+        c.read_to_end(&mut answer)?;
+        Ok(())
     }
 }
 
