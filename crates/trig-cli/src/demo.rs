@@ -280,21 +280,16 @@ async fn serve_pages(config: &Config, store: Arc<dyn Store>, addr: std::net::Soc
         Some(t) => t,
         None => store.create_tenant(&trig_store::TenantName::parse("trig").map_err(anyhow::Error::msg)?, Some("Trig")).await?,
     };
-    let now = chrono::Utc::now().timestamp_micros();
     let mut links = Vec::new();
     for (t, role, who) in [(&customer, Role::Admin, "a customer admin"), (&trig, Role::Representative, "a Trig representative")] {
         let made = store.create_token(t.id, role.as_str(), &token_hash(&new_token()?), "demo --serve").await?;
         links.push((who, t.name.clone(), trig_server::pages::session::login_link(store.as_ref(), made.id, now).await?));
     }
-    let scheduler = trig_server::scheduler::SchedulerOptions {
-        tick: std::time::Duration::from_secs(1),
-        engine: EngineOptions {
-            holder: trig_store::Holder::this_process("trig-databricks demo --serve"),
-            clients: Some(Default::default()),
-            ..EngineOptions::default()
-        },
-        ..Default::default()
-    };
+    let scheduler = crate::serve::scheduler_options(
+        "trig-databricks demo --serve",
+        std::time::Duration::from_secs(1),
+        EngineOptions::default().lease_ttl,
+    );
     let options = trig_server::ServeOptions { addr, scheduler: Some(scheduler), ..Default::default() };
     let server = match trig_server::Server::bind(store, keys, Some(Arc::new(config.clone())), options).await {
         Ok(s) => s,

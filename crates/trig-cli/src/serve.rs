@@ -401,15 +401,12 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Err(e) = load_file(store.as_ref(), &config, &|_| now).await {
         return Ok(failed("store.url", &e, store_exit(&e)));
     }
-    let scheduler = (!a.no_scheduler).then(|| trig_server::scheduler::SchedulerOptions {
-        tick: std::time::Duration::from_millis(a.scheduler_tick_ms.max(50)),
-        engine: trig_sync::EngineOptions {
-            holder: trig_store::Holder::this_process("trig-databricks serve"),
-            lease_ttl: std::time::Duration::from_secs(a.lease_ttl_secs.clamp(2, 3600)),
-            clients: Some(Default::default()),
-            ..Default::default()
-        },
-        ..Default::default()
+    let scheduler = (!a.no_scheduler).then(|| {
+        scheduler_options(
+            "trig-databricks serve",
+            std::time::Duration::from_millis(a.scheduler_tick_ms.max(50)),
+            std::time::Duration::from_secs(a.lease_ttl_secs.clamp(2, 3600)),
+        )
     });
     let webhook_allow = match databricks::AllowHosts::parse(&a.webhook_allow_hosts) {
         Ok(h) => h,
@@ -439,6 +436,25 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     });
     server.run(stop).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The scheduler of a process named `holder` in the store's leases: its
+/// tick, its leases' time to live, one `databricks::Client` kept per connection.
+pub(crate) fn scheduler_options(
+    holder: &str,
+    tick: std::time::Duration,
+    lease_ttl: std::time::Duration,
+) -> trig_server::scheduler::SchedulerOptions {
+    trig_server::scheduler::SchedulerOptions {
+        tick,
+        engine: trig_sync::EngineOptions {
+            holder: trig_store::Holder::this_process(holder),
+            lease_ttl,
+            clients: Some(Default::default()),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
 }
 
 /// `--url`: where a browser reaches `serve`, as `http(s)://HOST[:PORT]` with no trailing slash.

@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use trig_server::secrets::{KeySource, Keyring};
-use trig_server::{ServeOptions, Server};
+use trig_server::{Clock, ServeOptions, Server};
 use trig_store::{SqliteStore, Store, TenantName};
 
 // The pages: over plain HTTP, and in a real browser (one test binary for the crate).
@@ -588,6 +588,32 @@ async fn every_documented_route_is_served_and_asks_for_a_token_unless_public() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
+/// A scheduler's state on `store` and `clock`, with tenant acme's events
+/// pipeline due now on a connection that was deleted: every run fails at
+/// once, as a failure only the customer can fix (no network).
+async fn broken_pipeline(store: &Arc<dyn Store>, clock: Arc<dyn trig_server::Clock>) -> (trig_server::api::AppState, trig_store::TenantId) {
+    let state = trig_server::api::AppState {
+        store: store.clone(),
+        keys: Keyring::new("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", &[], KeySource::Environment).unwrap(),
+        config: None,
+        wake: Arc::default(),
+        metrics: Arc::default(),
+        webhook_allow: Default::default(),
+        clock: clock.clone(),
+        warehouses: Arc::default(),
+    };
+    let acme = store.tenant("acme").await.unwrap();
+    let w = trig_store::PipelineWrite {
+        origin: "api".into(),
+        definition: json!({"connection": "gone", "kind": "events", "source": "product.events_v", "event_id": "e", "event_name": "n", "timestamp": "t", "user_id": "u"}),
+        actor: "test".into(),
+        action: "replaced".into(),
+        first_run_at: clock.now(),
+    };
+    store.put_pipeline(acme, "events", w).await.unwrap();
+    (state, acme)
+}
+
 /// The scheduler on a clock the test moves, driven round by round
 /// (`Scheduler::run_due`): days pass in milliseconds and the test sleeps for
 /// none of them. The pipeline's definition names a connection that was
@@ -601,26 +627,7 @@ async fn on_a_moved_clock_a_customer_fix_is_retried_on_schedule_paused_after_a_d
     let _dir = TempDir(dir.clone());
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.join("trig.db").to_str().unwrap()).unwrap());
     let clock = Arc::new(trig_server::ManualClock::new());
-    let state = trig_server::api::AppState {
-        store: store.clone(),
-        keys: Keyring::new("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", &[], KeySource::Environment).unwrap(),
-        config: None,
-        wake: Arc::default(),
-        metrics: Arc::default(),
-        webhook_allow: Default::default(),
-        clock: clock.clone(),
-        warehouses: Arc::default(),
-    };
-    let acme = store.tenant("acme").await.unwrap();
-    use trig_server::Clock;
-    let w = trig_store::PipelineWrite {
-        origin: "api".into(),
-        definition: json!({"connection": "gone", "kind": "events", "source": "product.events_v", "event_id": "e", "event_name": "n", "timestamp": "t", "user_id": "u"}),
-        actor: "test".into(),
-        action: "replaced".into(),
-        first_run_at: clock.now(),
-    };
-    store.put_pipeline(acme, "events", w).await.unwrap();
+    let (state, acme) = broken_pipeline(&store, clock.clone()).await;
     let record = || async { store.pipeline_record(acme, "events").await.unwrap().unwrap() };
     let options = trig_server::scheduler::SchedulerOptions::default();
     let start = |state: trig_server::api::AppState| trig_server::scheduler::Scheduler::new(state, options.clone());
@@ -684,26 +691,7 @@ async fn in_paused_tokio_time_the_scheduler_loop_keeps_a_customer_fix_to_its_sch
     let db = trig_store::testing::FreshDatabase::create(&server, "trig_paused");
     let store: Arc<dyn Store> = Arc::new(trig_store::PostgresStore::open(&db.url).unwrap());
     let clock = Arc::new(trig_server::TokioClock::new());
-    let state = trig_server::api::AppState {
-        store: store.clone(),
-        keys: Keyring::new("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", &[], KeySource::Environment).unwrap(),
-        config: None,
-        wake: Arc::default(),
-        metrics: Arc::default(),
-        webhook_allow: Default::default(),
-        clock: clock.clone(),
-        warehouses: Arc::default(),
-    };
-    let acme = store.tenant("acme").await.unwrap();
-    use trig_server::Clock;
-    let w = trig_store::PipelineWrite {
-        origin: "api".into(),
-        definition: json!({"connection": "gone", "kind": "events", "source": "product.events_v", "event_id": "e", "event_name": "n", "timestamp": "t", "user_id": "u"}),
-        actor: "test".into(),
-        action: "replaced".into(),
-        first_run_at: clock.now(),
-    };
-    store.put_pipeline(acme, "events", w).await.unwrap();
+    let (state, acme) = broken_pipeline(&store, clock.clone()).await;
     let record = || async { store.pipeline_record(acme, "events").await.unwrap().unwrap() };
     // A 5-minute tick: four virtual days are some 1,150 wake-ups of the loop.
     let options = trig_server::scheduler::SchedulerOptions { tick: std::time::Duration::from_secs(300), ..Default::default() };
