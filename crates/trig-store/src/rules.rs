@@ -138,7 +138,8 @@ pub(crate) trait Tx {
         now: Micros,
         rows: &[&EventRow],
     ) -> Result<Vec<bool>, Error>;
-    fn any_parked(&mut self, p: PipelineKey) -> Result<bool, Error>;
+    /// The event ids the pipeline has parked, or `None` when there are more than `max`.
+    fn parked_ids(&mut self, p: PipelineKey, max: usize) -> Result<Option<Vec<String>>, Error>;
     /// Deletes the parked events of these ids (just stored as events).
     fn unpark(&mut self, p: PipelineKey, ids: &[&str]) -> Result<u64, Error>;
     fn parked(&mut self, t: TenantId, only: Option<PipelineId>) -> Result<Vec<ParkedRow>, Error>;
@@ -279,6 +280,82 @@ pub(crate) struct PeopleCache {
     maps: HashMap<(TenantId, IdentityRule), HashMap<String, i64>>,
     epochs: HashMap<TenantId, i64>,
     len: usize,
+    /// Which event ids each pipeline may have parked (see [`ParkedIds`]).
+    parked: ParkedIds,
+}
+
+/// The event ids a pipeline may have parked, as seen by the holder of one
+/// lease: read once per fence, then grown by what this holder parks and
+/// shrunk by what it stores. Only a pipeline's lease holder parks its
+/// events; everyone else only takes them away (re-matching, expiry), so the
+/// set holds every id that is parked: an event stored whose id is not in it
+/// was not parked, and needs no probe of the parked table. A pipeline with
+/// more parked ids than the bound is not held (`None`): every id is probed.
+#[derive(Debug, Default)]
+struct ParkedIds {
+    by_pipeline: HashMap<PipelineKey, (i64, Option<HashSet<String>>)>,
+    len: usize,
+}
+
+/// The most parked ids held, over all pipelines.
+const PARKED_IDS_MAX: usize = 100_000;
+
+impl ParkedIds {
+    /// Reads the pipeline's parked ids unless held for this fence already.
+    fn load<T: Tx>(&mut self, tx: &mut T, fence: Fence) -> Result<(), Error> {
+        if self.by_pipeline.get(&fence.pipeline).is_some_and(|(f, _)| *f == fence.value) {
+            return Ok(());
+        }
+        self.forget(fence.pipeline);
+        let ids: Option<HashSet<String>> = tx.parked_ids(fence.pipeline, PARKED_IDS_MAX)?.map(|v| v.into_iter().collect());
+        let n = ids.as_ref().map_or(0, |s| s.len());
+        if self.len + n > PARKED_IDS_MAX {
+            self.by_pipeline.clear();
+            self.len = 0;
+        }
+        self.len += n;
+        self.by_pipeline.insert(fence.pipeline, (fence.value, ids));
+        Ok(())
+    }
+
+    fn forget(&mut self, p: PipelineKey) {
+        if let Some((_, Some(old))) = self.by_pipeline.remove(&p) {
+            self.len -= old.len();
+        }
+    }
+
+    /// Whether `id` may be parked (always, for a pipeline not held).
+    fn may_hold(&self, p: PipelineKey, id: &str) -> bool {
+        match self.by_pipeline.get(&p) {
+            Some((_, Some(ids))) => ids.contains(id),
+            _ => true,
+        }
+    }
+
+    fn add<'a>(&mut self, p: PipelineKey, ids: impl Iterator<Item = &'a str>) {
+        let Some((_, Some(set))) = self.by_pipeline.get_mut(&p) else { return };
+        for id in ids {
+            if set.insert(id.to_string()) {
+                self.len += 1;
+            }
+        }
+        if self.len > PARKED_IDS_MAX {
+            // Too many to hold: this pipeline's ids are probed from now on.
+            self.len -= set.len();
+            if let Some(e) = self.by_pipeline.get_mut(&p) {
+                e.1 = None;
+            }
+        }
+    }
+
+    fn remove(&mut self, p: PipelineKey, ids: &[&str]) {
+        let Some((_, Some(set))) = self.by_pipeline.get_mut(&p) else { return };
+        for id in ids {
+            if set.remove(*id) {
+                self.len -= 1;
+            }
+        }
+    }
 }
 
 /// The most identifiers the cache holds before it starts over.
@@ -461,7 +538,7 @@ pub(crate) fn write_events<T: Tx>(tx: &mut T, cache: &mut PeopleCache, b: &Event
     cache.observe_epoch(t, tx.people_epoch(t)?);
     let known = cache.maps.get(&(t, b.rule));
     let resolved = resolve_people(tx, t, b.rule, &b.rows, known, now, &mut out.people_created)?;
-    let any_parked = tx.any_parked(p)?;
+    cache.parked.load(tx, b.fence)?;
 
     let mut matched: Vec<(&EventRow, i64)> = Vec::with_capacity(b.rows.len());
     let mut unmatched: Vec<&EventRow> = Vec::new();
@@ -476,7 +553,7 @@ pub(crate) fn write_events<T: Tx>(tx: &mut T, cache: &mut PeopleCache, b: &Event
     let mut inserted: Vec<&str> = Vec::new();
     for ((r, _), new) in matched.iter().zip(&new) {
         if *new {
-            if any_parked {
+            if cache.parked.may_hold(p, &r.event_id) {
                 inserted.push(&r.event_id);
             }
             out.inserted += 1;
@@ -492,6 +569,7 @@ pub(crate) fn write_events<T: Tx>(tx: &mut T, cache: &mut PeopleCache, b: &Event
         let to_park: Vec<&EventRow> = unmatched.iter().copied().filter(|r| !stored.contains(&r.event_id)).collect();
         out.deduplicated += (unmatched.len() - to_park.len()) as u64;
         let new = tx.park(p, b.run, b.backfill, b.rule, now, &to_park)?;
+        cache.parked.add(p, to_park.iter().zip(&new).filter(|(_, new)| **new).map(|(r, _)| r.event_id.as_str()));
         for (r, new) in to_park.iter().zip(&new) {
             if *new {
                 out.parked += 1;
@@ -507,6 +585,7 @@ pub(crate) fn write_events<T: Tx>(tx: &mut T, cache: &mut PeopleCache, b: &Event
     // of everything parked: the cost follows the batch.
     if !inserted.is_empty() {
         tx.unpark(p, &inserted)?;
+        cache.parked.remove(p, &inserted);
     }
     out.quarantined = tx.insert_quarantine(p, b.run, now, &quarantine_rows(&b.quarantine))?;
     write_checkpoints(tx, p, &b.checkpoints, now)?;

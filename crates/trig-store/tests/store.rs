@@ -115,6 +115,7 @@ conformance!(
     tenants_keep_everything_apart,
     events_dedup_park_and_rematch,
     a_parked_event_whose_id_later_matches_is_stored_once,
+    an_event_parked_by_another_lease_leaves_the_parked_set_when_stored,
     records_skip_unchanged_hashes_and_claim_email_people,
     attributes_merge_by_pipeline_and_nulls_clear,
     quarantine_keeps_a_row_and_reason_once,
@@ -344,6 +345,36 @@ async fn a_parked_event_whose_id_later_matches_is_stored_once(f: Fixture) {
     // A re-read of a stored event with an unknown person is a duplicate, not parked.
     let o = s.write_events(r.events(vec![ev("e10", "nobody", None)], IdentityRule::ExternalId)).await.unwrap();
     assert_eq!((o.parked, o.deduplicated), (0, 1));
+}
+
+/// A writer remembers which ids its pipeline has parked (so a stored event
+/// needs no probe of the parked table unless its id is among them): what
+/// other leases parked, on this connection or another, must still be found.
+async fn an_event_parked_by_another_lease_leaves_the_parked_set_when_stored(f: Fixture) {
+    let (a, b) = (f.a.as_ref(), f.b.as_ref());
+    let events = |r: &Running, rows: Vec<EventRow>| r.events(rows, IdentityRule::ExternalId);
+    // Parked on b before a has read anything.
+    let r = start(b, "default", "p").await;
+    b.write_events(events(&r, vec![ev("e1", "u1", Some("one@x.com")), ev("e20", "gone", None)])).await.unwrap();
+    finish(b, &r).await;
+    // a's lease: it parks one of its own and stores an unrelated event.
+    let r = start(a, "default", "p").await;
+    let o = a.write_events(events(&r, vec![ev("e21", "gone", None), ev("e2", "u1", None)])).await.unwrap();
+    assert_eq!((o.inserted, o.parked), (1, 1));
+    finish(a, &r).await;
+    // b's next lease parks another, after a has read the parked ids.
+    let r = start(b, "default", "p").await;
+    b.write_events(events(&r, vec![ev("e22", "gone", None)])).await.unwrap();
+    finish(b, &r).await;
+    let t = a.tenant("default").await.unwrap();
+    assert_eq!(a.totals(t).await.unwrap().parked, 3);
+    // a's new lease stores all three ids for a known person: none stays parked.
+    let r = start(a, "default", "p").await;
+    let o = a.write_events(events(&r, vec![ev("e20", "u1", None), ev("e21", "u1", None), ev("e22", "u1", None)])).await.unwrap();
+    assert_eq!(o.inserted, 3);
+    let totals = a.totals(t).await.unwrap();
+    assert_eq!((totals.events, totals.parked), (5, 0), "each stored once, none left parked");
+    finish(a, &r).await;
 }
 
 async fn records_skip_unchanged_hashes_and_claim_email_people(f: Fixture) {

@@ -23,6 +23,9 @@
 //!   `events` (same columns, same primary key), in transactions of the same
 //!   size, in the same run.
 //!
+//! Each result also says where the CPU went during the timed part: this
+//! process, the emulator beside it and the PostgreSQL server (`cpu_s`).
+//!
 //! `cargo bench -p trig-sync --bench sync` (BENCH_SIZES=100000,1000000 changes the sizes).
 
 #![allow(clippy::print_stdout)]
@@ -114,17 +117,19 @@ fn main() {
     if postgres.is_some() {
         println!("\non PostgreSQL, best of 3 per size:");
         println!(
-            "| events | ours: rows read/s | ours: events stored/s | bare binary COPY: rows/s | ratio stored / COPY | peak RSS (ours) |"
+            "| events | ours: rows read/s | ours: events stored/s | bare binary COPY: rows/s | ratio stored / COPY | server CPU s: ours / COPY | peak RSS (ours) |"
         );
-        println!("|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|");
         for (n, _, _, pg) in &results {
             let r = pg.as_ref().unwrap();
             println!(
-                "| {n} | {:.0} | {:.0} | {:.0} | **{:.2}** | {:.0} MiB |",
+                "| {n} | {:.0} | {:.0} | {:.0} | **{:.2}** | {:.2} / {:.2} | {:.0} MiB |",
                 r["sync_rows_per_s"].as_f64().unwrap(),
                 r["sync_stored_per_s"].as_f64().unwrap(),
                 r["bare_rows_per_s"].as_f64().unwrap(),
                 r["sync_stored_per_s"].as_f64().unwrap() / r["bare_rows_per_s"].as_f64().unwrap(),
+                r["cpu_s"]["postgres"].as_f64().unwrap(),
+                r["bare_cpu_s"]["postgres"].as_f64().unwrap(),
                 r["peak_rss_mib"].as_f64().unwrap()
             );
         }
@@ -215,8 +220,42 @@ async fn serve() {
     let token = loaded.tokens["service_principal"].clone();
     let config = EmulatorConfig { chunk_policy: ChunkPolicy { max_rows: 131_072, max_bytes: 16 << 20 }, ..Default::default() };
     let running = databricks_emulator::start(loaded.workspace, config, "127.0.0.1:0").await.expect("starts");
-    println!("{}", json!({"base": running.base_url(), "token": token, "host": running.addr().to_string()}));
+    println!("{}", json!({"base": running.base_url(), "token": token, "host": running.addr().to_string(), "pid": std::process::id()}));
     running.serve_until(std::future::pending()).await;
+}
+
+/// CPU seconds (user + system) a process has used, from `/proc/PID/stat`.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// CPU seconds used so far by every PostgreSQL server process on this machine.
+fn postgres_cpu_seconds() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0.0 };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("postgres")))
+        .map(|pid| cpu_seconds(&pid))
+        .sum()
+}
+
+/// CPU seconds of this process and of the PostgreSQL server since `start`.
+#[derive(Clone, Copy)]
+struct Cpu(f64, f64);
+
+impl Cpu {
+    fn start() -> Cpu {
+        Cpu(cpu_seconds("self"), postgres_cpu_seconds())
+    }
+    fn since(self) -> Cpu {
+        Cpu(cpu_seconds("self") - self.0, postgres_cpu_seconds() - self.1)
+    }
 }
 
 fn status_mib(field: &str) -> f64 {
@@ -267,9 +306,13 @@ async fn sync() {
     assert!(people.error.is_none());
 
     let _ = std::fs::write("/proc/self/clear_refs", "5");
+    // Where the CPU goes: this process, the emulator beside it, the PostgreSQL server.
+    let emulator = info["pid"].to_string();
+    let cpu_before = (cpu_seconds("self"), cpu_seconds(&emulator), postgres_cpu_seconds());
     let t = Instant::now();
     let f = engine.run("events", Trigger::Schedule, &cancel).await.unwrap();
     let elapsed = t.elapsed().as_secs_f64();
+    let cpu = (cpu_seconds("self") - cpu_before.0, cpu_seconds(&emulator) - cpu_before.1, postgres_cpu_seconds() - cpu_before.2);
     assert!(f.error.is_none(), "{:?}", f.error);
     let peak = status_mib("VmHWM:");
     let c = f.run.counts;
@@ -287,6 +330,8 @@ async fn sync() {
             "sync_rows_per_s": c.rows_read as f64 / elapsed, "sync_stored_per_s": stored as f64 / elapsed,
             "bare_rows": bare.0, "bare_s": bare.1, "bare_rows_per_s": bare.0 as f64 / bare.1,
             "peak_rss_mib": peak,
+            "cpu_s": {"ours": cpu.0, "emulator": cpu.1, "postgres": cpu.2},
+            "bare_cpu_s": {"ours": bare.2.0, "postgres": bare.2.1},
         })
     );
     drop(store);
@@ -296,8 +341,8 @@ async fn sync() {
 
 /// The stored events, copied by binary `COPY` into a fresh table like ours
 /// (the same columns, types and primary key), in transactions of the sync's
-/// size: the least work that stores them on PostgreSQL. Returns (rows, seconds).
-fn bare_copy(url: &str) -> (u64, f64) {
+/// size: the least work that stores them on PostgreSQL. Returns (rows, seconds, CPU seconds).
+fn bare_copy(url: &str) -> (u64, f64, Cpu) {
     use postgres::binary_copy::BinaryCopyInWriter;
     use postgres::types::{ToSql, Type};
     let url = url.to_string();
@@ -313,6 +358,7 @@ fn bare_copy(url: &str) -> (u64, f64) {
             .collect();
         let types =
             [Type::INT8, Type::INT8, Type::TEXT, Type::TEXT, Type::INT8, Type::INT8, Type::TEXT, Type::BOOL, Type::INT8, Type::INT8];
+        let cpu = Cpu::start();
         let t = Instant::now();
         for chunk in rows.chunks(write_batch()) {
             let mut tx = c.transaction().unwrap();
@@ -325,7 +371,7 @@ fn bare_copy(url: &str) -> (u64, f64) {
             w.finish().unwrap();
             tx.commit().unwrap();
         }
-        (rows.len() as u64, t.elapsed().as_secs_f64())
+        (rows.len() as u64, t.elapsed().as_secs_f64(), cpu.since())
     })
     .join()
     .unwrap()
@@ -333,8 +379,8 @@ fn bare_copy(url: &str) -> (u64, f64) {
 
 /// The stored events as 7 text columns, inserted straight into a fresh
 /// 7-column table with a primary key, in transactions of the sync's size: the
-/// least work that stores them. Returns (rows, seconds).
-fn bare_insert(synced: &std::path::Path, fresh: &std::path::Path) -> (u64, f64) {
+/// least work that stores them. Returns (rows, seconds, CPU seconds).
+fn bare_insert(synced: &std::path::Path, fresh: &std::path::Path) -> (u64, f64, Cpu) {
     let mut c = rusqlite::Connection::open(fresh).unwrap();
     c.pragma_update(None, "journal_mode", "WAL").unwrap();
     c.pragma_update(None, "synchronous", "NORMAL").unwrap();
@@ -358,6 +404,7 @@ fn bare_insert(synced: &std::path::Path, fresh: &std::path::Path) -> (u64, f64) 
             .unwrap()
     };
     c.execute("DETACH DATABASE src", []).unwrap();
+    let cpu = Cpu::start();
     let t = Instant::now();
     for chunk in rows.chunks(write_batch()) {
         let tx = c.transaction().unwrap();
@@ -369,5 +416,5 @@ fn bare_insert(synced: &std::path::Path, fresh: &std::path::Path) -> (u64, f64) 
         }
         tx.commit().unwrap();
     }
-    (rows.len() as u64, t.elapsed().as_secs_f64())
+    (rows.len() as u64, t.elapsed().as_secs_f64(), cpu.since())
 }

@@ -6,6 +6,7 @@
 //! binary `COPY`). The schema is migrated on open, in one transaction under
 //! an advisory lock, so processes starting together migrate it once.
 
+mod copy;
 mod tx;
 
 use std::sync::{Arc, Mutex};

@@ -4,9 +4,9 @@
 use std::collections::{HashMap, HashSet};
 
 use postgres::Transaction;
-use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::error::SqlState;
-use postgres::types::{ToSql, Type};
+
+use super::copy::{BinaryCopy, CopyFailed};
 
 use crate::rules::{LeaseRow, Lock, NewPerson, ParkedRow, PersonRow, RecordWrite, Tx, json_list};
 use crate::{
@@ -357,28 +357,14 @@ impl Tx for Transaction<'_> {
         // INSERT … ON CONFLICT DO NOTHING RETURNING ~130 ms.)
         if backfill {
             let mut sp = self.savepoint("events_copy")?;
-            let copied = (|| -> Result<u64, postgres::Error> {
-                let sink = sp.copy_in(
+            let copied = (|| -> Result<u64, CopyFailed> {
+                let mut w = BinaryCopy::new(sp.copy_in(
                     "COPY events (tenant_id, pipeline_id, event_id, name, ts, person_id, properties, backfill, ingested_at, run) FROM STDIN BINARY",
-                )?;
-                let types = [
-                    Type::INT8,
-                    Type::INT8,
-                    Type::TEXT,
-                    Type::TEXT,
-                    Type::INT8,
-                    Type::INT8,
-                    Type::TEXT,
-                    Type::BOOL,
-                    Type::INT8,
-                    Type::INT8,
-                ];
-                let mut w = BinaryCopyInWriter::new(sink, &types);
+                )?);
                 for ((r, person), first) in rows.iter().zip(&firsts) {
                     if *first {
-                        let values: [&(dyn ToSql + Sync); 10] =
-                            [&p.tenant.0, &p.pipeline.0, &r.event_id, &r.name, &r.ts, person, &r.properties, &backfill, &now, &run.0];
-                        w.write(&values)?;
+                        w.row(10)?.int8(p.tenant.0).int8(p.pipeline.0).text(&r.event_id).text(&r.name).int8(r.ts).int8(*person);
+                        w.text(&r.properties).boolean(backfill).int8(now).int8(run.0);
                     }
                 }
                 w.finish()
@@ -400,12 +386,10 @@ impl Tx for Transaction<'_> {
              TRUNCATE staging_events",
         )?;
         {
-            let sink = self.copy_in("COPY staging_events (ord, event_id, name, ts, person_id, properties) FROM STDIN BINARY")?;
-            let mut w = BinaryCopyInWriter::new(sink, &[Type::INT8, Type::TEXT, Type::TEXT, Type::INT8, Type::INT8, Type::TEXT]);
+            let mut w =
+                BinaryCopy::new(self.copy_in("COPY staging_events (ord, event_id, name, ts, person_id, properties) FROM STDIN BINARY")?);
             for (i, (r, person)) in rows.iter().enumerate() {
-                let ord = i as i64;
-                let values: [&(dyn ToSql + Sync); 6] = [&ord, &r.event_id, &r.name, &r.ts, person, &r.properties];
-                w.write(&values)?;
+                w.row(6)?.int8(i as i64).text(&r.event_id).text(&r.name).int8(r.ts).int8(*person).text(&r.properties);
             }
             w.finish()?;
         }
@@ -463,13 +447,12 @@ impl Tx for Transaction<'_> {
         Ok(firsts_returned(rows.iter().map(|r| r.event_id.clone()), returned))
     }
 
-    fn any_parked(&mut self, p: PipelineKey) -> Result<bool, Error> {
-        Ok(self
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM parked_events WHERE tenant_id = $1 AND pipeline_id = $2)",
-                &[&p.tenant.0, &p.pipeline.0],
-            )?
-            .get(0))
+    fn parked_ids(&mut self, p: PipelineKey, max: usize) -> Result<Option<Vec<String>>, Error> {
+        let rows = self.query(
+            "SELECT event_id FROM parked_events WHERE tenant_id = $1 AND pipeline_id = $2 LIMIT $3",
+            &[&p.tenant.0, &p.pipeline.0, &(max as i64 + 1)],
+        )?;
+        Ok((rows.len() <= max).then(|| rows.iter().map(|r| r.get(0)).collect()))
     }
 
     fn unpark(&mut self, p: PipelineKey, ids: &[&str]) -> Result<u64, Error> {

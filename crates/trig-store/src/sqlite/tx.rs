@@ -345,10 +345,12 @@ impl Tx for Transaction<'_> {
         Ok(out)
     }
 
-    fn any_parked(&mut self, p: PipelineKey) -> Result<bool, Error> {
-        Ok(self
-            .prepare_cached("SELECT 1 FROM parked_events WHERE tenant_id = ?1 AND pipeline_id = ?2")?
-            .exists(params![p.tenant.0, p.pipeline.0])?)
+    fn parked_ids(&mut self, p: PipelineKey, max: usize) -> Result<Option<Vec<String>>, Error> {
+        let ids: Vec<String> = self
+            .prepare_cached("SELECT event_id FROM parked_events WHERE tenant_id = ?1 AND pipeline_id = ?2 LIMIT ?3")?
+            .query_map(params![p.tenant.0, p.pipeline.0, max as i64 + 1], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok((ids.len() <= max).then_some(ids))
     }
 
     fn unpark(&mut self, p: PipelineKey, ids: &[&str]) -> Result<u64, Error> {
