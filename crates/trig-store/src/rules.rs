@@ -274,7 +274,8 @@ pub(crate) fn finish_run<T: Tx>(tx: &mut T, fence: Fence, run: RunKey, record: &
 /// move and people are never deleted, so those hits stay right whoever
 /// writes; emails can move, so the email half is forgotten whenever the
 /// tenant's people epoch moves (any writer, any process). Entries are added
-/// only after their transaction commits.
+/// only after their transaction commits. Beside them, the parked ids each
+/// pipeline's lease may find ([`ParkedIds`]), which event writes also need.
 #[derive(Debug, Default)]
 pub(crate) struct PeopleCache {
     maps: HashMap<(TenantId, IdentityRule), HashMap<String, i64>>,
@@ -333,7 +334,8 @@ impl ParkedIds {
     }
 
     fn add<'a>(&mut self, p: PipelineKey, ids: impl Iterator<Item = &'a str>) {
-        let Some((_, Some(set))) = self.by_pipeline.get_mut(&p) else { return };
+        let Some((_, held)) = self.by_pipeline.get_mut(&p) else { return };
+        let Some(set) = held else { return };
         for id in ids {
             if set.insert(id.to_string()) {
                 self.len += 1;
@@ -342,9 +344,7 @@ impl ParkedIds {
         if self.len > PARKED_IDS_MAX {
             // Too many to hold: this pipeline's ids are probed from now on.
             self.len -= set.len();
-            if let Some(e) = self.by_pipeline.get_mut(&p) {
-                e.1 = None;
-            }
+            *held = None;
         }
     }
 

@@ -224,7 +224,8 @@ async fn serve() {
     running.serve_until(std::future::pending()).await;
 }
 
-/// CPU seconds (user + system) a process has used, from `/proc/PID/stat`.
+/// CPU seconds (user + system) a process has used, from `/proc/PID/stat`
+/// (in clock ticks of 1/100 s, Linux's USER_HZ).
 fn cpu_seconds(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
@@ -308,11 +309,11 @@ async fn sync() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     // Where the CPU goes: this process, the emulator beside it, the PostgreSQL server.
     let emulator = info["pid"].to_string();
-    let cpu_before = (cpu_seconds("self"), cpu_seconds(&emulator), postgres_cpu_seconds());
+    let (cpu, emulator_before) = (Cpu::start(), cpu_seconds(&emulator));
     let t = Instant::now();
     let f = engine.run("events", Trigger::Schedule, &cancel).await.unwrap();
     let elapsed = t.elapsed().as_secs_f64();
-    let cpu = (cpu_seconds("self") - cpu_before.0, cpu_seconds(&emulator) - cpu_before.1, postgres_cpu_seconds() - cpu_before.2);
+    let (cpu, emulator_cpu) = (cpu.since(), cpu_seconds(&emulator) - emulator_before);
     assert!(f.error.is_none(), "{:?}", f.error);
     let peak = status_mib("VmHWM:");
     let c = f.run.counts;
@@ -330,7 +331,7 @@ async fn sync() {
             "sync_rows_per_s": c.rows_read as f64 / elapsed, "sync_stored_per_s": stored as f64 / elapsed,
             "bare_rows": bare.0, "bare_s": bare.1, "bare_rows_per_s": bare.0 as f64 / bare.1,
             "peak_rss_mib": peak,
-            "cpu_s": {"ours": cpu.0, "emulator": cpu.1, "postgres": cpu.2},
+            "cpu_s": {"ours": cpu.0, "emulator": emulator_cpu, "postgres": cpu.1},
             "bare_cpu_s": {"ours": bare.2.0, "postgres": bare.2.1},
         })
     );

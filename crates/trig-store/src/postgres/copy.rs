@@ -14,7 +14,7 @@ use std::io::Write;
 use postgres::CopyInWriter;
 
 /// Bytes per `CopyData` message.
-pub(crate) const SEGMENT: usize = 256 * 1024;
+const SEGMENT: usize = 256 * 1024;
 
 const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 
@@ -49,8 +49,9 @@ impl<'a> BinaryCopy<'a> {
     }
 
     pub(crate) fn text(&mut self, v: &str) -> &mut Self {
-        // A text field longer than 2 GiB cannot be stored by PostgreSQL at all
-        // (1 GiB is its limit); the server rejects the row with its own message.
+        // PostgreSQL stores at most 1 GiB in a field; a longer one (never a
+        // mapped event's) would get a wrong length here, which the server
+        // rejects as a malformed COPY: the transaction fails, nothing is half-written.
         let len = i32::try_from(v.len()).unwrap_or(i32::MAX);
         self.buf.extend_from_slice(&len.to_be_bytes());
         self.buf.extend_from_slice(v.as_bytes());
