@@ -43,6 +43,11 @@ enum Command {
     Secrets(serve::SecretsArgs),
 }
 
+/// mimalloc keeps freed memory for the next batch of a run: glibc's malloc hands
+/// large buffers back to the kernel and takes them again, zeroed, each time.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,

@@ -10,6 +10,11 @@
 
 use std::collections::{HashMap, HashSet};
 
+/// The maps and sets built per row of a batch (identifiers, event ids): a
+/// fast hasher, seeded per process.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
+
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
@@ -128,6 +133,12 @@ pub(crate) trait Tx {
         rows: &[(&EventRow, i64)],
     ) -> Result<Vec<bool>, Error>;
     fn stored_event_ids(&mut self, p: PipelineKey, ids: &[&str]) -> Result<HashSet<String>, Error>;
+    /// Whether a backfill's insert costs much more when one of its ids is
+    /// stored already (PostgreSQL's COPY fails and the batch starts over),
+    /// so repeats are worth finding first ([`StoredIds`]).
+    fn repeats_are_costly(&self) -> bool {
+        false
+    }
     /// Parks events unless parked already: which were new.
     fn park(
         &mut self,
@@ -278,11 +289,73 @@ pub(crate) fn finish_run<T: Tx>(tx: &mut T, fence: Fence, run: RunKey, record: &
 /// pipeline's lease may find ([`ParkedIds`]), which event writes also need.
 #[derive(Debug, Default)]
 pub(crate) struct PeopleCache {
-    maps: HashMap<(TenantId, IdentityRule), HashMap<String, i64>>,
+    maps: HashMap<(TenantId, IdentityRule), FastMap<String, i64>>,
     epochs: HashMap<TenantId, i64>,
     len: usize,
     /// Which event ids each pipeline may have parked (see [`ParkedIds`]).
     parked: ParkedIds,
+    /// Which event ids each pipeline's lease has stored (see [`StoredIds`]).
+    stored: StoredIds,
+}
+
+/// The event ids a pipeline's lease holder has stored, as a Bloom filter,
+/// so that a backfill's repeat of an id an earlier transaction of the same
+/// lease stored (a source's duplicate, an overlap of windows) is found
+/// before the batch is written: a miss is certain for what this holder
+/// stored, a hit is confirmed by the store. Ids stored before the lease (a
+/// resumed backfill, a full refresh) are not in it; the store's insert
+/// still decides those. Bounded: [`STORED_FILTERS`] pipelines of
+/// [`STORED_FILTER_BITS`] bits each; a fuller filter only costs more probes.
+#[derive(Debug, Default)]
+struct StoredIds {
+    filters: Vec<(PipelineKey, i64, Box<[u64]>)>,
+}
+
+/// Bits per pipeline's filter (2 MiB): with three bits per id, one
+/// false hit in about 200 at 1M ids, one in 8 at 5M.
+const STORED_FILTER_BITS: usize = 1 << 24;
+/// Pipelines whose filters are held at once (the oldest goes first).
+const STORED_FILTERS: usize = 4;
+
+impl StoredIds {
+    /// The filter of this lease, empty when the lease is new to it.
+    fn filter(&mut self, fence: Fence) -> &mut [u64] {
+        let at = match self.filters.iter().position(|(p, _, _)| *p == fence.pipeline) {
+            Some(i) => {
+                if self.filters[i].1 != fence.value {
+                    self.filters[i].1 = fence.value;
+                    self.filters[i].2.fill(0);
+                }
+                i
+            }
+            None => {
+                if self.filters.len() == STORED_FILTERS {
+                    self.filters.remove(0);
+                }
+                self.filters.push((fence.pipeline, fence.value, vec![0u64; STORED_FILTER_BITS / 64].into_boxed_slice()));
+                self.filters.len() - 1
+            }
+        };
+        &mut self.filters[at].2
+    }
+
+    /// The three bits of an id.
+    fn bits(id: &str) -> [usize; 3] {
+        use std::hash::BuildHasher;
+        let h = foldhash::quality::FixedState::default().hash_one(id);
+        let (a, b) = (h as usize, ((h >> 32) as usize) | 1);
+        [0, 1, 2].map(|k| a.wrapping_add(k * b) % STORED_FILTER_BITS)
+    }
+
+    fn may_hold(filter: &[u64], id: &str) -> bool {
+        Self::bits(id).iter().all(|b| filter[b / 64] & (1 << (b % 64)) != 0)
+    }
+
+    fn add(filter: &mut [u64], id: &str) {
+        for b in Self::bits(id) {
+            filter[b / 64] |= 1 << (b % 64);
+        }
+    }
 }
 
 /// The event ids a pipeline may have parked, as seen by the holder of one
@@ -294,7 +367,7 @@ pub(crate) struct PeopleCache {
 /// more parked ids than the bound is not held (`None`): every id is probed.
 #[derive(Debug, Default)]
 struct ParkedIds {
-    by_pipeline: HashMap<PipelineKey, (i64, Option<HashSet<String>>)>,
+    by_pipeline: HashMap<PipelineKey, (i64, Option<FastSet<String>>)>,
     len: usize,
 }
 
@@ -308,7 +381,7 @@ impl ParkedIds {
             return Ok(());
         }
         self.forget(fence.pipeline);
-        let ids: Option<HashSet<String>> = tx.parked_ids(fence.pipeline, PARKED_IDS_MAX)?.map(|v| v.into_iter().collect());
+        let ids: Option<FastSet<String>> = tx.parked_ids(fence.pipeline, PARKED_IDS_MAX)?.map(|v| v.into_iter().collect());
         let n = ids.as_ref().map_or(0, |s| s.len());
         if self.len + n > PARKED_IDS_MAX {
             self.by_pipeline.clear();
@@ -421,15 +494,15 @@ fn resolve_people<T: Tx>(
     t: TenantId,
     rule: IdentityRule,
     rows: &[EventRow],
-    known: Option<&HashMap<String, i64>>,
+    known: Option<&FastMap<String, i64>>,
     now: Micros,
     created: &mut u64,
-) -> Result<HashMap<String, i64>, Error> {
-    let mut resolved: HashMap<String, i64> = HashMap::new();
-    let mut seen: HashSet<&str> = HashSet::new();
+) -> Result<FastMap<String, i64>, Error> {
+    let mut resolved: FastMap<String, i64> = FastMap::default();
+    let mut seen: FastSet<&str> = FastSet::default();
     let mut missing: Vec<&str> = Vec::new();
     // The first email given for each identifier in the batch.
-    let mut email_of: HashMap<&str, &str> = HashMap::new();
+    let mut email_of: FastMap<&str, &str> = FastMap::default();
     for r in rows {
         let k = r.user_key.as_str();
         if known.is_some_and(|m| m.contains_key(k)) {
@@ -549,10 +622,25 @@ pub(crate) fn write_events<T: Tx>(tx: &mut T, cache: &mut PeopleCache, b: &Event
             None => unmatched.push(r),
         }
     }
+    // A backfill's repeats of ids this lease stored, where a repeat is costly:
+    // found by the filter, confirmed by the store, and left out of the insert.
+    let mut filter = (b.backfill && tx.repeats_are_costly()).then(|| cache.stored.filter(b.fence));
+    if let Some(filter) = &filter {
+        let maybe: Vec<&str> = matched.iter().map(|(r, _)| r.event_id.as_str()).filter(|id| StoredIds::may_hold(filter, id)).collect();
+        if !maybe.is_empty() {
+            let stored = tx.stored_event_ids(p, &maybe)?;
+            let before = matched.len();
+            matched.retain(|(r, _)| !stored.contains(&r.event_id));
+            out.deduplicated += (before - matched.len()) as u64;
+        }
+    }
     let new = tx.insert_events(p, b.run, b.backfill, now, &matched)?;
     let mut inserted: Vec<&str> = Vec::new();
     for ((r, _), new) in matched.iter().zip(&new) {
         if *new {
+            if let Some(filter) = &mut filter {
+                StoredIds::add(filter, &r.event_id);
+            }
             if cache.parked.may_hold(p, &r.event_id) {
                 inserted.push(&r.event_id);
             }

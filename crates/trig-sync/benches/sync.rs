@@ -44,6 +44,10 @@ use trig_config::Config;
 use trig_store::{PostgresStore, SqliteStore, Store};
 use trig_sync::{Engine, EngineOptions, Trigger};
 
+/// The allocator of the `trig-databricks` binary, so the sync here runs as it does there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Rows per transaction, for the sync and the ceiling alike (BENCH_WRITE_BATCH changes it).
 fn write_batch() -> usize {
     std::env::var("BENCH_WRITE_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(EngineOptions::default().write_batch_rows)

@@ -1,14 +1,14 @@
 //! The events pipeline.
 
 use arrow_array::{ArrayRef, RecordBatch};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use trig_config::EventsSpec;
 use trig_store::time::rfc3339;
 use trig_store::{Checkpoint, EventBatch, EventRow, IdentityRule, Micros, Quarantined, RunCounts, Slot, SyncRun};
 
 use crate::pump::{self, Plan, Sink, Step, Txn};
 use crate::query::{self, Query, Select};
-use crate::values::{instant_at, json_at, map_batch, normalise_email, object_at, row_json, text_at};
+use crate::values::{instant_at, map_batch, normalise_email, properties_json, row_json, text_at};
 use crate::window::{self, Window, incremental_start, upper_bound};
 use crate::{Ctx, DryRun, Error, Trigger, micros, now_micros};
 
@@ -34,7 +34,11 @@ impl Layout {
             ts: at(&spec.timestamp),
             user: at(&spec.user_id),
             email: spec.email.as_deref().map(at),
-            properties: spec.properties.iter().map(|p| (p.clone(), at(p))).collect(),
+            // A property listed twice is one key (its column is the same).
+            properties: {
+                let mut seen = std::collections::HashSet::new();
+                spec.properties.iter().filter(|p| seen.insert(p.as_str())).map(|p| (p.clone(), at(p))).collect()
+            },
             properties_column: spec.properties_column.as_deref().map(at),
             columns,
         }
@@ -214,24 +218,25 @@ impl Mapper<'_> {
 
     fn row(&self, cols: &[ArrayRef], i: usize) -> Result<EventRow, (Option<String>, String)> {
         let (l, s) = (self.layout, self.spec);
-        let required = |idx: usize, what: &str, col: &str, key: &Option<String>| -> Result<String, (Option<String>, String)> {
+        let required = |idx: usize, what: &str, col: &str, key: Option<&str>| -> Result<String, (Option<String>, String)> {
             match text_at(&cols[idx], i) {
                 Ok(Some(v)) if !v.trim().is_empty() => Ok(v),
-                Ok(_) => Err((key.clone(), format!("{what} (`{col}`) is NULL or empty"))),
-                Err(e) => Err((key.clone(), format!("{what} (`{col}`): {e}"))),
+                Ok(_) => Err((key.map(str::to_string), format!("{what} (`{col}`) is NULL or empty"))),
+                Err(e) => Err((key.map(str::to_string), format!("{what} (`{col}`): {e}"))),
             }
         };
-        let event_id = required(l.id, "event id", &s.event_id, &None)?;
-        let key = Some(event_id.clone());
-        let name = required(l.name, "event name", &s.event_name, &key)?;
+        let event_id = required(l.id, "event id", &s.event_id, None)?;
+        // The row's key in a quarantine reason, built only when there is one.
+        let key = || Some(event_id.clone());
+        let name = required(l.name, "event name", &s.event_name, Some(&event_id))?;
         let ts = match instant_at(&cols[l.ts], i, &s.timezone) {
             Ok(Some(t)) => t,
-            Ok(None) => return Err((key, format!("timestamp (`{}`) is NULL", s.timestamp))),
-            Err(e) => return Err((key, format!("timestamp (`{}`): {e}", s.timestamp))),
+            Ok(None) => return Err((key(), format!("timestamp (`{}`) is NULL", s.timestamp))),
+            Err(e) => return Err((key(), format!("timestamp (`{}`): {e}", s.timestamp))),
         };
         if ts > self.now + self.tolerance {
             return Err((
-                key,
+                key(),
                 format!(
                     "timestamp {} is more than {}s in the future; fix the clock that produced it",
                     rfc3339(ts),
@@ -239,12 +244,11 @@ impl Mapper<'_> {
                 ),
             ));
         }
-        let user = required(l.user, "user identifier", &s.user_id, &key)?;
+        let user = required(l.user, "user identifier", &s.user_id, Some(&event_id))?;
         let user_key = match s.user_id_kind {
+            IdentityRule::ExternalId if user.trim().len() == user.len() => user,
             IdentityRule::ExternalId => user.trim().to_string(),
-            IdentityRule::Email => {
-                normalise_email(&user).ok_or_else(|| (key.clone(), format!("user identifier `{user}` is not an email")))?
-            }
+            IdentityRule::Email => normalise_email(&user).ok_or_else(|| (key(), format!("user identifier `{user}` is not an email")))?,
         };
         let email = match l.email {
             Some(e) => text_at(&cols[e], i).ok().flatten().and_then(|v| normalise_email(&v)),
@@ -253,22 +257,9 @@ impl Mapper<'_> {
         // Late: it happened before the cursor the run started from, yet is new
         // to us. With an ingestion-time cursor this is what that cursor catches.
         let late = self.prev.is_some_and(|p| ts <= p);
-        let mut props = Map::new();
-        for (name, idx) in &l.properties {
-            props.insert(name.clone(), json_at(&cols[*idx], i, Some(&s.timezone)));
-        }
-        if let (Some(idx), Some(col)) = (l.properties_column, s.properties_column.as_deref()) {
-            match object_at(&cols[idx], i, Some(&s.timezone)) {
-                Ok(Some(obj)) => {
-                    for (k, v) in obj {
-                        props.entry(k).or_insert(v);
-                    }
-                }
-                Ok(None) => {}
-                Err(why) => return Err((key, format!("properties column (`{col}`) {why}"))),
-            }
-        }
-        Ok(EventRow { event_id, name, ts, user_key, email, properties: Value::Object(props).to_string(), late })
+        let properties = properties_json(&l.properties, l.properties_column, cols, i, &s.timezone)
+            .map_err(|why| (key(), format!("properties column (`{}`) {why}", s.properties_column.as_deref().unwrap_or_default())))?;
+        Ok(EventRow { event_id, name, ts, user_key, email, properties, late })
     }
 }
 

@@ -81,7 +81,14 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
     let target = ctx.options.write_batch_rows.max(1);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Txn<S::Row>>(1);
     let already_read = run.counts.rows_read;
-    let mut read_into = Reading { rows_read: already_read, statement_ids: Vec::new(), bytes: 0, unsent: Progress::default() };
+    let mut read_into = Reading {
+        rows_read: already_read,
+        statement_ids: Vec::new(),
+        bytes: 0,
+        unsent: Progress::default(),
+        mapping: std::time::Duration::ZERO,
+        waiting: std::time::Duration::ZERO,
+    };
     let reading = &mut read_into;
     // The reader owns the sender: when it finishes, the writer sees the end.
     // Sends a step's statement; the future runs only when polled.
@@ -114,6 +121,7 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
                     _ = ctx.cancel.cancelled() => return Err(Error::Cancelled),
                 };
                 let Some(next) = next else { continue };
+                let mapping = std::time::Instant::now();
                 let Some(batch) = next else { break };
                 let batch = batch?;
                 reading.rows_read += batch.num_rows() as u64;
@@ -122,6 +130,7 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
                 drop(batch);
                 rows.extend(mapped);
                 bad.extend(quarantined);
+                reading.mapping += mapping.elapsed();
                 if rows.len() + bad.len() >= target {
                     slot.send(Txn {
                         rows: std::mem::replace(&mut rows, Vec::with_capacity(target)),
@@ -130,7 +139,9 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
                         progress: std::mem::take(&mut reading.unsent),
                     });
                     // A closed channel means the writer failed; it reports why.
+                    let waiting = std::time::Instant::now();
                     let Ok(next) = tx.reserve().await else { return Ok(()) };
+                    reading.waiting += waiting.elapsed();
                     slot = next;
                 }
                 ctx.progress(reading.rows_read, window, plan.covered());
@@ -152,15 +163,29 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
     // The writer owns the receiver: when it fails, the reader's sends fail.
     let writer = async move {
         let mut counts = RunCounts::default();
+        let mut busy = std::time::Duration::ZERO;
         while let Some(txn) = rx.recv().await {
-            match sink.write(txn).await {
+            let writing = std::time::Instant::now();
+            let wrote = sink.write(txn).await;
+            busy += writing.elapsed();
+            match wrote {
                 Ok(c) => counts += c,
-                Err(e) => return (counts, Err(e)),
+                Err(e) => return (counts, busy, Err(e)),
             }
         }
-        (counts, Ok(()))
+        (counts, busy, Ok(()))
     };
-    let (read, (written, wrote)) = tokio::join!(reader, writer);
+    let started = std::time::Instant::now();
+    let (read, (written, busy, wrote)) = tokio::join!(reader, writer);
+    // Which side held the run back: a writer busy nearly all along is the
+    // store's limit; a reader waiting little while mapping much is the CPU's.
+    tracing::debug!(
+        elapsed_s = started.elapsed().as_secs_f64(),
+        writer_busy_s = busy.as_secs_f64(),
+        reader_mapping_s = read_into.mapping.as_secs_f64(),
+        reader_waiting_s = read_into.waiting.as_secs_f64(),
+        "statements read into the store"
+    );
     // What was read and what committed are counted, even when the run then fails.
     run.counts.rows_read = read_into.rows_read;
     run.counts.bytes += read_into.bytes;
@@ -179,4 +204,7 @@ struct Reading {
     bytes: u64,
     /// Read but not yet handed to the writer.
     unsent: Progress,
+    /// Time spent mapping batches, and waiting for the writer to take a transaction.
+    mapping: std::time::Duration,
+    waiting: std::time::Duration,
 }

@@ -344,7 +344,7 @@ impl Tx for Transaction<'_> {
             return Ok(Vec::new());
         }
         // The batch's own repeats first: only the first of an id may be new.
-        let mut seen = HashSet::new();
+        let mut seen: HashSet<&str, foldhash::fast::RandomState> = HashSet::with_capacity_and_hasher(rows.len(), Default::default());
         let firsts: Vec<bool> = rows.iter().map(|(r, _)| seen.insert(r.event_id.as_str())).collect();
         // A backfill's fast path: one binary COPY straight into events, under
         // a savepoint. Only the lease holder writes a pipeline's events, and
@@ -404,6 +404,12 @@ impl Tx for Transaction<'_> {
             .map(|r| r.get(0))
             .collect();
         Ok(firsts_returned(rows.iter().map(|(r, _)| r.event_id.clone()), returned))
+    }
+
+    fn repeats_are_costly(&self) -> bool {
+        // A backfill's batch is one COPY into events: one stored id fails it
+        // and the batch goes again through the staged insert (see insert_events).
+        true
     }
 
     fn stored_event_ids(&mut self, p: PipelineKey, ids: &[&str]) -> Result<HashSet<String>, Error> {
