@@ -8,7 +8,7 @@ use trig_store::{Checkpoint, EventBatch, EventRow, IdentityRule, Micros, Quarant
 
 use crate::pump::{self, Plan, Sink, Step, Txn};
 use crate::query::{self, Query, Select};
-use crate::values::{instant_at, map_batch, normalise_email, properties_json, row_json, text_at};
+use crate::values::{Properties, instant_at, map_batch, normalise_email, row_json, text_at};
 use crate::window::{self, Window, incremental_start, upper_bound};
 use crate::{Ctx, DryRun, Error, Trigger, micros, now_micros};
 
@@ -20,8 +20,7 @@ struct Layout {
     ts: usize,
     user: usize,
     email: Option<usize>,
-    properties: Vec<(String, usize)>,
-    properties_column: Option<usize>,
+    properties: Properties,
 }
 
 impl Layout {
@@ -34,12 +33,14 @@ impl Layout {
             ts: at(&spec.timestamp),
             user: at(&spec.user_id),
             email: spec.email.as_deref().map(at),
-            // A property listed twice is one key (its column is the same).
-            properties: {
-                let mut seen = std::collections::HashSet::new();
-                spec.properties.iter().filter(|p| seen.insert(p.as_str())).map(|p| (p.clone(), at(p))).collect()
+            properties: Properties {
+                // A property listed twice is one key (its column is the same).
+                listed: {
+                    let mut seen = std::collections::HashSet::new();
+                    spec.properties.iter().filter(|p| seen.insert(p.as_str())).map(|p| (p.clone(), at(p))).collect()
+                },
+                column: spec.properties_column.as_deref().map(at),
             },
-            properties_column: spec.properties_column.as_deref().map(at),
             columns,
         }
     }
@@ -257,7 +258,9 @@ impl Mapper<'_> {
         // Late: it happened before the cursor the run started from, yet is new
         // to us. With an ingestion-time cursor this is what that cursor catches.
         let late = self.prev.is_some_and(|p| ts <= p);
-        let properties = properties_json(&l.properties, l.properties_column, cols, i, &s.timezone)
+        let properties = l
+            .properties
+            .json(cols, i, &s.timezone)
             .map_err(|why| (key(), format!("properties column (`{}`) {why}", s.properties_column.as_deref().unwrap_or_default())))?;
         Ok(EventRow { event_id, name, ts, user_key, email, properties, late })
     }

@@ -205,96 +205,116 @@ pub fn object_at(a: &ArrayRef, i: usize, zone: Option<&Zone>) -> Result<Option<M
     }
 }
 
-/// An event's properties as the text of a JSON object: the `listed`
-/// columns by name, then the keys of the properties `column` that are not
-/// listed. The same text as [`properties_value`] printed by `serde_json`,
-/// written straight from the Arrow cells for the usual case (a MAP with
-/// string keys, scalar listed columns) rather than through a `Value` per
-/// cell; anything else takes [`properties_value`].
-pub(crate) fn properties_json(
-    listed: &[(String, usize)],
-    column: Option<usize>,
-    cols: &[ArrayRef],
-    i: usize,
-    zone: &Zone,
-) -> Result<String, String> {
-    match properties_direct(listed, column, cols, i, zone) {
-        Some(out) => Ok(String::from_utf8(out).expect("serde_json writes UTF-8 and Arrow strings are UTF-8")),
-        None => properties_value(listed, column, cols, i, zone).map(|v| v.to_string()),
-    }
+/// Where an event's properties are in the projection: the listed columns
+/// (by name, each name once) and the properties column.
+#[derive(Debug, Clone)]
+pub(crate) struct Properties {
+    pub listed: Vec<(String, usize)>,
+    pub column: Option<usize>,
 }
 
-/// How many keys a row may have for the direct path (keys are checked
-/// against each other one by one); a row with more takes [`properties_value`].
-const DIRECT_KEYS_MAX: usize = 32;
-
-/// The direct path of [`properties_json`]; `None` when the row needs the general one.
-fn properties_direct(listed: &[(String, usize)], column: Option<usize>, cols: &[ArrayRef], i: usize, zone: &Zone) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(96);
-    out.push(b'{');
-    let mut keys: Vec<&str> = Vec::with_capacity(listed.len() + 4);
-    for (name, idx) in listed {
-        if keys.contains(&name.as_str()) || keys.len() == DIRECT_KEYS_MAX {
-            return None;
+impl Properties {
+    /// A row's properties as the text of a JSON object: the listed columns
+    /// by name, then the keys of the properties column that are not listed.
+    /// The same text as [`Properties::value`] printed by `serde_json`,
+    /// written straight from the Arrow cells for the usual case (a MAP with
+    /// string keys, scalar listed columns) rather than through a `Value` per
+    /// cell; anything else takes [`Properties::value`].
+    pub(crate) fn json(&self, cols: &[ArrayRef], i: usize, zone: &Zone) -> Result<String, String> {
+        match self.direct(cols, i, zone) {
+            Some(out) => Ok(String::from_utf8(out).expect("serde_json writes UTF-8 and Arrow strings are UTF-8")),
+            None => self.value(cols, i, zone).map(|v| v.to_string()),
         }
-        if !keys.is_empty() {
-            out.push(b',');
-        }
-        keys.push(name);
-        put(&mut out, name.as_str());
-        out.push(b':');
-        write_cell(&mut out, &cols[*idx], i, Some(zone))?;
     }
-    let Some(idx) = column else {
-        out.push(b'}');
-        return Some(out);
-    };
-    let a = &cols[idx];
-    if !a.is_null(i) {
-        let DataType::Map(_, _) = a.data_type() else { return None };
-        let m = a.as_map();
-        let (k, v) = (m.keys(), m.values());
-        let DataType::Utf8 = k.data_type() else { return None };
-        let k = k.as_string::<i32>();
-        let offsets = m.value_offsets();
-        let listed_keys = keys.len();
-        for j in offsets[i] as usize..offsets[i + 1] as usize {
-            if k.is_null(j) {
-                return None;
-            }
-            let key = k.value(j);
-            // A listed property wins over the column's key of that name.
-            if keys[..listed_keys].contains(&key) {
-                continue;
-            }
-            // A map with a key twice keeps its last value (the general path's rule).
-            if keys[listed_keys..].contains(&key) || keys.len() == DIRECT_KEYS_MAX {
+
+    /// The direct path of [`Properties::json`]; `None` when the row needs the general one.
+    fn direct(&self, cols: &[ArrayRef], i: usize, zone: &Zone) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(96);
+        out.push(b'{');
+        let mut keys: Vec<&str> = Vec::with_capacity(self.listed.len() + 4);
+        for (name, idx) in &self.listed {
+            if keys.len() == DIRECT_KEYS_MAX {
                 return None;
             }
             if !keys.is_empty() {
                 out.push(b',');
             }
-            keys.push(key);
-            put(&mut out, key);
+            keys.push(name);
+            put(&mut out, name.as_str());
             out.push(b':');
-            match v.data_type() {
-                DataType::Map(_, _) | DataType::Struct(_) | DataType::List(_) | DataType::LargeList(_) => {
-                    put(&mut out, &nested_json(v, j, Some(zone)))
+            write_cell(&mut out, &cols[*idx], i, Some(zone));
+        }
+        let Some(idx) = self.column else {
+            out.push(b'}');
+            return Some(out);
+        };
+        let a = &cols[idx];
+        if !a.is_null(i) {
+            let DataType::Map(_, _) = a.data_type() else { return None };
+            let m = a.as_map();
+            let (k, v) = (m.keys(), m.values());
+            let DataType::Utf8 = k.data_type() else { return None };
+            let k = k.as_string::<i32>();
+            let offsets = m.value_offsets();
+            let listed_keys = keys.len();
+            for j in offsets[i] as usize..offsets[i + 1] as usize {
+                if k.is_null(j) {
+                    return None;
                 }
-                _ => write_cell(&mut out, v, j, Some(zone))?,
+                let key = k.value(j);
+                // A listed property wins over the column's key of that name.
+                if keys[..listed_keys].contains(&key) {
+                    continue;
+                }
+                // A map with a key twice keeps its last value (the general path's rule).
+                if keys[listed_keys..].contains(&key) || keys.len() == DIRECT_KEYS_MAX {
+                    return None;
+                }
+                if !keys.is_empty() {
+                    out.push(b',');
+                }
+                keys.push(key);
+                put(&mut out, key);
+                out.push(b':');
+                match v.data_type() {
+                    DataType::Map(_, _) | DataType::Struct(_) | DataType::List(_) | DataType::LargeList(_) => {
+                        put(&mut out, &nested_json(v, j, Some(zone)))
+                    }
+                    _ => write_cell(&mut out, v, j, Some(zone)),
+                }
             }
         }
+        out.push(b'}');
+        Some(out)
     }
-    out.push(b'}');
-    Some(out)
+
+    /// A row's properties as a `Value` (the general path of [`Properties::json`]).
+    pub(crate) fn value(&self, cols: &[ArrayRef], i: usize, zone: &Zone) -> Result<Value, String> {
+        let mut props = Map::new();
+        for (name, idx) in &self.listed {
+            props.insert(name.clone(), json_at(&cols[*idx], i, Some(zone)));
+        }
+        if let Some(idx) = self.column
+            && let Some(obj) = object_at(&cols[idx], i, Some(zone))?
+        {
+            for (k, v) in obj {
+                props.entry(k).or_insert(v);
+            }
+        }
+        Ok(Value::Object(props))
+    }
 }
+
+/// How many keys a row may have for the direct path (keys are checked
+/// against each other one by one); a row with more takes [`Properties::value`].
+const DIRECT_KEYS_MAX: usize = 32;
 
 /// Writes what `serde_json` prints for [`json_at`] of a cell; strings,
 /// whole numbers and booleans directly, the rest through [`json_at`].
-fn write_cell(out: &mut Vec<u8>, a: &ArrayRef, i: usize, zone: Option<&Zone>) -> Option<()> {
+fn write_cell(out: &mut Vec<u8>, a: &ArrayRef, i: usize, zone: Option<&Zone>) {
     if a.is_null(i) {
         out.extend_from_slice(b"null");
-        return Some(());
+        return;
     }
     match a.data_type() {
         DataType::Utf8 => put(out, a.as_string::<i32>().value(i)),
@@ -305,35 +325,12 @@ fn write_cell(out: &mut Vec<u8>, a: &ArrayRef, i: usize, zone: Option<&Zone>) ->
         DataType::Int64 => put(out, &a.as_primitive::<Int64Type>().value(i)),
         _ => put(out, &json_at(a, i, zone)),
     }
-    Some(())
 }
 
 /// Appends `v` as compact JSON. (Serialising into memory cannot fail for
 /// these types: strings, numbers, booleans and `Value`s have no fallible parts.)
 fn put<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
     let _ = serde_json::to_writer(&mut *out, v);
-}
-
-/// An event's properties as a `Value` (the general path of [`properties_json`]).
-pub(crate) fn properties_value(
-    listed: &[(String, usize)],
-    column: Option<usize>,
-    cols: &[ArrayRef],
-    i: usize,
-    zone: &Zone,
-) -> Result<Value, String> {
-    let mut props = Map::new();
-    for (name, idx) in listed {
-        props.insert(name.clone(), json_at(&cols[*idx], i, Some(zone)));
-    }
-    if let Some(idx) = column
-        && let Some(obj) = object_at(&cols[idx], i, Some(zone))?
-    {
-        for (k, v) in obj {
-            props.entry(k).or_insert(v);
-        }
-    }
-    Ok(Value::Object(props))
 }
 
 /// A source row as a JSON object of its projected columns (what a quarantined row keeps).
@@ -451,18 +448,18 @@ mod tests {
         let zone = utc();
         for i in 0..6 {
             for (listed, column) in [(&listed[..], Some(4)), (&listed[..], None), (&listed[..0], Some(4)), (&listed[1..2], Some(4))] {
-                let direct = properties_json(listed, column, &cols, i, &zone).unwrap();
-                let general = properties_value(listed, column, &cols, i, &zone).unwrap().to_string();
-                assert_eq!(direct, general, "row {i}, {} listed, column {column:?}", listed.len());
+                let p = Properties { listed: listed.to_vec(), column };
+                let general = p.value(&cols, i, &zone).unwrap().to_string();
+                assert_eq!(p.json(&cols, i, &zone).unwrap(), general, "row {i}, {} listed, column {column:?}", listed.len());
             }
         }
-        let direct = properties_json(&[], Some(0), std::slice::from_ref(&nested), 0, &zone).unwrap();
+        let direct = Properties { listed: vec![], column: Some(0) }.json(std::slice::from_ref(&nested), 0, &zone).unwrap();
         assert_eq!(direct, r#"{"outer":{"inner":3}}"#);
         assert_eq!(
-            properties_json(&listed, Some(4), &cols, 0, &zone).unwrap(),
+            Properties { listed: listed.clone(), column: Some(4) }.json(&cols, 0, &zone).unwrap(),
             r#"{"plan":"pro","count":1,"flag":true,"ratio":0.1,"a":"1","q\"uote\n":"é \u0001"}"#
         );
-        assert_eq!(properties_json(&listed[..0], Some(4), &cols, 1, &zone).unwrap(), r#"{"k":"last"}"#);
+        assert_eq!(Properties { listed: vec![], column: Some(4) }.json(&cols, 1, &zone).unwrap(), r#"{"k":"last"}"#);
     }
 
     #[test]
