@@ -168,6 +168,13 @@ pub(crate) fn now_micros() -> Micros {
 }
 
 /// A list as the stores keep it: JSON text.
+/// For each row, whether it is the first of its event id in the batch: only
+/// a first may be new; a later one is the batch's own repeat.
+pub(crate) fn first_of_each_id(rows: &[(&EventRow, i64)]) -> Vec<bool> {
+    let mut seen: FastSet<&str> = FastSet::with_capacity_and_hasher(rows.len(), Default::default());
+    rows.iter().map(|(r, _)| seen.insert(r.event_id.as_str())).collect()
+}
+
 pub(crate) fn json_list(v: &[String]) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
 }

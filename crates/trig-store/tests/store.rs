@@ -115,6 +115,7 @@ conformance!(
     tenants_keep_everything_apart,
     events_dedup_park_and_rematch,
     a_parked_event_whose_id_later_matches_is_stored_once,
+    a_large_backfill_batch_stores_each_new_row_once_with_its_values,
     an_event_parked_by_another_lease_leaves_the_parked_set_when_stored,
     records_skip_unchanged_hashes_and_claim_email_people,
     attributes_merge_by_pipeline_and_nulls_clear,
@@ -330,6 +331,42 @@ async fn events_dedup_park_and_rematch(f: Fixture) {
     assert_eq!((t.events, t.parked, t.people), (8, 0, 3));
     let run = s.runs(r.key.tenant, Some("p"), 1).await.unwrap().remove(0);
     assert_eq!((run.counts.inserted, run.counts.parked, run.counts.rematched, run.counts.deduplicated), (7, 1, 1, 7));
+}
+
+/// A backfill batch large enough for the bulk paths (SQLite: multi-row
+/// INSERTs of 64 rows; PostgreSQL: one COPY), with its own repeats and an id
+/// a live batch stored, in the middle of a full statement's rows: the rows
+/// beside the stored id are still stored, each once, with their own values.
+async fn a_large_backfill_batch_stores_each_new_row_once_with_its_values(f: Fixture) {
+    let s = f.a.as_ref();
+    let r = start(s, "default", "p").await;
+    let row = |i: usize| EventRow {
+        name: format!("name {i}"),
+        ts: 1_700_000_000_000_000 + i as i64,
+        properties: format!(r#"{{"i":{i}}}"#),
+        ..ev(&format!("b{i:04}"), "a@x.com", None)
+    };
+    let o = s.write_events(r.events(vec![row(150)], IdentityRule::Email)).await.unwrap();
+    assert_eq!(o.inserted, 1);
+    // 300 rows: b0150 stored already, b0099 and b0003 repeated in the batch.
+    let mut rows: Vec<EventRow> = (0..300).map(row).collect();
+    rows.insert(100, row(99));
+    rows.push(row(3));
+    let o = s.write_events(EventBatch { backfill: true, ..r.events(rows, IdentityRule::Email) }).await.unwrap();
+    assert_eq!((o.inserted, o.deduplicated), (299, 3));
+    let t = s.totals(r.key.tenant).await.unwrap();
+    assert_eq!((t.events, t.backfilled_events), (300, 299), "each stored once; the live one stays live");
+    let (stored, _) = s.export_page(r.key.tenant, Export::Events, None, 1000).await.unwrap();
+    assert_eq!(stored.len(), 300);
+    for (i, e) in stored.iter().enumerate() {
+        let want = row(i);
+        assert_eq!(e["event_id"], want.event_id.as_str());
+        assert_eq!(e["event_name"], want.name.as_str(), "{e}");
+        assert_eq!(e["timestamp"], trig_store::time::rfc3339(want.ts));
+        assert_eq!(e["properties"]["i"], i, "{e}");
+        assert_eq!(e["backfill"], i != 150, "{e}");
+        assert_eq!(e["email"], "a@x.com");
+    }
 }
 
 async fn a_parked_event_whose_id_later_matches_is_stored_once(f: Fixture) {

@@ -57,7 +57,16 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     match std::env::var("TRIG_BENCH_ROLE").as_deref() {
         Ok("serve") => return rt.block_on(serve()),
-        Ok("sync") => return rt.block_on(sync()),
+        Ok("sync") => {
+            // RUST_LOG=trig_sync=debug: the pump's timers (writer busy, reader mapping and waiting) on stderr.
+            if std::env::var_os("RUST_LOG").is_some() {
+                tracing_subscriber::fmt()
+                    .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                    .with_writer(std::io::stderr)
+                    .init();
+            }
+            return rt.block_on(sync());
+        }
         _ => {}
     }
     let sizes: Vec<u64> =

@@ -8,7 +8,7 @@ use postgres::error::SqlState;
 
 use super::copy::{BinaryCopy, CopyFailed};
 
-use crate::rules::{LeaseRow, Lock, NewPerson, ParkedRow, PersonRow, RecordWrite, Tx, json_list};
+use crate::rules::{LeaseRow, Lock, NewPerson, ParkedRow, PersonRow, RecordWrite, Tx, first_of_each_id, json_list};
 use crate::{
     Error, EventRow, Holder, IdentityRule, Micros, PipelineId, PipelineKey, Quarantined, RunCounts, RunKey, Slot, SyncRun, TenantId,
 };
@@ -344,8 +344,7 @@ impl Tx for Transaction<'_> {
             return Ok(Vec::new());
         }
         // The batch's own repeats first: only the first of an id may be new.
-        let mut seen: HashSet<&str, foldhash::fast::RandomState> = HashSet::with_capacity_and_hasher(rows.len(), Default::default());
-        let firsts: Vec<bool> = rows.iter().map(|(r, _)| seen.insert(r.event_id.as_str())).collect();
+        let firsts = first_of_each_id(rows);
         // A backfill's fast path: one binary COPY straight into events, under
         // a savepoint. Only the lease holder writes a pipeline's events, and
         // a backfill's ids are nearly all new; an id stored already (a resumed
