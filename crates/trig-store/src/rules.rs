@@ -167,7 +167,6 @@ pub(crate) fn now_micros() -> Micros {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
-/// A list as the stores keep it: JSON text.
 /// For each row, whether it is the first of its event id in the batch: only
 /// a first may be new; a later one is the batch's own repeat.
 pub(crate) fn first_of_each_id(rows: &[(&EventRow, i64)]) -> Vec<bool> {
@@ -175,6 +174,7 @@ pub(crate) fn first_of_each_id(rows: &[(&EventRow, i64)]) -> Vec<bool> {
     rows.iter().map(|(r, _)| seen.insert(r.event_id.as_str())).collect()
 }
 
+/// A list as the stores keep it: JSON text.
 pub(crate) fn json_list(v: &[String]) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
 }
