@@ -115,16 +115,31 @@ impl SqliteStore {
         conn.pragma_update(None, "cache_size", -PAGE_CACHE_KIB).map_err(open_err)?;
         until_not_busy(deadline, || migrate(&mut conn, path)).map_err(|e| e.at(path, busy_timeout))?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
+        let checkpoints = if path == ":memory:" { None } else { checkpointer(path, busy_timeout) };
+        if checkpoints.is_some() {
+            conn.pragma_update(None, "wal_autocheckpoint", WAL_SELF_CHECKPOINT_PAGES).map_err(open_err)?;
+        }
         // One thread owns the connection and runs every call in turn: SQLite
         // sees one thread, and its memory stays in one allocator arena.
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("trig-store".into())
             .spawn(move || {
+                let changes = conn.total_changes();
                 let mut worker = Worker { conn, people: PeopleCache::default() };
+                let mut checkpointed_at = changes;
                 while let Ok(job) = queue.recv() {
                     // A panic is a bug; it fails that call (its answer is dropped), not the store.
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut worker)));
+                    // Something was written: the checkpointer copies it from the
+                    // WAL into the database while this thread goes on.
+                    let changes = worker.conn.total_changes();
+                    if let Some(c) = &checkpoints
+                        && changes != checkpointed_at
+                    {
+                        checkpointed_at = changes;
+                        let _ = c.try_send(());
+                    }
                 }
             })
             .map_err(|e| Error::Open { path: path.to_string(), reason: format!("cannot start the store's thread: {e}") })?;
@@ -169,6 +184,37 @@ impl SqliteStore {
         let out = answered.await.map_err(|_| Error::Database("a store call failed unexpectedly (a bug); see the log".into()))?;
         out.map_err(|e| e.at(&path, timeout))
     }
+}
+
+/// WAL pages (4 KiB each) after which the writer checkpoints on its own
+/// thread. The checkpointer normally keeps the WAL far shorter; this bounds it
+/// when that thread cannot keep up or could not start.
+const WAL_SELF_CHECKPOINT_PAGES: i64 = 16_384;
+
+/// Starts the thread that moves committed pages from the WAL into the
+/// database, on a connection of its own, after each write the store's
+/// thread signals (several signals while it works make one more pass).
+/// Copying is about half of what a commit costs; here it runs beside the
+/// writer instead of inside its commits. Its checkpoints are `PASSIVE`: they
+/// never wait for nor block the writer or a reader, and copy what no reader
+/// still needs. It ends when the store's thread does (its sender drops).
+/// `None` when its connection cannot open: the writer then checkpoints
+/// itself, as SQLite does by default.
+fn checkpointer(path: &str, busy_timeout: Duration) -> Option<std::sync::mpsc::SyncSender<()>> {
+    let conn = Connection::open(path).ok()?;
+    conn.busy_timeout(busy_timeout).ok()?;
+    let (signal, signals) = std::sync::mpsc::sync_channel::<()>(1);
+    std::thread::Builder::new()
+        .name("trig-store-wal".into())
+        .spawn(move || {
+            while signals.recv().is_ok() {
+                // A failed pass (another process's checkpoint, a full disk) is
+                // left to the next signal, or to the writer's own bound.
+                let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            }
+        })
+        .ok()?;
+    Some(signal)
 }
 
 /// Runs `f` again while it fails with [`Error::Busy`], until `deadline`.
