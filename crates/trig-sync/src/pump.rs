@@ -121,29 +121,38 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
                     _ = ctx.cancel.cancelled() => return Err(Error::Cancelled),
                 };
                 let Some(next) = next else { continue };
-                let mapping = std::time::Instant::now();
                 let Some(batch) = next else { break };
                 let batch = batch?;
-                reading.rows_read += batch.num_rows() as u64;
-                reading.unsent.rows_read += batch.num_rows() as u64;
-                let (mapped, quarantined) = sink.map(&batch);
-                drop(batch);
-                rows.extend(mapped);
-                bad.extend(quarantined);
-                reading.mapping += mapping.elapsed();
-                if rows.len() + bad.len() >= target {
-                    slot.send(Txn {
-                        rows: std::mem::replace(&mut rows, Vec::with_capacity(target)),
-                        quarantine: std::mem::take(&mut bad),
-                        checkpoints: Vec::new(),
-                        progress: std::mem::take(&mut reading.unsent),
-                    });
-                    // A closed channel means the writer failed; it reports why.
-                    let waiting = std::time::Instant::now();
-                    let Ok(next) = tx.reserve().await else { return Ok(()) };
-                    reading.waiting += waiting.elapsed();
-                    slot = next;
+                // A chunk can hold far more rows than a transaction (Databricks
+                // cuts results into chunks of ~120k rows): it is mapped a
+                // transaction's worth at a time (a slice shares the chunk's
+                // buffers), so mapped rows never exceed two transactions.
+                let mut offset = 0;
+                while offset < batch.num_rows() {
+                    let mapping = std::time::Instant::now();
+                    let take = target.saturating_sub(rows.len() + bad.len()).max(1).min(batch.num_rows() - offset);
+                    let (mapped, quarantined) = sink.map(&batch.slice(offset, take));
+                    offset += take;
+                    reading.rows_read += take as u64;
+                    reading.unsent.rows_read += take as u64;
+                    rows.extend(mapped);
+                    bad.extend(quarantined);
+                    reading.mapping += mapping.elapsed();
+                    if rows.len() + bad.len() >= target {
+                        slot.send(Txn {
+                            rows: std::mem::replace(&mut rows, Vec::with_capacity(target)),
+                            quarantine: std::mem::take(&mut bad),
+                            checkpoints: Vec::new(),
+                            progress: std::mem::take(&mut reading.unsent),
+                        });
+                        // A closed channel means the writer failed; it reports why.
+                        let waiting = std::time::Instant::now();
+                        let Ok(next) = tx.reserve().await else { return Ok(()) };
+                        reading.waiting += waiting.elapsed();
+                        slot = next;
+                    }
                 }
+                drop(batch);
                 ctx.progress(reading.rows_read, window, plan.covered());
             }
             // The statement's last rows and the cursor that covers them: one transaction.

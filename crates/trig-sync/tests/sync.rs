@@ -403,11 +403,12 @@ async fn events_land_exactly_once_matched_to_people_with_bad_rows_quarantined(ba
 async fn a_crash_between_writing_and_committing_loses_and_duplicates_nothing(backend: Backend) {
     let env = Env::start(backend.clone(), 6000, &format!("{PEOPLE}{EVENTS}")).await;
     env.ok("people", Trigger::Schedule).await;
-    // Small windows (a cursor every two days) and small transactions (several per window),
-    // so crashes land both between windows and inside one.
+    // Small windows (a cursor every two days) and small transactions (several per window,
+    // each of exactly `write_batch_rows` but a window's last), so crashes land both
+    // between windows and inside one.
     let options = || EngineOptions { max_window: Duration::from_secs(2 * 86_400), write_batch_rows: 150, ..Default::default() };
     let mut cursors = Vec::new();
-    for nth in [5, 4, 6] {
+    for nth in [5, 4, 7] {
         env.backing.set_failpoint(nth, FailAction::Error);
         let f = env.run_with(options(), "events", Trigger::Schedule).await;
         let e = f.error.expect("the failpoint fails the run");
@@ -421,7 +422,7 @@ async fn a_crash_between_writing_and_committing_loses_and_duplicates_nothing(bac
     // The last crash came inside a window: rows past the cursor were committed without it.
     let last = trig_store::time::rfc3339(cursors[2].unwrap());
     let beyond = env.export(Export::Events).await.iter().filter(|e| e["timestamp"].as_str().unwrap() > last.as_str()).count();
-    assert!(beyond > 0, "a crash inside a window");
+    assert!(beyond > 0, "a crash inside a window: {cursors:?}");
     let resumed = env.run_with(options(), "events", Trigger::Schedule).await;
     assert!(resumed.error.is_none(), "{:?}", resumed.error);
     assert_eq!(resumed.run.window_from, cursors[2], "resumed where it stopped, not restarted");
