@@ -56,17 +56,6 @@ pub struct Manifest {
     pub truncated: bool,
     #[serde(default)]
     pub result_compression: Option<String>,
-    /// Each chunk's place and size (its `byte_count` is the uncompressed Arrow
-    /// size, where a link's is what it serves).
-    #[serde(default)]
-    pub chunks: Vec<ChunkInfo>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct ChunkInfo {
-    pub chunk_index: u64,
-    #[serde(default)]
-    pub byte_count: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -11,19 +11,12 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use crate::api::Column;
 use crate::error::Error;
 
-/// The most a chunk's buffer is sized to before its bytes are seen (256 MiB).
-const MAX_CHUNK_PREALLOCATION: usize = 256 << 20;
-
 /// Decodes one ARROW_STREAM chunk into its record batches. The arrays
 /// point into the (decompressed) chunk buffer: no copy after LZ4.
-pub(crate) fn decode_chunk(bytes: bytes::Bytes, lz4: bool, arrow_bytes: Option<u64>) -> Result<Vec<RecordBatch>, Error> {
+pub(crate) fn decode_chunk(bytes: bytes::Bytes, lz4: bool) -> Result<Vec<RecordBatch>, Error> {
     let bad = |what: &str, e: &dyn std::fmt::Display| Error::Protocol { detail: format!("result chunk: {what}: {e}") };
     let mut buffer = if lz4 {
-        // Sized once from the size the link announced (a growing buffer
-        // would briefly hold up to twice the chunk), within what LZ4 can
-        // expand to and a sane ceiling; a guess when it announced none.
-        let wanted = arrow_bytes.map_or(bytes.len() * 3, |n| (n as usize).saturating_add(64));
-        let mut out = Vec::with_capacity(wanted.min(bytes.len().saturating_mul(255)).min(MAX_CHUNK_PREALLOCATION));
+        let mut out = Vec::with_capacity(bytes.len() * 3);
         lz4_flex::frame::FrameDecoder::new(&bytes[..]).read_to_end(&mut out).map_err(|e| bad("LZ4 frame", &e))?;
         arrow_buffer::Buffer::from_vec(out)
     } else {

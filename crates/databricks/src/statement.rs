@@ -493,18 +493,15 @@ impl Client {
         concurrency: usize,
     ) -> Pin<Box<dyn Stream<Item = Result<RecordBatch, Error>> + Send>> {
         let lz4 = manifest.result_compression.as_deref() == Some("LZ4_FRAME");
-        let sizes: Arc<std::collections::HashMap<u64, u64>> =
-            Arc::new(manifest.chunks.iter().filter_map(|c| Some((c.chunk_index, c.byte_count?))).collect());
         let first_links = Arc::new(std::sync::Mutex::new(first.external_links.unwrap_or_default()));
         let client = self.clone();
         let chunks = stream::iter(0..manifest.total_chunk_count)
             .map(move |index| {
                 let client = client.clone();
                 let id = id.clone();
-                let size = sizes.get(&index).copied();
                 let known =
                     first_links.lock().ok().and_then(|mut l| l.iter().position(|x| x.chunk_index == index).map(|p| l.swap_remove(p)));
-                AbortOnDrop(tokio::spawn(async move { client.fetch_chunk(&id, index, known, lz4, size).await }))
+                AbortOnDrop(tokio::spawn(async move { client.fetch_chunk(&id, index, known, lz4).await }))
             })
             .buffered(concurrency)
             .map(|joined| joined.and_then(|r| r));
@@ -522,7 +519,6 @@ impl Client {
         index: u64,
         known: Option<crate::api::ExternalLink>,
         lz4: bool,
-        arrow_bytes: Option<u64>,
     ) -> Result<Vec<RecordBatch>, Error> {
         let mut link = known;
         let mut refreshed = 0;
@@ -540,7 +536,7 @@ impl Client {
             };
             let policy = self.inner.options.retry;
             match policy.run(|_| self.download(&l.external_link, l.http_headers.as_ref()), Failure::verdict).await {
-                Ok(bytes) => return decode_chunk(bytes, lz4, arrow_bytes),
+                Ok(bytes) => return decode_chunk(bytes, lz4),
                 Err(ex) => match ex.error {
                     Failure::Rest(e) if (400..500).contains(&e.status) && e.status != 429 && refreshed < 3 => {
                         refreshed += 1;

@@ -92,10 +92,11 @@ pub struct EngineOptions {
     /// resumes. Sparse years thus cost a few statements, not one per week.
     pub max_window: Duration,
     /// The rows one statement should return: bounds the work a crash can
-    /// lose (a window is checkpointed when its last rows commit). Memory does
-    /// not grow with it: rows are read a result chunk at a time and written
-    /// a transaction at a time. Fewer, larger statements cost a warehouse
-    /// less (each statement has its own latency, and a scan of its own).
+    /// lose (a window is checkpointed when its last rows commit) and the
+    /// size of a result chunk. Fewer, larger statements cost a warehouse less
+    /// (at 100k a 1M-event backfill ran about a sixth faster here), but peak
+    /// RSS rose from ~125 to ~160 MiB: the allocator keeps freed chunk and
+    /// row buffers for up to a second, and larger chunks leave more of them.
     pub window_rows: u64,
     /// Rows per store transaction (mapped rows are gathered up to about this many).
     pub write_batch_rows: usize,
@@ -172,7 +173,7 @@ impl Default for EngineOptions {
             future_tolerance: Duration::from_secs(3600),
             parked_retention: Duration::from_secs(7 * 86_400),
             max_window: Duration::from_secs(366 * 86_400),
-            window_rows: 100_000,
+            window_rows: 20_000,
             write_batch_rows: 20_000,
             client: ClientOptions::default(),
             query: QueryOptions::default(),
