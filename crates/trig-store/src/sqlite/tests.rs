@@ -222,3 +222,26 @@ fn a_migration_that_fails_leaves_the_old_version_whole() {
     assert_eq!((v, events), (1, 2), "rolled back: still version 1, with its rows");
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[tokio::test]
+async fn committed_pages_reach_the_database_file_without_the_writer_checkpointing() {
+    let (dir, file) = temp_db("checkpointer");
+    let s = SqliteStore::open(&file).unwrap();
+    let (fence, run) = leased(&s, "p").await;
+    let before = std::fs::metadata(&file).unwrap().len();
+    let rows = (0..5000).map(|i| ev(&format!("event-{i:06}"), "a@x.com")).collect();
+    s.write_events(batch(fence, run, rows)).await.unwrap();
+    // The writer checkpoints itself only past 16,384 WAL pages; these few
+    // hundred reach the file because the checkpointer thread copies them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let grown = loop {
+        let now = std::fs::metadata(&file).unwrap().len();
+        if now >= before + 256 * 1024 || std::time::Instant::now() > deadline {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(grown >= before + 256 * 1024, "the database file stayed at {grown} bytes (from {before}): nothing was checkpointed");
+    drop(s);
+    let _ = std::fs::remove_dir_all(dir);
+}
