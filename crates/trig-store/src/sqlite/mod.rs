@@ -125,9 +125,8 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("trig-store".into())
             .spawn(move || {
-                let changes = conn.total_changes();
+                let mut checkpointed_at = conn.total_changes();
                 let mut worker = Worker { conn, people: PeopleCache::default() };
-                let mut checkpointed_at = changes;
                 while let Ok(job) = queue.recv() {
                     // A panic is a bug; it fails that call (its answer is dropped), not the store.
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut worker)));
