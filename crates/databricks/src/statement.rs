@@ -495,16 +495,21 @@ impl Client {
         let lz4 = manifest.result_compression.as_deref() == Some("LZ4_FRAME");
         let first_links = Arc::new(std::sync::Mutex::new(first.external_links.unwrap_or_default()));
         let client = self.clone();
-        let chunks = stream::iter(0..manifest.total_chunk_count)
-            .map(move |index| {
-                let client = client.clone();
-                let id = id.clone();
-                let known =
-                    first_links.lock().ok().and_then(|mut l| l.iter().position(|x| x.chunk_index == index).map(|p| l.swap_remove(p)));
-                AbortOnDrop(tokio::spawn(async move { client.fetch_chunk(&id, index, known, lz4).await }))
-            })
-            .buffered(concurrency)
-            .map(|joined| joined.and_then(|r| r));
+        let fetch = move |index: u64| {
+            let client = client.clone();
+            let id = id.clone();
+            let known = first_links.lock().ok().and_then(|mut l| l.iter().position(|x| x.chunk_index == index).map(|p| l.swap_remove(p)));
+            AbortOnDrop(tokio::spawn(async move { client.fetch_chunk(&id, index, known, lz4).await }))
+        };
+        // The first chunk is on its way as soon as the result is, not when
+        // the stream is first polled: a reader still busy with an earlier
+        // result (a sync maps one window while the next one runs) finds it
+        // downloaded and decoded. The others follow as the stream is read,
+        // at most `concurrency` at a time.
+        let total = manifest.total_chunk_count;
+        let first_chunk = (total > 0).then(|| fetch(0));
+        let chunks =
+            stream::iter(first_chunk).chain(stream::iter(1..total).map(fetch)).buffered(concurrency).map(|joined| joined.and_then(|r| r));
         Box::pin(chunks.flat_map(|r| match r {
             Ok(batches) => stream::iter(batches.into_iter().map(Ok).collect::<Vec<_>>()),
             Err(e) => stream::iter(vec![Err(e)]),

@@ -217,6 +217,15 @@ pub(crate) fn micros(d: Duration) -> Micros {
     d.as_micros().min(i64::MAX as u128) as i64
 }
 
+/// A spawned task, aborted when the handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What one run needs while it runs.
 pub(crate) struct Ctx<'a> {
     pub pipeline: &'a PipelineConfig,
@@ -253,9 +262,31 @@ impl Ctx<'_> {
         }
     }
 
-    /// [`Ctx::query`] for a statement the future owns.
-    pub async fn query_owned(&self, q: Query) -> Result<databricks::ResultStream, Error> {
-        self.query(&q, None).await
+    /// [`Ctx::query`] started at once as a task of its own: the statement
+    /// runs on the warehouse, and is polled for, whatever the caller awaits
+    /// meanwhile (a sync waiting for its writer still has its next window's
+    /// result ready when it gets there). Dropping the returned future aborts
+    /// the task, which cancels the statement.
+    pub fn query_ahead(&self, q: Query) -> impl Future<Output = Result<databricks::ResultStream, Error>> + Send + 'static {
+        if let Some(f) = &self.options.on_statement {
+            f(&q);
+        }
+        let stmt = q.statement().tag("trig_run_id", self.run_id.clone()).tag("trig_pipeline", self.pipeline.name.clone());
+        let (client, options, cancel) = (self.client.clone(), self.options.query.clone(), self.cancel.clone());
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                r = client.query(&stmt, &options) => Ok(r?),
+                _ = cancel.cancelled() => Err(Error::Cancelled),
+            }
+        });
+        let mut task = AbortOnDrop(task);
+        async move {
+            match (&mut task.0).await {
+                Ok(r) => r,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => Err(Error::Cancelled),
+            }
+        }
     }
 
     /// The source's columns, checked against the mapping: a configured column

@@ -3,7 +3,8 @@
 //! transactions of about `write_batch_rows`, and the last transaction of
 //! each statement carries its checkpoints (the cursor moves with the rows it
 //! covers). Memory holds at most two transactions of mapped rows plus the
-//! client's chunks in flight, whatever the size of the source.
+//! client's chunks in flight and the next statement's first chunk, whatever
+//! the size of the source.
 
 use arrow_array::RecordBatch;
 use databricks::ResultStream;
@@ -88,39 +89,42 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
         unsent: Progress::default(),
         mapping: std::time::Duration::ZERO,
         waiting: std::time::Duration::ZERO,
+        source: std::time::Duration::ZERO,
+        transactions: 0,
     };
     let reading = &mut read_into;
     // The reader owns the sender: when it finishes, the writer sees the end.
-    // Sends a step's statement; the future runs only when polled.
-    let start = |step: Step| -> Pending<'_> { (step.checkpoints, step.window, Box::pin(ctx.query_owned(step.query))) };
+    // Sends a step's statement at once (a task of its own); dropping the
+    // future cancels it.
+    let start = |step: Step| -> Pending { (step.checkpoints, step.window, Box::pin(ctx.query_ahead(step.query))) };
     let reader = async move {
         // A transaction is only built once the writer has taken the previous
         // one (the channel's slot is free): at most two exist at once.
         let Ok(mut slot) = tx.reserve().await else { return Ok(()) };
         let mut up_next = plan.next(None).await?.map(start);
         while let Some((checkpoints, window, statement)) = up_next.take() {
+            let waiting = std::time::Instant::now();
             let mut stream = statement.await?;
+            reading.source += waiting.elapsed();
             reading.statement_ids.push(stream.statement_id().to_string());
             reading.unsent.statement_ids.push(stream.statement_id().to_string());
             let bytes = stream.manifest().total_byte_count.unwrap_or(0);
             reading.bytes += bytes;
             reading.unsent.bytes += bytes;
             // The next window (sized from this one's row count) runs on the
-            // warehouse while this one is read; its chunks wait until it is.
-            let mut following = plan.next(Some(stream.total_rows())).await?.map(start);
-            let mut following_done: Option<Result<ResultStream, Error>> = None;
+            // warehouse while this one is read, as a task of its own; when it
+            // succeeds its first chunk downloads (the client fetches it at
+            // once), the rest wait until this one is read.
+            let following = plan.next(Some(stream.total_rows())).await?.map(start);
             let mut rows: Vec<S::Row> = Vec::with_capacity(target.min(stream.total_rows() as usize));
             let mut bad: Vec<Quarantined> = Vec::new();
             loop {
+                let waiting = std::time::Instant::now();
                 let next = tokio::select! {
-                    b = stream.next() => Some(b),
-                    r = async { following.as_mut().expect("guarded").2.as_mut().await }, if following.is_some() && following_done.is_none() => {
-                        following_done = Some(r);
-                        None
-                    }
+                    b = stream.next() => b,
                     _ = ctx.cancel.cancelled() => return Err(Error::Cancelled),
                 };
-                let Some(next) = next else { continue };
+                reading.source += waiting.elapsed();
                 let Some(batch) = next else { break };
                 let batch = batch?;
                 // A chunk can hold far more rows than a transaction (Databricks
@@ -139,6 +143,7 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
                     bad.extend(quarantined);
                     reading.mapping += mapping.elapsed();
                     if rows.len() + bad.len() >= target {
+                        reading.transactions += 1;
                         slot.send(Txn {
                             rows: std::mem::replace(&mut rows, Vec::with_capacity(target)),
                             quarantine: std::mem::take(&mut bad),
@@ -156,16 +161,14 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
                 ctx.progress(reading.rows_read, window, plan.covered());
             }
             // The statement's last rows and the cursor that covers them: one transaction.
+            reading.transactions += 1;
             slot.send(Txn { rows, quarantine: bad, checkpoints, progress: std::mem::take(&mut reading.unsent) });
+            let waiting = std::time::Instant::now();
             let Ok(next) = tx.reserve().await else { return Ok(()) };
+            reading.waiting += waiting.elapsed();
             slot = next;
             ctx.progress(reading.rows_read, window, plan.covered());
-            up_next = following.map(|(c, w, statement)| -> Pending<'_> {
-                match following_done {
-                    Some(done) => (c, w, Box::pin(async move { done })),
-                    None => (c, w, statement),
-                }
-            });
+            up_next = following;
         }
         Ok(())
     };
@@ -187,12 +190,16 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
     let started = std::time::Instant::now();
     let (read, (written, busy, wrote)) = tokio::join!(reader, writer);
     // Which side held the run back: a writer busy nearly all along is the
-    // store's limit; a reader waiting little while mapping much is the CPU's.
+    // store's limit; a reader waiting little while mapping much is the CPU's;
+    // a reader waiting for the source is the warehouse's (or the network's).
     tracing::debug!(
         elapsed_s = started.elapsed().as_secs_f64(),
         writer_busy_s = busy.as_secs_f64(),
         reader_mapping_s = read_into.mapping.as_secs_f64(),
         reader_waiting_s = read_into.waiting.as_secs_f64(),
+        reader_waiting_for_source_s = read_into.source.as_secs_f64(),
+        statements = read_into.statement_ids.len(),
+        transactions = read_into.transactions,
         "statements read into the store"
     );
     // What was read and what committed are counted, even when the run then fails.
@@ -205,7 +212,7 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
 }
 
 /// A step whose statement has been sent (or will be when polled).
-type Pending<'a> = (Vec<Checkpoint>, Option<Window>, futures::future::BoxFuture<'a, Result<ResultStream, Error>>);
+type Pending = (Vec<Checkpoint>, Option<Window>, futures::future::BoxFuture<'static, Result<ResultStream, Error>>);
 
 struct Reading {
     rows_read: u64,
@@ -216,4 +223,7 @@ struct Reading {
     /// Time spent mapping batches, and waiting for the writer to take a transaction.
     mapping: std::time::Duration,
     waiting: std::time::Duration,
+    /// Time spent waiting for the warehouse: a statement's result, a chunk.
+    source: std::time::Duration,
+    transactions: u64,
 }
