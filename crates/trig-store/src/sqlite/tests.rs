@@ -231,8 +231,8 @@ async fn committed_pages_reach_the_database_file_without_the_writer_checkpointin
     let before = std::fs::metadata(&file).unwrap().len();
     let rows = (0..5000).map(|i| ev(&format!("event-{i:06}"), "a@x.com")).collect();
     s.write_events(batch(fence, run, rows)).await.unwrap();
-    // The writer checkpoints itself only past 16,384 WAL pages; these few
-    // hundred reach the file because the checkpointer thread copies them.
+    // The writer checkpoints itself only past 64 MiB of WAL; these pages
+    // reach the file because the checkpointer thread copies them.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let grown = loop {
         let now = std::fs::metadata(&file).unwrap().len();
