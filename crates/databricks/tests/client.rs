@@ -152,6 +152,37 @@ async fn large_results_stream_in_order_through_lz4_external_links() {
     assert!(emu.counters().await["link_downloads"].as_u64().unwrap() >= 20);
 }
 
+/// A sync reads one result while the next statement's runs: that result's
+/// first chunk is downloaded as soon as the result is ready, before the
+/// stream is first read; the rest wait for the reader (memory stays bounded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_results_first_chunk_downloads_before_the_stream_is_read() {
+    let config = EmulatorConfig { chunk_policy: ChunkPolicy { max_rows: 1000, max_bytes: 16 << 20 }, ..Default::default() };
+    let emu = Emu::start_with(config, DemoOptions { events: 5_000, running: true, ..Default::default() }).await;
+    let client = emu.client("service_principal");
+    let stmt = Statement::new("SELECT event_id, event_ts FROM main.product.events ORDER BY event_ts, event_id");
+    let before = emu.counters().await["link_downloads"].as_u64().unwrap();
+    let mut stream = client.query(&stmt, &QueryOptions { max_concurrent_chunks: 2, ..Default::default() }).await.unwrap();
+    assert!(stream.manifest().total_chunk_count >= 4, "chunks: {}", stream.manifest().total_chunk_count);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut downloaded = 0;
+    while std::time::Instant::now() < deadline {
+        downloaded = emu.counters().await["link_downloads"].as_u64().unwrap() - before;
+        if downloaded > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(downloaded, 1, "the first chunk downloads before the stream is read");
+    // Nothing else is fetched until the reader asks.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(emu.counters().await["link_downloads"].as_u64().unwrap() - before, 1);
+    let first = stream.next().await.expect("a batch").unwrap();
+    assert!(first.num_rows() > 0);
+    let rest: usize = stream.collect_batches().await.unwrap().iter().map(|b| b.num_rows()).sum();
+    assert_eq!(first.num_rows() + rest, 5_000);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn named_parameters_bind_with_types() {
     let emu = Emu::start().await;

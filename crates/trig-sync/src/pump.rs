@@ -118,6 +118,8 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
             let following = plan.next(Some(stream.total_rows())).await?.map(start);
             let mut rows: Vec<S::Row> = Vec::with_capacity(target.min(stream.total_rows() as usize));
             let mut bad: Vec<Quarantined> = Vec::new();
+            let total = stream.total_rows();
+            let mut read_here: u64 = 0;
             loop {
                 let waiting = std::time::Instant::now();
                 let next = tokio::select! {
@@ -130,19 +132,30 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
                 // A chunk can hold far more rows than a transaction (Databricks
                 // cuts results into chunks of ~120k rows): it is mapped a
                 // transaction's worth at a time (a slice shares the chunk's
-                // buffers), so mapped rows never exceed two transactions.
+                // buffers), so mapped rows never exceed two transactions (of
+                // which a statement's last may be a quarter larger, below).
                 let mut offset = 0;
                 while offset < batch.num_rows() {
                     let mapping = std::time::Instant::now();
-                    let take = target.saturating_sub(rows.len() + bad.len()).max(1).min(batch.num_rows() - offset);
+                    let held = rows.len() + bad.len();
+                    // The statement's last rows join this transaction rather
+                    // than make one of their own (a commit, and on PostgreSQL a
+                    // WAL flush, for a handful of rows) when they are at most a
+                    // quarter of a transaction more. By the manifest's row
+                    // count; once more rows arrive than it said, as usual.
+                    let left = total.checked_sub(read_here).filter(|&l| l > 0).map(|l| usize::try_from(l).unwrap_or(usize::MAX));
+                    let whole = left.filter(|&l| held.saturating_add(l) <= target + target / 4);
+                    let room = whole.unwrap_or(target.saturating_sub(held));
+                    let take = room.max(1).min(batch.num_rows() - offset);
                     let (mapped, quarantined) = sink.map(&batch.slice(offset, take));
                     offset += take;
+                    read_here += take as u64;
                     reading.rows_read += take as u64;
                     reading.unsent.rows_read += take as u64;
                     rows.extend(mapped);
                     bad.extend(quarantined);
                     reading.mapping += mapping.elapsed();
-                    if rows.len() + bad.len() >= target {
+                    if whole.is_none() && rows.len() + bad.len() >= target {
                         reading.transactions += 1;
                         slot.send(Txn {
                             rows: std::mem::replace(&mut rows, Vec::with_capacity(target)),
