@@ -251,15 +251,21 @@ impl Ctx<'_> {
 
     /// Sends a statement (tagged with the run) and returns its result stream.
     pub async fn query(&self, q: &Query, limit: Option<u64>) -> Result<databricks::ResultStream, Error> {
-        if let Some(f) = &self.options.on_statement {
-            f(q);
-        }
-        let mut stmt = q.statement().tag("trig_run_id", self.run_id.clone()).tag("trig_pipeline", self.pipeline.name.clone());
+        let mut stmt = self.statement(q);
         stmt.row_limit = limit;
         tokio::select! {
             r = self.client.query(&stmt, &self.options.query) => Ok(r?),
             _ = self.cancel.cancelled() => Err(Error::Cancelled),
         }
+    }
+
+    /// The statement `q` sends, tagged with the run (and shown to the
+    /// `on_statement` hook as it is sent).
+    fn statement(&self, q: &Query) -> databricks::Statement {
+        if let Some(f) = &self.options.on_statement {
+            f(q);
+        }
+        q.statement().tag("trig_run_id", self.run_id.clone()).tag("trig_pipeline", self.pipeline.name.clone())
     }
 
     /// [`Ctx::query`] started at once as a task of its own: the statement
@@ -268,10 +274,7 @@ impl Ctx<'_> {
     /// result ready when it gets there). Dropping the returned future aborts
     /// the task, which cancels the statement.
     pub fn query_ahead(&self, q: Query) -> impl Future<Output = Result<databricks::ResultStream, Error>> + Send + 'static {
-        if let Some(f) = &self.options.on_statement {
-            f(&q);
-        }
-        let stmt = q.statement().tag("trig_run_id", self.run_id.clone()).tag("trig_pipeline", self.pipeline.name.clone());
+        let stmt = self.statement(&q);
         let (client, options, cancel) = (self.client.clone(), self.options.query.clone(), self.cancel.clone());
         let task = tokio::spawn(async move {
             tokio::select! {

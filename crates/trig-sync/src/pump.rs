@@ -224,7 +224,7 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
     read
 }
 
-/// A step whose statement has been sent (or will be when polled).
+/// A step whose statement has been sent: its result, when it is ready.
 type Pending = (Vec<Checkpoint>, Option<Window>, futures::future::BoxFuture<'static, Result<ResultStream, Error>>);
 
 struct Reading {
