@@ -15,7 +15,7 @@ use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::Result as DfResult;
-use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 
 use crate::error::SqlError;
@@ -32,23 +32,123 @@ pub struct EmuTable {
 struct TableData {
     schema: SchemaRef,
     batches: Vec<RecordBatch>,
+    /// Per batch, per column: its timestamp range (see [`Stats`]).
+    stats: Vec<Stats>,
+}
+
+/// A batch's statistics, as Delta keeps them per data file: for each
+/// microsecond-timestamp column, its least and greatest non-NULL value
+/// (`None` for other columns, or when every value is NULL). A scan skips
+/// the batches whose ranges no row of the query's filters can fall in, as
+/// Databricks skips files: a window over the last hour does not read a
+/// year of events.
+#[derive(Debug, Clone)]
+struct Stats(Vec<Option<(i64, i64)>>);
+
+impl Stats {
+    fn of(batch: &RecordBatch) -> Stats {
+        use datafusion::arrow::array::{Array, AsArray};
+        use datafusion::arrow::datatypes::{DataType, TimeUnit, TimestampMicrosecondType};
+        Stats(
+            batch
+                .columns()
+                .iter()
+                .map(|c| match c.data_type() {
+                    DataType::Timestamp(TimeUnit::Microsecond, _) => {
+                        let a = c.as_primitive::<TimestampMicrosecondType>();
+                        let values = (0..a.len()).filter(|&i| a.is_valid(i)).map(|i| a.value(i));
+                        values.fold(None, |r, v| Some(r.map_or((v, v), |(lo, hi): (i64, i64)| (lo.min(v), hi.max(v)))))
+                    }
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+
+    /// Whether a row of this batch may satisfy `e` (`false` only when none can).
+    fn may_match(&self, schema: &SchemaRef, e: &Expr) -> bool {
+        use datafusion::logical_expr::{Between, BinaryExpr, Operator};
+        match e {
+            Expr::BinaryExpr(BinaryExpr { left, op: Operator::And, right }) => {
+                self.may_match(schema, left) && self.may_match(schema, right)
+            }
+            Expr::BinaryExpr(BinaryExpr { left, op: Operator::Or, right }) => self.may_match(schema, left) || self.may_match(schema, right),
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                let (range, value, op) = match (self.range(schema, left), micros(right), self.range(schema, right), micros(left)) {
+                    (Some(r), Some(v), _, _) => (r, v, *op),
+                    (_, _, Some(r), Some(v)) => match op.swap() {
+                        Some(op) => (r, v, op),
+                        None => return true,
+                    },
+                    _ => return true,
+                };
+                let (lo, hi) = range;
+                match op {
+                    Operator::Gt => hi > value,
+                    Operator::GtEq => hi >= value,
+                    Operator::Lt => lo < value,
+                    Operator::LtEq => lo <= value,
+                    Operator::Eq => lo <= value && value <= hi,
+                    _ => true,
+                }
+            }
+            Expr::Between(Between { expr, negated: false, low, high }) => match (self.range(schema, expr), micros(low), micros(high)) {
+                (Some((lo, hi)), Some(l), Some(h)) => hi >= l && lo <= h,
+                _ => true,
+            },
+            _ => true,
+        }
+    }
+
+    /// The range of the column `e` names, if it has one.
+    fn range(&self, schema: &SchemaRef, e: &Expr) -> Option<(i64, i64)> {
+        let Expr::Column(c) = e else { return None };
+        self.0.get(schema.index_of(&c.name).ok()?).copied().flatten()
+    }
+}
+
+/// A timestamp literal in microseconds (one that falls between two is left alone).
+fn micros(e: &Expr) -> Option<i64> {
+    use datafusion::scalar::ScalarValue;
+    let Expr::Literal(v, _) = e else { return None };
+    match v {
+        ScalarValue::TimestampSecond(Some(x), _) => x.checked_mul(1_000_000),
+        ScalarValue::TimestampMillisecond(Some(x), _) => x.checked_mul(1_000),
+        ScalarValue::TimestampMicrosecond(Some(x), _) => Some(*x),
+        ScalarValue::TimestampNanosecond(Some(x), _) if x % 1_000 == 0 => Some(x / 1_000),
+        _ => None,
+    }
+}
+
+impl TableData {
+    fn new(schema: SchemaRef, batches: Vec<RecordBatch>) -> TableData {
+        let stats = batches.iter().map(Stats::of).collect();
+        TableData { schema, batches, stats }
+    }
 }
 
 impl EmuTable {
     pub fn new(schema: SchemaRef, batches: Vec<RecordBatch>) -> Self {
-        EmuTable { data: RwLock::new(TableData { schema, batches }) }
+        EmuTable { data: RwLock::new(TableData::new(schema, batches)) }
     }
     pub fn snapshot(&self) -> (SchemaRef, Vec<RecordBatch>) {
         let d = self.data.read().unwrap_or_else(|e| e.into_inner());
         (d.schema.clone(), d.batches.clone())
     }
+    /// The batches a row satisfying every filter may be in.
+    fn batches_for(&self, filters: &[Expr]) -> (SchemaRef, Vec<RecordBatch>) {
+        let d = self.data.read().unwrap_or_else(|e| e.into_inner());
+        let kept = d.batches.iter().zip(&d.stats).filter(|(_, s)| filters.iter().all(|f| s.may_match(&d.schema, f)));
+        (d.schema.clone(), kept.map(|(b, _)| b.clone()).collect())
+    }
     pub fn append(&self, batch: RecordBatch) {
         let mut d = self.data.write().unwrap_or_else(|e| e.into_inner());
+        d.stats.push(Stats::of(&batch));
         d.batches.push(batch);
     }
     pub fn replace(&self, schema: SchemaRef, batches: Vec<RecordBatch>) {
         let mut d = self.data.write().unwrap_or_else(|e| e.into_inner());
-        *d = TableData { schema, batches };
+        *d = TableData::new(schema, batches);
     }
     pub fn row_count(&self) -> usize {
         let d = self.data.read().unwrap_or_else(|e| e.into_inner());
@@ -64,14 +164,18 @@ impl TableProvider for EmuTable {
     fn table_type(&self) -> TableType {
         TableType::Base
     }
+    /// Filters are used to skip batches; the query still applies them to every row.
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
     async fn scan(
         &self,
         _state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
+        filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let (schema, batches) = self.snapshot();
+        let (schema, batches) = self.batches_for(filters);
         // Two partitions: this machine class has two cores.
         let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(), Vec::new()];
         for (i, b) in batches.into_iter().enumerate() {
@@ -494,5 +598,81 @@ impl Denied {
     /// The FAILED statement's error.
     pub fn sql(&self) -> SqlError {
         SqlError::insufficient(self.privilege, self.object_type, &self.object)
+    }
+}
+
+#[cfg(test)]
+mod skipping_tests {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, TimestampMicrosecondArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use datafusion::prelude::{col, lit};
+    use datafusion::scalar::ScalarValue;
+
+    fn table() -> EmuTable {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let batch = |ts: Vec<Option<i64>>| {
+            let n = Int64Array::from(vec![1; ts.len()]);
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(TimestampMicrosecondArray::from(ts).with_timezone("UTC")), Arc::new(n)])
+                .unwrap()
+        };
+        let t = EmuTable::new(schema.clone(), vec![batch(vec![Some(0), Some(10)]), batch(vec![Some(11), None, Some(20)])]);
+        // Appended later, with a row stamped far in the future.
+        t.append(batch(vec![Some(21), Some(1_000), Some(30)]));
+        t
+    }
+
+    fn at(us: i64) -> datafusion::logical_expr::Expr {
+        lit(ScalarValue::TimestampMicrosecond(Some(us), Some("UTC".into())))
+    }
+
+    fn kept(t: &EmuTable, filters: &[datafusion::logical_expr::Expr]) -> Vec<i64> {
+        use datafusion::arrow::array::AsArray;
+        use datafusion::arrow::datatypes::TimestampMicrosecondType;
+        let (_, batches) = t.batches_for(filters);
+        batches.iter().map(|b| b.column(0).as_primitive::<TimestampMicrosecondType>().iter().flatten().next().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_window_reads_only_the_batches_its_rows_can_be_in() {
+        let t = table();
+        // Each batch is named by its first timestamp: 0, 11, 21.
+        assert_eq!(kept(&t, &[col("ts").gt(at(12)), col("ts").lt_eq(at(20))]), vec![11]);
+        assert_eq!(kept(&t, &[col("ts").gt(at(10)).and(col("ts").lt_eq(at(20)))]), vec![11]);
+        assert_eq!(kept(&t, &[at(10).lt(col("ts"))]), vec![11, 21], "a literal on the left is read the other way round");
+        assert_eq!(kept(&t, &[col("ts").gt_eq(at(10))]), vec![0, 11, 21]);
+        assert_eq!(kept(&t, &[col("ts").eq(at(500))]), vec![21], "the future row widens its batch's range");
+        assert_eq!(kept(&t, &[col("ts").between(at(1), at(10))]), vec![0]);
+        assert_eq!(kept(&t, &[col("ts").gt(at(2_000))]), Vec::<i64>::new());
+    }
+
+    #[test]
+    fn what_it_cannot_judge_it_reads() {
+        let t = table();
+        let all = vec![0, 11, 21];
+        // A NULL timestamp matches `IS NULL`, whatever the range.
+        assert_eq!(kept(&t, &[col("ts").gt(at(2_000)).or(col("ts").is_null())]), all);
+        assert_eq!(kept(&t, &[col("n").gt(lit(5i64))]), all, "integer columns keep no ranges");
+        assert_eq!(kept(&t, &[col("ts").not_eq(at(5))]), all);
+        // Nanoseconds between two microseconds are not rounded either way.
+        assert_eq!(kept(&t, &[col("ts").gt(lit(ScalarValue::TimestampNanosecond(Some(2_000_000_001), None)))]), all);
+        assert_eq!(kept(&t, &[col("ts").gt(lit(ScalarValue::TimestampNanosecond(Some(2_000_000_000), None)))]), Vec::<i64>::new());
+    }
+
+    #[test]
+    fn a_replaced_table_gets_new_ranges() {
+        let t = table();
+        let (schema, _) = t.snapshot();
+        let b = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(TimestampMicrosecondArray::from(vec![Some(5_000)]).with_timezone("UTC")), Arc::new(Int64Array::from(vec![1]))],
+        )
+        .unwrap();
+        t.replace(schema, vec![b]);
+        assert_eq!(kept(&t, &[col("ts").gt(at(4_000))]), vec![5_000]);
+        assert_eq!(kept(&t, &[col("ts").lt(at(4_000))]), Vec::<i64>::new());
     }
 }

@@ -272,6 +272,38 @@ impl Cpu {
     }
 }
 
+/// Per thread name, this process's threads' (seconds on a CPU, seconds
+/// runnable but waiting for one) from `/proc/self/task/*/schedstat`.
+fn thread_times() -> std::collections::BTreeMap<String, (f64, f64)> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return out };
+    for task in dir.filter_map(|e| e.ok()) {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default().trim().to_string();
+        let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        let f: Vec<f64> = stat.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+        if let [on, waiting, ..] = f[..] {
+            let e: &mut (f64, f64) = out.entry(comm).or_default();
+            e.0 += on / 1e9;
+            e.1 += waiting / 1e9;
+        }
+    }
+    out
+}
+
+/// The threads' times since `before` (threads that ended are not counted), rounded to ms.
+fn threads_since(before: std::collections::BTreeMap<String, (f64, f64)>) -> Value {
+    let now = thread_times();
+    let m: serde_json::Map<String, Value> = now
+        .into_iter()
+        .map(|(k, (on, waiting))| {
+            let (b_on, b_waiting) = before.get(&k).copied().unwrap_or_default();
+            let r = |x: f64| (x * 1000.0).round() / 1000.0;
+            (k, json!({"on_cpu_s": r(on - b_on), "waiting_for_cpu_s": r(waiting - b_waiting)}))
+        })
+        .collect();
+    Value::Object(m)
+}
+
 fn status_mib(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let kb: f64 =
@@ -322,11 +354,12 @@ async fn sync() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     // Where the CPU goes: this process, the emulator beside it, the PostgreSQL server.
     let emulator = info["pid"].to_string();
-    let (cpu, emulator_before) = (Cpu::start(), cpu_seconds(&emulator));
+    let (cpu, emulator_before, threads_before) = (Cpu::start(), cpu_seconds(&emulator), thread_times());
     let t = Instant::now();
     let f = engine.run("events", Trigger::Schedule, &cancel).await.unwrap();
     let elapsed = t.elapsed().as_secs_f64();
     let (cpu, emulator_cpu) = (cpu.since(), cpu_seconds(&emulator) - emulator_before);
+    let threads = threads_since(threads_before);
     assert!(f.error.is_none(), "{:?}", f.error);
     let peak = status_mib("VmHWM:");
     let c = f.run.counts;
@@ -346,6 +379,7 @@ async fn sync() {
             "peak_rss_mib": peak,
             "cpu_s": {"ours": cpu.0, "emulator": emulator_cpu, "postgres": cpu.1},
             "bare_cpu_s": {"ours": bare.2.0, "postgres": bare.2.1},
+            "threads": threads,
         })
     );
     drop(store);

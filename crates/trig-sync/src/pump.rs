@@ -15,6 +15,12 @@ use crate::query::Query;
 use crate::window::Window;
 use crate::{Ctx, Error};
 
+/// Rows mapped at a time. The writer runs in the reader's task: while the
+/// reader maps it is not polled, so a transaction the store has finished
+/// waits for the mapping to end before the next one is handed over. A slice
+/// of this size maps in about a millisecond.
+const MAP_SLICE_ROWS: usize = 2048;
+
 /// What a pipeline does with rows: map them, and write one transaction.
 pub(crate) trait Sink {
     type Row: Send;
@@ -146,7 +152,7 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
                     let left = total.checked_sub(read_here).filter(|&l| l > 0).map(|l| usize::try_from(l).unwrap_or(usize::MAX));
                     let whole = left.filter(|&l| held.saturating_add(l) <= target + target / 4);
                     let room = whole.unwrap_or(target.saturating_sub(held));
-                    let take = room.max(1).min(batch.num_rows() - offset);
+                    let take = room.max(1).min(batch.num_rows() - offset).min(MAP_SLICE_ROWS);
                     let (mapped, quarantined) = sink.map(&batch.slice(offset, take));
                     offset += take;
                     read_here += take as u64;
@@ -168,6 +174,10 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
                         let Ok(next) = tx.reserve().await else { return Ok(()) };
                         reading.waiting += waiting.elapsed();
                         slot = next;
+                    } else {
+                        // The writer shares this task: let it see that the
+                        // store finished and hand it the next transaction.
+                        tokio::task::yield_now().await;
                     }
                 }
                 drop(batch);
