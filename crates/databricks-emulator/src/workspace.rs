@@ -26,6 +26,8 @@ use crate::error::SqlError;
 #[derive(Debug)]
 pub struct EmuTable {
     data: RwLock<TableData>,
+    /// Batches handed to scans so far (what data skipping saves shows here).
+    batches_scanned: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Clone)]
@@ -129,7 +131,7 @@ impl TableData {
 
 impl EmuTable {
     pub fn new(schema: SchemaRef, batches: Vec<RecordBatch>) -> Self {
-        EmuTable { data: RwLock::new(TableData::new(schema, batches)) }
+        EmuTable { data: RwLock::new(TableData::new(schema, batches)), batches_scanned: Default::default() }
     }
     pub fn snapshot(&self) -> (SchemaRef, Vec<RecordBatch>) {
         let d = self.data.read().unwrap_or_else(|e| e.into_inner());
@@ -139,7 +141,16 @@ impl EmuTable {
     fn batches_for(&self, filters: &[Expr]) -> (SchemaRef, Vec<RecordBatch>) {
         let d = self.data.read().unwrap_or_else(|e| e.into_inner());
         let kept = d.batches.iter().zip(&d.stats).filter(|(_, s)| filters.iter().all(|f| s.may_match(&d.schema, f)));
-        (d.schema.clone(), kept.map(|(b, _)| b.clone()).collect())
+        let kept: Vec<RecordBatch> = kept.map(|(b, _)| b.clone()).collect();
+        self.batches_scanned.fetch_add(kept.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        (d.schema.clone(), kept)
+    }
+    /// How many batches scans have read so far.
+    pub fn batches_scanned(&self) -> u64 {
+        self.batches_scanned.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    pub fn batch_count(&self) -> usize {
+        self.data.read().unwrap_or_else(|e| e.into_inner()).batches.len()
     }
     pub fn append(&self, batch: RecordBatch) {
         let mut d = self.data.write().unwrap_or_else(|e| e.into_inner());
