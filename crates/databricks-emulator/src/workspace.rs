@@ -49,7 +49,8 @@ struct Stats(Vec<Option<(i64, i64)>>);
 
 impl Stats {
     fn of(batch: &RecordBatch) -> Stats {
-        use datafusion::arrow::array::{Array, AsArray};
+        use datafusion::arrow::array::AsArray;
+        use datafusion::arrow::compute::{max, min};
         use datafusion::arrow::datatypes::{DataType, TimeUnit, TimestampMicrosecondType};
         Stats(
             batch
@@ -58,8 +59,7 @@ impl Stats {
                 .map(|c| match c.data_type() {
                     DataType::Timestamp(TimeUnit::Microsecond, _) => {
                         let a = c.as_primitive::<TimestampMicrosecondType>();
-                        let values = (0..a.len()).filter(|&i| a.is_valid(i)).map(|i| a.value(i));
-                        values.fold(None, |r, v| Some(r.map_or((v, v), |(lo, hi): (i64, i64)| (lo.min(v), hi.max(v)))))
+                        Some((min(a)?, max(a)?))
                     }
                     _ => None,
                 })
@@ -148,9 +148,6 @@ impl EmuTable {
     /// How many batches scans have read so far.
     pub fn batches_scanned(&self) -> u64 {
         self.batches_scanned.load(std::sync::atomic::Ordering::Relaxed)
-    }
-    pub fn batch_count(&self) -> usize {
-        self.data.read().unwrap_or_else(|e| e.into_inner()).batches.len()
     }
     pub fn append(&self, batch: RecordBatch) {
         let mut d = self.data.write().unwrap_or_else(|e| e.into_inner());

@@ -122,9 +122,9 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
             // succeeds its first chunk downloads (the client fetches it at
             // once), the rest wait until this one is read.
             let following = plan.next(Some(stream.total_rows())).await?.map(start);
-            let mut rows: Vec<S::Row> = Vec::with_capacity(target.min(stream.total_rows() as usize));
-            let mut bad: Vec<Quarantined> = Vec::new();
             let total = stream.total_rows();
+            let mut rows: Vec<S::Row> = Vec::with_capacity(target.min(total as usize));
+            let mut bad: Vec<Quarantined> = Vec::new();
             let mut read_here: u64 = 0;
             loop {
                 let waiting = std::time::Instant::now();
@@ -136,9 +136,9 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
                 let Some(batch) = next else { break };
                 let batch = batch?;
                 // A chunk can hold far more rows than a transaction (Databricks
-                // cuts results into chunks of ~120k rows): it is mapped a
-                // transaction's worth at a time (a slice shares the chunk's
-                // buffers), so mapped rows never exceed two transactions (of
+                // cuts results into chunks of ~120k rows): it is mapped in
+                // slices of at most a transaction's worth (a slice shares the
+                // chunk's buffers), so mapped rows never exceed two transactions (of
                 // which a statement's last may be a quarter larger, below).
                 let mut offset = 0;
                 while offset < batch.num_rows() {
