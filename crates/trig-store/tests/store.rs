@@ -367,6 +367,18 @@ async fn a_large_backfill_batch_stores_each_new_row_once_with_its_values(f: Fixt
         assert_eq!(e["backfill"], i != 150, "{e}");
         assert_eq!(e["email"], "a@x.com");
     }
+    // A full refresh of the same rows by the next run (its lease's filter
+    // knows none of them), with one new id among them: whole bulk inserts
+    // find every row stored, one finds all but the new one.
+    finish(s, &r).await;
+    let r = start(s, "default", "p").await;
+    let mut again: Vec<EventRow> = (0..300).map(row).collect();
+    again.insert(200, row(300));
+    let o = s.write_events(EventBatch { backfill: true, ..r.events(again, IdentityRule::Email) }).await.unwrap();
+    assert_eq!((o.inserted, o.deduplicated), (1, 300));
+    let (stored, _) = s.export_page(r.key.tenant, Export::Events, None, 1000).await.unwrap();
+    assert_eq!(stored.len(), 301);
+    assert_eq!(stored[300]["event_id"], "b0300");
 }
 
 async fn a_parked_event_whose_id_later_matches_is_stored_once(f: Fixture) {

@@ -502,17 +502,24 @@ impl Store for SqliteStore {
     async fn write_events(&self, batch: EventBatch) -> Result<EventOutcome, Error> {
         #[cfg(feature = "failpoints")]
         let fire = self.failpoint.fire();
-        self.with_worker(move |w| {
-            let mut tx = write_tx(&mut w.conn)?;
-            let (out, found) = rules::write_events(&mut tx, &mut w.people, &batch)?;
-            #[cfg(feature = "failpoints")]
-            crate::failpoint::Failpoint::act(fire)?;
-            tx.commit()?;
-            // Only what committed is remembered.
-            w.people.remember(batch.fence.pipeline.tenant, batch.rule, found);
-            Ok(out)
-        })
-        .await
+        let (out, batch) = self
+            .with_worker(move |w| {
+                let mut tx = write_tx(&mut w.conn)?;
+                let (out, found) = rules::write_events(&mut tx, &mut w.people, &batch)?;
+                #[cfg(feature = "failpoints")]
+                crate::failpoint::Failpoint::act(fire)?;
+                tx.commit()?;
+                // Only what committed is remembered.
+                w.people.remember(batch.fence.pipeline.tenant, batch.rule, found);
+                Ok((out, batch))
+            })
+            .await?;
+        // The rows are freed here, usually on the thread that made them,
+        // not on the store's: the allocator frees a thread's own memory
+        // faster, and the store's thread is a backfill's bottleneck (freeing
+        // them there was 9% of its time).
+        drop(batch);
+        Ok(out)
     }
 
     async fn write_records(&self, batch: RecordBatch) -> Result<RecordOutcome, Error> {
