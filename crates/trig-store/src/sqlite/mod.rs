@@ -517,7 +517,7 @@ impl Store for SqliteStore {
         // The rows are freed here, usually on the thread that made them,
         // not on the store's: the allocator frees a thread's own memory
         // faster, and the store's thread is a backfill's bottleneck (freeing
-        // them there was 9% of its time).
+        // them there was 12% of its time in a 1M-row backfill).
         drop(batch);
         Ok(out)
     }
