@@ -378,6 +378,16 @@ struct ParkedIds {
     len: usize,
 }
 
+/// One pipeline's [`ParkedIds`]: `None` when they are not held.
+struct MayBeParked<'a>(Option<&'a FastSet<String>>);
+
+impl MayBeParked<'_> {
+    /// Whether `id` may be parked (always, for a pipeline not held).
+    fn may_hold(&self, id: &str) -> bool {
+        self.0.is_none_or(|ids| ids.contains(id))
+    }
+}
+
 /// The most parked ids held, over all pipelines.
 const PARKED_IDS_MAX: usize = 100_000;
 
@@ -405,11 +415,11 @@ impl ParkedIds {
         }
     }
 
-    /// Whether `id` may be parked (always, for a pipeline not held).
-    fn may_hold(&self, p: PipelineKey, id: &str) -> bool {
+    /// The ids `p` may have parked (looked up once per batch, not per row).
+    fn of(&self, p: PipelineKey) -> MayBeParked<'_> {
         match self.by_pipeline.get(&p) {
-            Some((_, Some(ids))) => ids.contains(id),
-            _ => true,
+            Some((_, Some(ids))) => MayBeParked(Some(ids)),
+            _ => MayBeParked(None),
         }
     }
 
@@ -493,15 +503,14 @@ fn write_checkpoints<T: Tx>(tx: &mut T, p: PipelineKey, checkpoints: &[Checkpoin
     Ok(())
 }
 
-/// Who each identifier of a batch belongs to: people known, found, claimed
-/// by email or created. Identifiers with no person (an external id without
-/// an email) are absent: their events are parked.
-fn resolve_people<T: Tx>(
+/// Who each identifier of a batch's rows the cache does not know belongs
+/// to: people found, claimed by email or created. Identifiers with no person
+/// (an external id without an email) are absent: their events are parked.
+fn resolve_people<'r, T: Tx>(
     tx: &mut T,
     t: TenantId,
     rule: IdentityRule,
-    rows: &[EventRow],
-    known: Option<&FastMap<String, i64>>,
+    unknown: impl Iterator<Item = &'r EventRow>,
     now: Micros,
     created: &mut u64,
 ) -> Result<FastMap<String, i64>, Error> {
@@ -510,11 +519,8 @@ fn resolve_people<T: Tx>(
     let mut missing: Vec<&str> = Vec::new();
     // The first email given for each identifier in the batch.
     let mut email_of: FastMap<&str, &str> = FastMap::default();
-    for r in rows {
+    for r in unknown {
         let k = r.user_key.as_str();
-        if known.is_some_and(|m| m.contains_key(k)) {
-            continue;
-        }
         if seen.insert(k) {
             missing.push(k);
         }
@@ -616,16 +622,20 @@ pub(crate) fn write_events<T: Tx>(tx: &mut T, cache: &mut PeopleCache, b: &Event
     let t = p.tenant;
     let mut out = EventOutcome::default();
     cache.observe_epoch(t, tx.people_epoch(t)?);
-    let known = cache.maps.get(&(t, b.rule));
-    let resolved = resolve_people(tx, t, b.rule, &b.rows, known, now, &mut out.people_created)?;
+    // Each row's person as the cache knows it: one lookup per row.
+    let known: Vec<Option<i64>> = match cache.maps.get(&(t, b.rule)) {
+        Some(m) => b.rows.iter().map(|r| m.get(r.user_key.as_str()).copied()).collect(),
+        None => vec![None; b.rows.len()],
+    };
+    let unknown = b.rows.iter().zip(&known).filter(|(_, id)| id.is_none()).map(|(r, _)| r);
+    let resolved = resolve_people(tx, t, b.rule, unknown, now, &mut out.people_created)?;
     cache.parked.load(tx, b.fence)?;
 
     let mut matched: Vec<(&EventRow, i64)> = Vec::with_capacity(b.rows.len());
     let mut unmatched: Vec<&EventRow> = Vec::new();
-    for r in &b.rows {
-        let k = r.user_key.as_str();
-        match known.and_then(|m| m.get(k)).or_else(|| resolved.get(k)) {
-            Some(id) => matched.push((r, *id)),
+    for (r, id) in b.rows.iter().zip(known) {
+        match id.or_else(|| resolved.get(r.user_key.as_str()).copied()) {
+            Some(id) => matched.push((r, id)),
             None => unmatched.push(r),
         }
     }
@@ -643,12 +653,13 @@ pub(crate) fn write_events<T: Tx>(tx: &mut T, cache: &mut PeopleCache, b: &Event
     }
     let new = tx.insert_events(p, b.run, b.backfill, now, &matched)?;
     let mut inserted: Vec<&str> = Vec::new();
+    let parked = cache.parked.of(p);
     for ((r, _), new) in matched.iter().zip(&new) {
         if *new {
             if let Some(filter) = &mut filter {
                 StoredIds::add(filter, &r.event_id);
             }
-            if cache.parked.may_hold(p, &r.event_id) {
+            if parked.may_hold(&r.event_id) {
                 inserted.push(&r.event_id);
             }
             out.inserted += 1;

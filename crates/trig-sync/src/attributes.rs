@@ -3,7 +3,7 @@
 //! deletes; with `updated_at` an incremental read, without it a full read
 //! diffed against stored hashes so unchanged records are not rewritten.
 
-use arrow_array::{ArrayRef, RecordBatch as ArrowBatch};
+use arrow_array::RecordBatch as ArrowBatch;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use trig_config::{AttributesSpec, Zone};
@@ -11,7 +11,7 @@ use trig_store::{Checkpoint, Entity, Quarantined, RecordBatch, RecordRow, RunCou
 
 use crate::pump::{self, Sink, Txn};
 use crate::query::{self, Query, Select};
-use crate::values::{json_at, map_batch, normalise_email, row_json, text_at};
+use crate::values::{Col, json_at, map_batch, normalise_email, row_json};
 use crate::window::{Window, incremental_start, upper_bound};
 use crate::{Ctx, DryRun, Error, Trigger, micros, now_micros};
 
@@ -67,20 +67,20 @@ struct Mapper<'a> {
 }
 
 impl Mapper<'_> {
-    fn row(&self, cols: &[ArrayRef], i: usize) -> Result<RecordRow, (Option<String>, String)> {
+    fn row(&self, cols: &[Col<'_>], i: usize) -> Result<RecordRow, (Option<String>, String)> {
         let (l, s) = (self.layout, self.spec);
-        let id = match text_at(&cols[l.id], i) {
+        let id = match cols[l.id].text(i) {
             Ok(Some(v)) if !v.trim().is_empty() => v.trim().to_string(),
             Ok(_) => return Err((None, format!("id (`{}`) is NULL or empty; id and name are required", s.id))),
             Err(e) => return Err((None, format!("id (`{}`): {e}", s.id))),
         };
-        let name = match text_at(&cols[l.name], i) {
+        let name = match cols[l.name].text(i) {
             Ok(Some(v)) if !v.trim().is_empty() => v.trim().to_string(),
             Ok(_) => return Err((Some(id), format!("name (`{}`) is NULL or empty; id and name are required", s.name))),
             Err(e) => return Err((Some(id), format!("name (`{}`): {e}", s.name))),
         };
         let email = match l.email {
-            Some(e) => match text_at(&cols[e], i).ok().flatten() {
+            Some(e) => match cols[e].text(i).ok().flatten() {
                 Some(v) if !v.trim().is_empty() => {
                     Some(normalise_email(&v).ok_or_else(|| (Some(id.clone()), format!("email `{v}` is not an email address")))?)
                 }
@@ -89,13 +89,13 @@ impl Mapper<'_> {
             None => None,
         };
         let link = match l.link {
-            Some(k) => text_at(&cols[k], i).ok().flatten().map(|v| v.trim().to_string()).filter(|v| !v.is_empty()),
+            Some(k) => cols[k].text(i).ok().flatten().map(|v| v.trim().to_string()).filter(|v| !v.is_empty()),
             None => None,
         };
         // NULL clears: absent from the group, which replaces the stored one.
         let mut attrs = Map::new();
         for (name, idx) in &l.attributes {
-            let v = json_at(&cols[*idx], i, Some(&self.zone));
+            let v = json_at(cols[*idx].array, i, Some(&self.zone));
             if !v.is_null() {
                 attrs.insert(name.clone(), v);
             }
@@ -182,8 +182,9 @@ pub(crate) async fn dry_run(ctx: &Ctx<'_>, spec: &AttributesSpec, trigger: Trigg
     let mapper = Mapper { spec, layout: &layout, zone: utc() };
     let mut rows = Vec::new();
     for b in &batches {
+        let cols: Vec<Col<'_>> = b.columns().iter().map(Col::new).collect();
         for i in 0..b.num_rows() {
-            rows.push(match mapper.row(b.columns(), i) {
+            rows.push(match mapper.row(&cols, i) {
                 Ok(r) => json!({
                     "id": r.external_id,
                     "name": r.name,

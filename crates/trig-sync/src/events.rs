@@ -1,6 +1,8 @@
 //! The events pipeline.
 
-use arrow_array::{ArrayRef, RecordBatch};
+use std::borrow::Cow;
+
+use arrow_array::RecordBatch;
 use serde_json::Value;
 use trig_config::EventsSpec;
 use trig_store::time::rfc3339;
@@ -8,7 +10,7 @@ use trig_store::{Checkpoint, EventBatch, EventRow, IdentityRule, Micros, Quarant
 
 use crate::pump::{self, Plan, Sink, Step, Txn};
 use crate::query::{self, Query, Select};
-use crate::values::{Properties, instant_at, map_batch, normalise_email, row_json, text_at};
+use crate::values::{Col, Properties, map_batch, normalise_email, row_json, trimmed};
 use crate::window::{self, Window, incremental_start, upper_bound};
 use crate::{Ctx, DryRun, Error, Trigger, micros, now_micros};
 
@@ -217,20 +219,20 @@ impl Mapper<'_> {
         map_batch(batch, &self.layout.columns, &self.spec.timezone, |cols, i| self.row(cols, i))
     }
 
-    fn row(&self, cols: &[ArrayRef], i: usize) -> Result<EventRow, (Option<String>, String)> {
+    fn row<'b>(&self, cols: &[Col<'b>], i: usize) -> Result<EventRow, (Option<String>, String)> {
         let (l, s) = (self.layout, self.spec);
-        let required = |idx: usize, what: &str, col: &str, key: Option<&str>| -> Result<String, (Option<String>, String)> {
-            match text_at(&cols[idx], i) {
-                Ok(Some(v)) if !v.trim().is_empty() => Ok(v),
+        let required = |idx: usize, what: &str, col: &str, key: Option<&str>| -> Result<Cow<'b, str>, (Option<String>, String)> {
+            match cols[idx].text(i) {
+                Ok(Some(v)) if !trimmed(&v).is_empty() => Ok(v),
                 Ok(_) => Err((key.map(str::to_string), format!("{what} (`{col}`) is NULL or empty"))),
                 Err(e) => Err((key.map(str::to_string), format!("{what} (`{col}`): {e}"))),
             }
         };
-        let event_id = required(l.id, "event id", &s.event_id, None)?;
+        let event_id = required(l.id, "event id", &s.event_id, None)?.into_owned();
         // The row's key in a quarantine reason, built only when there is one.
         let key = || Some(event_id.clone());
-        let name = required(l.name, "event name", &s.event_name, Some(&event_id))?;
-        let ts = match instant_at(&cols[l.ts], i, &s.timezone) {
+        let name = required(l.name, "event name", &s.event_name, Some(&event_id))?.into_owned();
+        let ts = match cols[l.ts].instant(i, &s.timezone) {
             Ok(Some(t)) => t,
             Ok(None) => return Err((key(), format!("timestamp (`{}`) is NULL", s.timestamp))),
             Err(e) => return Err((key(), format!("timestamp (`{}`): {e}", s.timestamp))),
@@ -247,12 +249,12 @@ impl Mapper<'_> {
         }
         let user = required(l.user, "user identifier", &s.user_id, Some(&event_id))?;
         let user_key = match s.user_id_kind {
-            IdentityRule::ExternalId if user.trim().len() == user.len() => user,
+            IdentityRule::ExternalId if trimmed(&user).len() == user.len() => user.into_owned(),
             IdentityRule::ExternalId => user.trim().to_string(),
             IdentityRule::Email => normalise_email(&user).ok_or_else(|| (key(), format!("user identifier `{user}` is not an email")))?,
         };
         let email = match l.email {
-            Some(e) => text_at(&cols[e], i).ok().flatten().and_then(|v| normalise_email(&v)),
+            Some(e) => cols[e].text(i).ok().flatten().and_then(|v| normalise_email(&v)),
             None => None,
         };
         // Late: it happened before the cursor the run started from, yet is new
@@ -414,8 +416,9 @@ pub(crate) async fn dry_run(ctx: &Ctx<'_>, spec: &EventsSpec, trigger: Trigger, 
     };
     let mut rows = Vec::new();
     for b in &batches {
+        let cols: Vec<Col<'_>> = b.columns().iter().map(Col::new).collect();
         for i in 0..b.num_rows() {
-            rows.push(match mapper.row(b.columns(), i) {
+            rows.push(match mapper.row(&cols, i) {
                 Ok(r) => serde_json::json!({
                     "event_id": r.event_id,
                     "event_name": r.name,

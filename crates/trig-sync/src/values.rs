@@ -8,7 +8,12 @@ use arrow_array::types::{
     Date32Type, Date64Type, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, TimestampMicrosecondType,
     TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
 };
-use arrow_array::{Array, ArrayRef};
+use std::borrow::Cow;
+
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, Int32Array, Int64Array, LargeStringArray, MapArray, StringArray, StringViewArray,
+    TimestampMicrosecondArray,
+};
 use arrow_schema::{DataType, TimeUnit};
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
 use serde_json::{Map, Number, Value};
@@ -220,7 +225,7 @@ impl Properties {
     /// written straight from the Arrow cells for the usual case (a MAP with
     /// string keys, scalar listed columns) rather than through a `Value` per
     /// cell; anything else takes [`Properties::value`].
-    pub(crate) fn json(&self, cols: &[ArrayRef], i: usize, zone: &Zone) -> Result<String, String> {
+    pub(crate) fn json(&self, cols: &[Col<'_>], i: usize, zone: &Zone) -> Result<String, String> {
         match self.direct(cols, i, zone) {
             Some(out) => Ok(String::from_utf8(out).expect("serde_json writes UTF-8 and Arrow strings are UTF-8")),
             None => self.value(cols, i, zone).map(|v| v.to_string()),
@@ -228,35 +233,34 @@ impl Properties {
     }
 
     /// The direct path of [`Properties::json`]; `None` when the row needs the general one.
-    fn direct(&self, cols: &[ArrayRef], i: usize, zone: &Zone) -> Option<Vec<u8>> {
+    fn direct(&self, cols: &[Col<'_>], i: usize, zone: &Zone) -> Option<Vec<u8>> {
         let mut out = Vec::with_capacity(96);
         out.push(b'{');
-        let mut keys: Vec<&str> = Vec::with_capacity(self.listed.len() + 4);
+        // The keys written so far, to keep each once (on the stack: no allocation per row).
+        let mut keys: [&str; DIRECT_KEYS_MAX] = [""; DIRECT_KEYS_MAX];
+        let mut n = 0;
         for (name, idx) in &self.listed {
-            if keys.len() == DIRECT_KEYS_MAX {
+            if n == DIRECT_KEYS_MAX {
                 return None;
             }
-            if !keys.is_empty() {
+            if n > 0 {
                 out.push(b',');
             }
-            keys.push(name);
+            keys[n] = name.as_str();
+            n += 1;
             put_str(&mut out, name.as_str());
             out.push(b':');
-            write_cell(&mut out, &cols[*idx], i, Some(zone));
+            cols[*idx].write_json(&mut out, i, Some(zone));
         }
         let Some(idx) = self.column else {
             out.push(b'}');
             return Some(out);
         };
-        let a = &cols[idx];
-        if !a.is_null(i) {
-            let DataType::Map(_, _) = a.data_type() else { return None };
-            let m = a.as_map();
-            let (k, v) = (m.keys(), m.values());
-            let DataType::Utf8 = k.data_type() else { return None };
-            let k = k.as_string::<i32>();
-            let offsets = m.value_offsets();
-            let listed_keys = keys.len();
+        let c = &cols[idx];
+        if !c.is_null(i) {
+            let Kind::Map { map, keys: k, values: v } = &c.kind else { return None };
+            let offsets = map.value_offsets();
+            let listed_keys = n;
             for j in offsets[i] as usize..offsets[i + 1] as usize {
                 if k.is_null(j) {
                     return None;
@@ -267,20 +271,21 @@ impl Properties {
                     continue;
                 }
                 // A map with a key twice keeps its last value (the general path's rule).
-                if keys[listed_keys..].contains(&key) || keys.len() == DIRECT_KEYS_MAX {
+                if keys[listed_keys..n].contains(&key) || n == DIRECT_KEYS_MAX {
                     return None;
                 }
-                if !keys.is_empty() {
+                if n > 0 {
                     out.push(b',');
                 }
-                keys.push(key);
+                keys[n] = key;
+                n += 1;
                 put_str(&mut out, key);
                 out.push(b':');
-                match v.data_type() {
+                match v.array.data_type() {
                     DataType::Map(_, _) | DataType::Struct(_) | DataType::List(_) | DataType::LargeList(_) => {
-                        put(&mut out, &nested_json(v, j, Some(zone)))
+                        put(&mut out, &nested_json(v.array, j, Some(zone)))
                     }
-                    _ => write_cell(&mut out, v, j, Some(zone)),
+                    _ => v.write_json(&mut out, j, Some(zone)),
                 }
             }
         }
@@ -289,13 +294,13 @@ impl Properties {
     }
 
     /// A row's properties as a `Value` (the general path of [`Properties::json`]).
-    pub(crate) fn value(&self, cols: &[ArrayRef], i: usize, zone: &Zone) -> Result<Value, String> {
+    pub(crate) fn value(&self, cols: &[Col<'_>], i: usize, zone: &Zone) -> Result<Value, String> {
         let mut props = Map::new();
         for (name, idx) in &self.listed {
-            props.insert(name.clone(), json_at(&cols[*idx], i, Some(zone)));
+            props.insert(name.clone(), json_at(cols[*idx].array, i, Some(zone)));
         }
         if let Some(idx) = self.column
-            && let Some(obj) = object_at(&cols[idx], i, Some(zone))?
+            && let Some(obj) = object_at(cols[idx].array, i, Some(zone))?
         {
             for (k, v) in obj {
                 props.entry(k).or_insert(v);
@@ -309,24 +314,6 @@ impl Properties {
 /// against each other one by one); a row with more takes [`Properties::value`].
 const DIRECT_KEYS_MAX: usize = 32;
 
-/// Writes what `serde_json` prints for [`json_at`] of a cell; strings,
-/// whole numbers and booleans directly, the rest through [`json_at`].
-fn write_cell(out: &mut Vec<u8>, a: &ArrayRef, i: usize, zone: Option<&Zone>) {
-    if a.is_null(i) {
-        out.extend_from_slice(b"null");
-        return;
-    }
-    match a.data_type() {
-        DataType::Utf8 => put_str(out, a.as_string::<i32>().value(i)),
-        DataType::LargeUtf8 => put_str(out, a.as_string::<i64>().value(i)),
-        DataType::Utf8View => put_str(out, a.as_string_view().value(i)),
-        DataType::Boolean => put(out, &a.as_boolean().value(i)),
-        DataType::Int32 => put(out, &a.as_primitive::<Int32Type>().value(i)),
-        DataType::Int64 => put(out, &a.as_primitive::<Int64Type>().value(i)),
-        _ => put(out, &json_at(a, i, zone)),
-    }
-}
-
 /// Appends `v` as compact JSON. (Serialising into memory cannot fail for
 /// these types: strings, numbers, booleans and `Value`s have no fallible parts.)
 fn put<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
@@ -337,7 +324,9 @@ fn put<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
 /// control characters, `"` and `\\`): then it is copied between quotes as
 /// it is, which is what serde_json would write, without its per-byte work.
 fn put_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    // 16 bytes at a time, each chunk without an early exit, so the check compiles to vector instructions.
+    let plain = s.as_bytes().chunks(16).all(|c| c.iter().fold(true, |ok, &b| ok & (b >= 0x20) & (b != b'"') & (b != b'\\')));
+    if plain {
         out.reserve(s.len() + 2);
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
@@ -352,31 +341,139 @@ pub fn row_json(columns: &[String], cols: &[ArrayRef], i: usize, zone: &Zone) ->
     Value::Object(columns.iter().zip(cols).map(|(name, c)| (name.clone(), json_at(c, i, Some(zone)))).collect())
 }
 
+/// A batch's column with its type looked at once per batch, not per cell:
+/// the kinds the mappers read most are held as their concrete arrays, so a
+/// cell is read without a dynamic call or a type check.
+pub(crate) struct Col<'a> {
+    pub array: &'a ArrayRef,
+    kind: Kind<'a>,
+}
+
+enum Kind<'a> {
+    Utf8(&'a StringArray),
+    LargeUtf8(&'a LargeStringArray),
+    View(&'a StringViewArray),
+    Boolean(&'a BooleanArray),
+    Int32(&'a Int32Array),
+    Int64(&'a Int64Array),
+    /// Microseconds since the epoch, with a zone (so already UTC).
+    Utc(&'a TimestampMicrosecondArray),
+    /// A MAP with string keys (its values read the same way).
+    Map {
+        map: &'a MapArray,
+        keys: &'a StringArray,
+        values: Box<Col<'a>>,
+    },
+    Other,
+}
+
+impl<'a> Col<'a> {
+    pub(crate) fn new(array: &'a ArrayRef) -> Col<'a> {
+        let kind = match array.data_type() {
+            DataType::Utf8 => Kind::Utf8(array.as_string::<i32>()),
+            DataType::LargeUtf8 => Kind::LargeUtf8(array.as_string::<i64>()),
+            DataType::Utf8View => Kind::View(array.as_string_view()),
+            DataType::Boolean => Kind::Boolean(array.as_boolean()),
+            DataType::Int32 => Kind::Int32(array.as_primitive::<Int32Type>()),
+            DataType::Int64 => Kind::Int64(array.as_primitive::<Int64Type>()),
+            DataType::Timestamp(TimeUnit::Microsecond, Some(_)) => Kind::Utc(array.as_primitive::<TimestampMicrosecondType>()),
+            DataType::Map(_, _) => {
+                let map = array.as_map();
+                match map.keys().data_type() {
+                    DataType::Utf8 => Kind::Map { map, keys: map.keys().as_string::<i32>(), values: Box::new(Col::new(map.values())) },
+                    _ => Kind::Other,
+                }
+            }
+            _ => Kind::Other,
+        };
+        Col { array, kind }
+    }
+
+    pub(crate) fn is_null(&self, i: usize) -> bool {
+        match &self.kind {
+            Kind::Utf8(a) => a.is_null(i),
+            Kind::LargeUtf8(a) => a.is_null(i),
+            Kind::View(a) => a.is_null(i),
+            Kind::Boolean(a) => a.is_null(i),
+            Kind::Int32(a) => a.is_null(i),
+            Kind::Int64(a) => a.is_null(i),
+            Kind::Utc(a) => a.is_null(i),
+            Kind::Map { map, .. } => map.is_null(i),
+            Kind::Other => self.array.is_null(i),
+        }
+    }
+
+    /// [`text_at`] of a cell, borrowed from the batch when it is a string.
+    pub(crate) fn text(&self, i: usize) -> Result<Option<Cow<'a, str>>, String> {
+        let s = match &self.kind {
+            Kind::Utf8(a) => (!a.is_null(i)).then(|| a.value(i)),
+            Kind::LargeUtf8(a) => (!a.is_null(i)).then(|| a.value(i)),
+            Kind::View(a) => (!a.is_null(i)).then(|| a.value(i)),
+            _ => return text_at(self.array, i).map(|t| t.map(Cow::Owned)),
+        };
+        Ok(s.map(Cow::Borrowed))
+    }
+
+    /// [`instant_at`] of a cell.
+    pub(crate) fn instant(&self, i: usize, zone: &Zone) -> Result<Option<Micros>, String> {
+        match &self.kind {
+            Kind::Utc(a) => Ok((!a.is_null(i)).then(|| a.value(i))),
+            _ => instant_at(self.array, i, zone),
+        }
+    }
+
+    /// Appends what `serde_json` prints for [`json_at`] of a cell: strings,
+    /// whole numbers and booleans directly, the rest through [`json_at`].
+    fn write_json(&self, out: &mut Vec<u8>, i: usize, zone: Option<&Zone>) {
+        if self.is_null(i) {
+            out.extend_from_slice(b"null");
+            return;
+        }
+        match &self.kind {
+            Kind::Utf8(a) => put_str(out, a.value(i)),
+            Kind::LargeUtf8(a) => put_str(out, a.value(i)),
+            Kind::View(a) => put_str(out, a.value(i)),
+            Kind::Boolean(a) => put(out, &a.value(i)),
+            Kind::Int32(a) => put(out, &a.value(i)),
+            Kind::Int64(a) => put(out, &a.value(i)),
+            _ => put(out, &json_at(self.array, i, zone)),
+        }
+    }
+}
+
 /// A batch mapped row by row: the rows `row` accepts, and the others
 /// quarantined with its reason and the source row.
 pub(crate) fn map_batch<R>(
     batch: &arrow_array::RecordBatch,
     columns: &[String],
     zone: &Zone,
-    row: impl Fn(&[ArrayRef], usize) -> Result<R, (Option<String>, String)>,
+    row: impl Fn(&[Col<'_>], usize) -> Result<R, (Option<String>, String)>,
 ) -> (Vec<R>, Vec<trig_store::Quarantined>) {
-    let cols = batch.columns();
+    let arrays = batch.columns();
+    let cols: Vec<Col<'_>> = arrays.iter().map(Col::new).collect();
     let mut rows = Vec::with_capacity(batch.num_rows());
     let mut bad = Vec::new();
     for i in 0..batch.num_rows() {
-        match row(cols, i) {
+        match row(&cols, i) {
             Ok(r) => rows.push(r),
-            Err((key, reason)) => bad.push(trig_store::Quarantined { key, reason, row: row_json(columns, cols, i, zone).to_string() }),
+            Err((key, reason)) => bad.push(trig_store::Quarantined { key, reason, row: row_json(columns, arrays, i, zone).to_string() }),
         }
     }
     (rows, bad)
+}
+
+/// `s` trimmed, without the Unicode scan when it starts and ends with a
+/// visible ASCII character (nothing to trim), as identifiers nearly always do.
+pub(crate) fn trimmed(s: &str) -> &str {
+    let b = s.as_bytes();
+    if b.first().is_some_and(u8::is_ascii_graphic) && b.last().is_some_and(u8::is_ascii_graphic) { s } else { s.trim() }
 }
 
 /// Trims and lower-cases an email; `None` when it is not one.
 pub fn normalise_email(s: &str) -> Option<String> {
     // Most emails are stored as they should be: printable ASCII, lower case,
     // no space (nor anything to trim). They need only the `@` checks.
-    let plain = s.bytes().all(|b| b.is_ascii_graphic() && !b.is_ascii_uppercase());
+    let plain = s.as_bytes().chunks(16).all(|c| c.iter().fold(true, |ok, &b| ok & b.is_ascii_graphic() & !b.is_ascii_uppercase()));
     let lowered;
     let e = if plain {
         s
@@ -458,7 +555,8 @@ mod tests {
         let count: ArrayRef = Arc::new(Int64Array::from(vec![Some(1), Some(-2), None, Some(i64::MAX), Some(0), Some(7)]));
         let flag: ArrayRef = Arc::new(BooleanArray::from(vec![Some(true), Some(false), None, Some(true), Some(true), None]));
         let ratio: ArrayRef = Arc::new(Float64Array::from(vec![Some(0.1), Some(1e300), None, Some(f64::NAN), Some(-0.0), Some(2.5)]));
-        let cols = [plan, count, flag, ratio, map];
+        let arrays = [plan, count, flag, ratio, map];
+        let cols: Vec<Col<'_>> = arrays.iter().map(Col::new).collect();
         let listed: Vec<(String, usize)> = ["plan", "count", "flag", "ratio"].iter().enumerate().map(|(i, n)| (n.to_string(), i)).collect();
         // A MAP whose values are maps (nested objects).
         let mut nested = MapBuilder::new(None, StringBuilder::new(), MapBuilder::new(None, StringBuilder::new(), Int64Builder::new()));
@@ -476,13 +574,20 @@ mod tests {
                 assert_eq!(p.json(&cols, i, &zone).unwrap(), general, "row {i}, {} listed, column {column:?}", listed.len());
             }
         }
-        let direct = Properties { listed: vec![], column: Some(0) }.json(std::slice::from_ref(&nested), 0, &zone).unwrap();
+        let direct = Properties { listed: vec![], column: Some(0) }.json(&[Col::new(&nested)], 0, &zone).unwrap();
         assert_eq!(direct, r#"{"outer":{"inner":3}}"#);
         assert_eq!(
             Properties { listed: listed.clone(), column: Some(4) }.json(&cols, 0, &zone).unwrap(),
             r#"{"plan":"pro","count":1,"flag":true,"ratio":0.1,"a":"1","q\"uote\n":"é \u0001"}"#
         );
         assert_eq!(Properties { listed: vec![], column: Some(4) }.json(&cols, 1, &zone).unwrap(), r#"{"k":"last"}"#);
+    }
+
+    #[test]
+    fn trimmed_is_trim() {
+        for s in ["", " ", "a", " a", "a ", "evt_1", "\u{a0}x", "x\u{2003}", "\tx\n", "é", "a b", "\u{85}"] {
+            assert_eq!(trimmed(s), s.trim(), "{s:?}");
+        }
     }
 
     #[test]
