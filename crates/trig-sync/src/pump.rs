@@ -3,8 +3,8 @@
 //! transactions of about `write_batch_rows`, and the last transaction of
 //! each statement carries its checkpoints (the cursor moves with the rows it
 //! covers). Memory holds at most two transactions of mapped rows plus the
-//! client's chunks in flight and the next statement's first chunk, whatever
-//! the size of the source.
+//! client's chunks in flight and the next two statements' first chunks,
+//! whatever the size of the source.
 
 use arrow_array::RecordBatch;
 use databricks::ResultStream;
@@ -99,29 +99,62 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
         transactions: 0,
     };
     let reading = &mut read_into;
-    // The reader owns the sender: when it finishes, the writer sees the end.
     // Sends a step's statement at once (a task of its own); dropping the
     // future cancels it.
     let start = |step: Step| -> Pending { (step.checkpoints, step.window, Box::pin(ctx.query_ahead(step.query))) };
+    // The planner runs the statements ahead of the reader, in order: as soon
+    // as one succeeds it decides the next window (sized from this one's row
+    // count), hands this one over (its first chunk downloading: the client
+    // fetches it at once) and sends the next, which runs on the warehouse
+    // while the reader is still on the one before. It waits while the reader
+    // has one statement in hand and one handed over: the statements read,
+    // ready and running are at most three. It owns the sender: when it
+    // finishes, the reader sees the end; when the reader stops, its next
+    // hand-over fails and it stops too.
+    let (ready_tx, mut ready) = tokio::sync::mpsc::channel::<Result<Ready, Error>>(1);
+    let planner = async move {
+        let mut running = match plan.next(None).await {
+            Ok(step) => step.map(start),
+            Err(e) => return drop(ready_tx.send(Err(e)).await),
+        };
+        while let Some((checkpoints, window, statement)) = running.take() {
+            let mut following = None;
+            let handed = match statement.await {
+                Ok(stream) => match plan.next(Some(stream.total_rows())).await {
+                    Ok(step) => {
+                        following = step;
+                        Ok(Ready { checkpoints, window, stream, covered: plan.covered() })
+                    }
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            let failed = handed.is_err();
+            if ready_tx.send(handed).await.is_err() || failed {
+                return;
+            }
+            // Sent once this one is handed over: at most two wait beside the one being read.
+            running = following.map(start);
+        }
+    };
     let reader = async move {
         // A transaction is only built once the writer has taken the previous
         // one (the channel's slot is free): at most two exist at once.
         let Ok(mut slot) = tx.reserve().await else { return Ok(()) };
-        let mut up_next = plan.next(None).await?.map(start);
-        while let Some((checkpoints, window, statement)) = up_next.take() {
+        loop {
             let waiting = std::time::Instant::now();
-            let mut stream = statement.await?;
+            let next = tokio::select! {
+                r = ready.recv() => r,
+                _ = ctx.cancel.cancelled() => return Err(Error::Cancelled),
+            };
             reading.source += waiting.elapsed();
+            let Some(next) = next else { break };
+            let Ready { checkpoints, window, mut stream, covered } = next?;
             reading.statement_ids.push(stream.statement_id().to_string());
             reading.unsent.statement_ids.push(stream.statement_id().to_string());
             let bytes = stream.manifest().total_byte_count.unwrap_or(0);
             reading.bytes += bytes;
             reading.unsent.bytes += bytes;
-            // The next window (sized from this one's row count) runs on the
-            // warehouse while this one is read, as a task of its own; when it
-            // succeeds its first chunk downloads (the client fetches it at
-            // once), the rest wait until this one is read.
-            let following = plan.next(Some(stream.total_rows())).await?.map(start);
             let total = stream.total_rows();
             let mut rows: Vec<S::Row> = Vec::with_capacity(target.min(total as usize));
             let mut bad: Vec<Quarantined> = Vec::new();
@@ -181,7 +214,7 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
                     }
                 }
                 drop(batch);
-                ctx.progress(reading.rows_read, window, plan.covered());
+                ctx.progress(reading.rows_read, window, covered);
             }
             // The statement's last rows and the cursor that covers them: one transaction.
             reading.transactions += 1;
@@ -190,8 +223,7 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
             let Ok(next) = tx.reserve().await else { return Ok(()) };
             reading.waiting += waiting.elapsed();
             slot = next;
-            ctx.progress(reading.rows_read, window, plan.covered());
-            up_next = following;
+            ctx.progress(reading.rows_read, window, covered);
         }
         Ok(())
     };
@@ -211,7 +243,19 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
         (counts, busy, Ok(()))
     };
     let started = std::time::Instant::now();
-    let (read, (written, busy, wrote)) = tokio::join!(reader, writer);
+    // The planner is dropped (its running statement cancelled) once the
+    // reader and the writer are done, whether it finished or not.
+    let (read, (written, busy, wrote)) = {
+        let mut work = std::pin::pin!(async { tokio::join!(reader, writer) });
+        let mut planner = std::pin::pin!(planner);
+        let mut planning = true;
+        loop {
+            tokio::select! {
+                done = &mut work => break done,
+                () = &mut planner, if planning => planning = false,
+            }
+        }
+    };
     // Which side held the run back: a writer busy nearly all along is the
     // store's limit; a reader waiting little while mapping much is the CPU's;
     // a reader waiting for the source is the warehouse's (or the network's).
@@ -232,6 +276,16 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
     run.counts += written;
     wrote?;
     read
+}
+
+/// A statement that succeeded, handed to the reader: the checkpoints its
+/// last transaction commits, its window, its result, and how much of the
+/// run's range is planned (for progress).
+struct Ready {
+    checkpoints: Vec<Checkpoint>,
+    window: Option<Window>,
+    stream: ResultStream,
+    covered: f64,
 }
 
 /// A step whose statement has been sent: its result, when it is ready.
