@@ -137,6 +137,7 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
             running = following.map(start);
         }
     };
+    // The reader owns the writer's sender: when it finishes, the writer sees the end.
     let reader = async move {
         // A transaction is only built once the writer has taken the previous
         // one (the channel's slot is free): at most two exist at once.
