@@ -378,16 +378,6 @@ struct ParkedIds {
     len: usize,
 }
 
-/// One pipeline's [`ParkedIds`]: `None` when they are not held.
-struct MayBeParked<'a>(Option<&'a FastSet<String>>);
-
-impl MayBeParked<'_> {
-    /// Whether `id` may be parked (always, for a pipeline not held).
-    fn may_hold(&self, id: &str) -> bool {
-        self.0.is_none_or(|ids| ids.contains(id))
-    }
-}
-
 /// The most parked ids held, over all pipelines.
 const PARKED_IDS_MAX: usize = 100_000;
 
@@ -415,12 +405,10 @@ impl ParkedIds {
         }
     }
 
-    /// The ids `p` may have parked (looked up once per batch, not per row).
-    fn of(&self, p: PipelineKey) -> MayBeParked<'_> {
-        match self.by_pipeline.get(&p) {
-            Some((_, Some(ids))) => MayBeParked(Some(ids)),
-            _ => MayBeParked(None),
-        }
+    /// The ids `p` may have parked (looked up once per batch, not per row);
+    /// `None` when they are not held: then any id may be parked.
+    fn of(&self, p: PipelineKey) -> Option<&FastSet<String>> {
+        self.by_pipeline.get(&p).and_then(|(_, ids)| ids.as_ref())
     }
 
     fn add<'a>(&mut self, p: PipelineKey, ids: impl Iterator<Item = &'a str>) {
@@ -659,7 +647,7 @@ pub(crate) fn write_events<T: Tx>(tx: &mut T, cache: &mut PeopleCache, b: &Event
             if let Some(filter) = &mut filter {
                 StoredIds::add(filter, &r.event_id);
             }
-            if parked.may_hold(&r.event_id) {
+            if parked.is_none_or(|ids| ids.contains(&r.event_id)) {
                 inserted.push(&r.event_id);
             }
             out.inserted += 1;

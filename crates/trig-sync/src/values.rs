@@ -258,7 +258,7 @@ impl Properties {
         };
         let c = &cols[idx];
         if !c.is_null(i) {
-            let Kind::Map { map, keys: k, values: v } = &c.kind else { return None };
+            let Kind::Map { map, keys: k, values: v, nested } = &c.kind else { return None };
             let offsets = map.value_offsets();
             let listed_keys = n;
             for j in offsets[i] as usize..offsets[i + 1] as usize {
@@ -281,12 +281,7 @@ impl Properties {
                 n += 1;
                 put_str(&mut out, key);
                 out.push(b':');
-                match v.array.data_type() {
-                    DataType::Map(_, _) | DataType::Struct(_) | DataType::List(_) | DataType::LargeList(_) => {
-                        put(&mut out, &nested_json(v.array, j, Some(zone)))
-                    }
-                    _ => v.write_json(&mut out, j, Some(zone)),
-                }
+                if *nested { put(&mut out, &nested_json(v.array, j, Some(zone))) } else { v.write_json(&mut out, j, Some(zone)) }
             }
         }
         out.push(b'}');
@@ -358,11 +353,13 @@ enum Kind<'a> {
     Int64(&'a Int64Array),
     /// Microseconds since the epoch, with a zone (so already UTC).
     Utc(&'a TimestampMicrosecondArray),
-    /// A MAP with string keys (its values read the same way).
+    /// A MAP with string keys (its values read the same way; `nested` when
+    /// they are maps, structs or lists, which properties keep as objects).
     Map {
         map: &'a MapArray,
         keys: &'a StringArray,
         values: Box<Col<'a>>,
+        nested: bool,
     },
     Other,
 }
@@ -380,7 +377,15 @@ impl<'a> Col<'a> {
             DataType::Map(_, _) => {
                 let map = array.as_map();
                 match map.keys().data_type() {
-                    DataType::Utf8 => Kind::Map { map, keys: map.keys().as_string::<i32>(), values: Box::new(Col::new(map.values())) },
+                    DataType::Utf8 => Kind::Map {
+                        map,
+                        keys: map.keys().as_string::<i32>(),
+                        values: Box::new(Col::new(map.values())),
+                        nested: matches!(
+                            map.values().data_type(),
+                            DataType::Map(_, _) | DataType::Struct(_) | DataType::List(_) | DataType::LargeList(_)
+                        ),
+                    },
                     _ => Kind::Other,
                 }
             }

@@ -84,6 +84,7 @@ macro_rules! on_both_stores {
 on_both_stores!(
     events_land_exactly_once_matched_to_people_with_bad_rows_quarantined,
     a_crash_between_writing_and_committing_loses_and_duplicates_nothing,
+    a_window_failing_while_earlier_ones_are_read_keeps_what_they_committed,
     late_rows_within_the_lookback_are_stored_and_counted,
     identity_rules_park_rematch_create_and_expire,
     attributes_diff_by_hash_clear_nulls_link_people_and_never_delete,
@@ -731,6 +732,66 @@ async fn dry_run_shows_the_statement_a_real_run_sends_and_writes_nothing(backend
     let first_window = sent.iter().find(|q| q.sql.starts_with("SELECT `event_id`")).unwrap();
     assert_eq!(first_window.sql, dry.sql);
     assert_eq!(first_window.parameters[0], dry.parameters[0], "same window start");
+}
+
+async fn a_window_failing_while_earlier_ones_are_read_keeps_what_they_committed(backend: Backend) {
+    let env = Env::start(backend.clone(), 6000, &format!("{PEOPLE}{EVENTS}")).await;
+    env.ok("people", Trigger::Schedule).await;
+    // While the fourth window's statement is being built (the first three are
+    // sent, and are read while the planner runs ahead), every later statement
+    // on the events view starts failing.
+    let (base, admin) = (env.emu.base_url(), env.emu.admin_token().to_string());
+    let param = |q: &Query, name: &str| q.parameters.iter().find(|p| p.name == name).and_then(|p| p.value.clone());
+    let windows = Arc::new(AtomicU32::new(0));
+    let third_to: Arc<Mutex<Option<String>>> = Arc::default();
+    let (seen, third) = (windows.clone(), third_to.clone());
+    let on_statement = move |q: &Query| {
+        if !q.sql.starts_with("SELECT `event_id`") {
+            return;
+        }
+        let n = seen.fetch_add(1, Ordering::SeqCst);
+        if n == 2 {
+            *third.lock().unwrap() = param(q, "window_to");
+        }
+        if n == 3 {
+            let (base, admin) = (base.clone(), admin.clone());
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(async {
+                    let fault =
+                        json!({"kind": "fail_statement", "contains": "events_v", "error_class": "DIVIDE_BY_ZERO", "sql_state": "22012"});
+                    let r = reqwest::Client::new().post(format!("{base}/emulator/v1/faults")).bearer_auth(&admin).json(&fault).send().await;
+                    assert!(r.unwrap().status().is_success());
+                })
+            });
+        }
+    };
+    let options = || EngineOptions { max_window: Duration::from_secs(2 * 86_400), write_batch_rows: 150, ..Default::default() };
+    let f = env.run_with(EngineOptions { on_statement: Some(Arc::new(on_statement)), ..options() }, "events", Trigger::Schedule).await;
+    assert!(f.error.is_some(), "the fourth window fails the run");
+    assert_eq!(f.run.status, "failed");
+    assert!(windows.load(Ordering::SeqCst) >= 4);
+    // The three windows before it committed, each with its cursor; nothing past the cursor.
+    let cursor = env.cursor("events", Slot::Backfill).await.unwrap().expect("three windows committed their cursor");
+    let stored = env.export(Export::Events).await;
+    assert!(!stored.is_empty());
+    let last = trig_store::time::rfc3339(cursor);
+    assert!(stored.iter().all(|e| e["timestamp"].as_str().unwrap() <= last.as_str()), "rows past the committed cursor");
+    env.admin(reqwest::Method::DELETE, "/emulator/v1/faults", Value::Null).await;
+    let firsts: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let sink = firsts.clone();
+    let record = move |q: &Query| {
+        if q.sql.starts_with("SELECT `event_id`") {
+            sink.lock().unwrap().push(param(q, "window_from"));
+        }
+    };
+    let resumed = env.run_with(EngineOptions { on_statement: Some(Arc::new(record)), ..options() }, "events", Trigger::Schedule).await;
+    assert!(resumed.error.is_none(), "{:?}", resumed.error);
+    assert_eq!(resumed.run.window_from, Some(cursor), "resumed after the windows that committed");
+    // Exactly the three windows sent before the failure committed: the next run starts where the third ended.
+    let third_to = third_to.lock().unwrap().clone();
+    assert!(third_to.is_some());
+    assert_eq!(firsts.lock().unwrap().first().cloned().flatten(), third_to);
+    env.assert_exactly_once("events").await;
 }
 
 async fn a_cancelled_run_is_recorded_and_the_next_one_completes(backend: Backend) {
