@@ -106,10 +106,11 @@ pub(crate) trait Tx {
     /// Adds figures to a run's record and moves its last commit to `now`.
     fn add_to_run(&mut self, run: RunKey, counts: &RunCounts, statement_ids: &[String], now: Micros) -> Result<(), Error>;
 
-    /// A counter moved whenever a person's email changes, so a process that
-    /// remembers people by email knows when to forget them.
-    fn people_epoch(&mut self, t: TenantId) -> Result<i64, Error>;
+    /// The tenant's two people counters (see [`PeopleEpochs`]).
+    fn people_epochs(&mut self, t: TenantId) -> Result<PeopleEpochs, Error>;
     fn bump_people_epoch(&mut self, t: TenantId) -> Result<(), Error>;
+    /// Moves the `added` counter on: its value after the move.
+    fn bump_people_added(&mut self, t: TenantId) -> Result<i64, Error>;
     fn people_by_external_id(&mut self, t: TenantId, keys: &[&str]) -> Result<Vec<PersonRow>, Error>;
     fn people_by_email(&mut self, t: TenantId, emails: &[&str]) -> Result<Vec<PersonRow>, Error>;
     /// Creates each person unless one with that external id or email exists
@@ -288,16 +289,32 @@ pub(crate) fn finish_run<T: Tx>(tx: &mut T, fence: Fence, run: RunKey, record: &
     tx.update_run(run, record)
 }
 
+/// Two counters of a tenant's people that every writer in every process
+/// moves, so a process that remembers people knows when to forget.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct PeopleEpochs {
+    /// Moved whenever a person's email changes.
+    pub emails: i64,
+    /// Moved whenever a person is created or gains an external id.
+    pub added: i64,
+}
+
 /// People already resolved by identifier, per tenant. External ids never
 /// move and people are never deleted, so those hits stay right whoever
 /// writes; emails can move, so the email half is forgotten whenever the
-/// tenant's people epoch moves (any writer, any process). Entries are added
+/// tenant's `emails` counter moves (any writer, any process). Beside them,
+/// the external ids found with no person (their events were parked), which
+/// are forgotten whenever the `added` counter moves: a backfill's events of
+/// unknown users are not looked up again in every batch. Entries are added
 /// only after their transaction commits. Beside them, the parked ids each
 /// pipeline's lease may find ([`ParkedIds`]), which event writes also need.
 #[derive(Debug, Default)]
 pub(crate) struct PeopleCache {
     maps: HashMap<(TenantId, IdentityRule), FastMap<String, i64>>,
-    epochs: HashMap<TenantId, i64>,
+    /// External ids with no person, as of `epochs[tenant].added`.
+    absent: HashMap<TenantId, FastSet<String>>,
+    epochs: HashMap<TenantId, PeopleEpochs>,
+    /// Entries in `maps` and `absent`.
     len: usize,
     /// Which event ids each pipeline may have parked (see [`ParkedIds`]).
     parked: ParkedIds,
@@ -439,26 +456,75 @@ impl ParkedIds {
 /// The most identifiers the cache holds before it starts over.
 const PEOPLE_CACHE_MAX: usize = 200_000;
 
-/// People resolved in a transaction, for the cache once it commits.
-pub(crate) type Found = Vec<(String, i64)>;
+/// What a transaction learnt about people, for the cache once it commits.
+#[derive(Debug, Default)]
+pub(crate) struct Found {
+    /// Identifiers resolved to a person.
+    people: Vec<(String, i64)>,
+    /// External ids found with no person (and given no email).
+    absent: Vec<String>,
+    /// The `added` counter as the transaction began.
+    added_before: i64,
+    /// The `added` counter after the transaction moved it (it created people).
+    added_after: Option<i64>,
+}
 
 impl PeopleCache {
-    fn observe_epoch(&mut self, t: TenantId, epoch: i64) {
-        if self.epochs.insert(t, epoch) != Some(epoch)
+    /// Forgets what another writer may have made wrong since the last look.
+    fn observe(&mut self, t: TenantId, now: PeopleEpochs) {
+        let was = self.epochs.insert(t, now);
+        if was.map(|w| w.emails) != Some(now.emails)
             && let Some(m) = self.maps.remove(&(t, IdentityRule::Email))
         {
             self.len -= m.len();
         }
+        if was.map(|w| w.added) != Some(now.added) {
+            self.forget_absent(t);
+        }
     }
 
-    /// Remembers what a committed transaction resolved.
+    fn forget_absent(&mut self, t: TenantId) {
+        if let Some(a) = self.absent.remove(&t) {
+            self.len -= a.len();
+        }
+    }
+
+    /// Remembers what a committed transaction learnt.
     pub(crate) fn remember(&mut self, t: TenantId, rule: IdentityRule, found: Found) {
-        if self.len + found.len() > PEOPLE_CACHE_MAX {
+        if self.len + found.people.len() + found.absent.len() > PEOPLE_CACHE_MAX {
             self.maps.clear();
+            self.absent.clear();
             self.len = 0;
         }
+        // The transaction's own move of `added` leaves the absent ids right
+        // (it made only the people it resolved, forgotten below); a move by
+        // anyone else in between may not, and the transaction cannot tell
+        // whether its lookups saw it.
+        let mut absent_hold = true;
+        if let Some(after) = found.added_after {
+            absent_hold = after == found.added_before + 1;
+            if !absent_hold {
+                self.forget_absent(t);
+            }
+            self.epochs.entry(t).or_default().added = after;
+        }
+        if let Some(a) = self.absent.get_mut(&t) {
+            for (k, _) in &found.people {
+                if a.remove(k.as_str()) {
+                    self.len -= 1;
+                }
+            }
+        }
+        if absent_hold && !found.absent.is_empty() {
+            let a = self.absent.entry(t).or_default();
+            for k in found.absent {
+                if a.insert(k) {
+                    self.len += 1;
+                }
+            }
+        }
         let m = self.maps.entry((t, rule)).or_default();
-        for (k, id) in found {
+        for (k, id) in found.people {
             if m.insert(k, id).is_none() {
                 self.len += 1;
             }
@@ -493,7 +559,9 @@ fn write_checkpoints<T: Tx>(tx: &mut T, p: PipelineKey, checkpoints: &[Checkpoin
 
 /// Who each identifier of a batch's rows the cache does not know belongs
 /// to: people found, claimed by email or created. Identifiers with no person
-/// (an external id without an email) are absent: their events are parked.
+/// (an external id without an email) are not in the map (their events are
+/// parked) but in `absent`. `changed` says whether a person was created or
+/// given an external id.
 fn resolve_people<'r, T: Tx>(
     tx: &mut T,
     t: TenantId,
@@ -501,6 +569,8 @@ fn resolve_people<'r, T: Tx>(
     unknown: impl Iterator<Item = &'r EventRow>,
     now: Micros,
     created: &mut u64,
+    absent: &mut Vec<String>,
+    changed: &mut bool,
 ) -> Result<FastMap<String, i64>, Error> {
     let mut resolved: FastMap<String, i64> = FastMap::default();
     let mut seen: FastSet<&str> = FastSet::default();
@@ -541,7 +611,10 @@ fn resolve_people<'r, T: Tx>(
             let mut claims: Vec<(i64, &str)> = Vec::new();
             let mut creating: HashSet<&str> = HashSet::new();
             for k in &unresolved {
-                let Some(e) = email_of.get(k).copied() else { continue };
+                let Some(e) = email_of.get(k).copied() else {
+                    absent.push(k.to_string());
+                    continue;
+                };
                 match by_email.get(e) {
                     // A person created from an email event gets this external id.
                     Some(p) if p.external_id.is_none() && !claims.iter().any(|(id, _)| *id == p.id) => {
@@ -559,6 +632,7 @@ fn resolve_people<'r, T: Tx>(
             }
             if !claims.is_empty() {
                 tx.set_external_ids(t, &claims, now)?;
+                *changed = true;
             }
         }
     }
@@ -566,6 +640,7 @@ fn resolve_people<'r, T: Tx>(
         return Ok(resolved);
     }
     let ids = tx.insert_people(t, &creates, now)?;
+    *changed = true;
     let mut again: Vec<&NewPerson> = Vec::new();
     for (np, id) in creates.iter().zip(&ids) {
         let key = match rule {
@@ -609,14 +684,23 @@ pub(crate) fn write_events<T: Tx>(tx: &mut T, cache: &mut PeopleCache, b: &Event
     let p = b.fence.pipeline;
     let t = p.tenant;
     let mut out = EventOutcome::default();
-    cache.observe_epoch(t, tx.people_epoch(t)?);
+    let epochs = tx.people_epochs(t)?;
+    cache.observe(t, epochs);
     // Each row's person as the cache knows it: one lookup per row.
     let known: Vec<Option<i64>> = match cache.maps.get(&(t, b.rule)) {
         Some(m) => b.rows.iter().map(|r| m.get(r.user_key.as_str()).copied()).collect(),
         None => vec![None; b.rows.len()],
     };
-    let unknown = b.rows.iter().zip(&known).filter(|(_, id)| id.is_none()).map(|(r, _)| r);
-    let resolved = resolve_people(tx, t, b.rule, unknown, now, &mut out.people_created)?;
+    // Rows of an external id known to have no person need no lookup, unless
+    // they bring an email (which may create or claim one).
+    let absent = if b.rule == IdentityRule::ExternalId { cache.absent.get(&t) } else { None };
+    let unknown = b.rows.iter().zip(&known).filter(|(r, id)| {
+        id.is_none() && !(r.email.is_none() && absent.is_some_and(|a| a.contains(r.user_key.as_str())))
+    });
+    let mut found = Found { added_before: epochs.added, ..Found::default() };
+    let mut changed = false;
+    let resolved =
+        resolve_people(tx, t, b.rule, unknown.map(|(r, _)| r), now, &mut out.people_created, &mut found.absent, &mut changed)?;
     cache.parked.load(tx, b.fence)?;
 
     let mut matched: Vec<(&EventRow, i64)> = Vec::with_capacity(b.rows.len());
@@ -684,7 +768,12 @@ pub(crate) fn write_events<T: Tx>(tx: &mut T, cache: &mut PeopleCache, b: &Event
     out.quarantined = tx.insert_quarantine(p, b.run, now, &quarantine_rows(&b.quarantine))?;
     write_checkpoints(tx, p, &b.checkpoints, now)?;
     tx.add_to_run(b.run, &with_progress(out.into(), &b.progress), &b.progress.statement_ids, now)?;
-    Ok((out, resolved.into_iter().collect()))
+    // Last, so that other writers' moves wait on this row for the shortest time.
+    if changed {
+        found.added_after = Some(tx.bump_people_added(t)?);
+    }
+    found.people = resolved.into_iter().collect();
+    Ok((out, found))
 }
 
 /// Replaces `pipeline`'s group in an attributes object.
@@ -840,6 +929,9 @@ pub(crate) fn write_records<T: Tx>(tx: &mut T, b: &RecordBatch) -> Result<Record
     }
     if works.iter().any(|w| w.email_changed) {
         tx.bump_people_epoch(t)?;
+    }
+    if b.entity == Entity::People && !writes.is_empty() {
+        tx.bump_people_added(t)?;
     }
     tx.put_record_hashes(p, &hashes_out)?;
     out.quarantined = tx.insert_quarantine(p, b.run, now, &quarantine_rows(&b.quarantine))?;

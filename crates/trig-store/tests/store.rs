@@ -124,6 +124,7 @@ conformance!(
     a_lease_is_held_by_one_run_and_a_stale_fence_writes_nothing,
     a_claim_after_expiry_marks_the_dead_run_interrupted_at_its_last_commit,
     a_moved_email_is_seen_by_every_connection,
+    an_external_id_with_no_person_is_matched_once_anyone_gives_it_one,
     two_connections_create_each_person_once,
     export_pages_through_everything,
     tenants_and_tokens_are_the_same_records_on_every_connection,
@@ -631,6 +632,51 @@ async fn a_moved_email_is_seen_by_every_connection(f: Fixture) {
     assert_eq!(of("e1"), "u1");
     assert_eq!(of("e3"), "u1");
     assert_eq!(of("e2"), serde_json::Value::Null);
+}
+
+/// A writer remembers the external ids it found with no person (so a
+/// backfill does not look them up again in every batch) and forgets them as
+/// soon as any writer, on any connection, creates a person or gives one an
+/// external id.
+async fn an_external_id_with_no_person_is_matched_once_anyone_gives_it_one(f: Fixture) {
+    let (a, b) = (f.a.as_ref(), f.b.as_ref());
+    let ext = IdentityRule::ExternalId;
+    let events = start(a, "default", "events").await;
+    let write = |rows: Vec<EventRow>| a.write_events(events.events(rows, ext));
+    let o = write(vec![ev("e1", "u9", None)]).await.unwrap();
+    assert_eq!((o.inserted, o.parked), (0, 1));
+    let o = write(vec![ev("e2", "u9", None)]).await.unwrap();
+    assert_eq!((o.inserted, o.parked), (0, 1), "still no person");
+    // Another connection's people pipeline creates u9.
+    let people = start(b, "default", "people").await;
+    assert_eq!(b.write_records(people.records(Entity::People, vec![person("u9", None, "1")])).await.unwrap().inserted, 1);
+    let o = write(vec![ev("e3", "u9", None)]).await.unwrap();
+    assert_eq!((o.inserted, o.parked), (1, 0), "u9 exists now");
+
+    // An event of an absent id that brings an email creates its person, in the same batch as rows without one.
+    assert_eq!(write(vec![ev("e4", "u8", None)]).await.unwrap().parked, 1);
+    let o = write(vec![ev("e5", "u8", None), ev("e6", "u8", Some("eight@x.com"))]).await.unwrap();
+    assert_eq!((o.inserted, o.parked, o.people_created), (2, 0, 1));
+    assert_eq!(write(vec![ev("e7", "u8", None)]).await.unwrap().inserted, 1);
+
+    // Another connection's events give an absent id the person an email event created before.
+    let by_email = start(b, "default", "signups").await;
+    b.write_events(by_email.events(vec![ev("s1", "seven@x.com", None)], IdentityRule::Email)).await.unwrap();
+    assert_eq!(write(vec![ev("e8", "u7", None)]).await.unwrap().parked, 1);
+    let claims = start(b, "default", "logins").await;
+    let o = b.write_events(claims.events(vec![ev("l1", "u7", Some("seven@x.com"))], ext)).await.unwrap();
+    assert_eq!((o.inserted, o.people_created), (1, 0), "u7 claims the person signups created");
+    let o = write(vec![ev("e9", "u7", None)]).await.unwrap();
+    assert_eq!((o.inserted, o.parked), (1, 0), "u7 has a person now");
+
+    // Another connection's events create a person for an absent id.
+    assert_eq!(write(vec![ev("e10", "u6", None)]).await.unwrap().parked, 1);
+    let o = b.write_events(claims.events(vec![ev("l2", "u6", Some("six@x.com"))], ext)).await.unwrap();
+    assert_eq!((o.inserted, o.people_created), (1, 1));
+    assert_eq!(write(vec![ev("e11", "u6", None)]).await.unwrap().inserted, 1);
+
+    let t = a.totals(events.key.tenant).await.unwrap();
+    assert_eq!((t.parked, t.people), (5, 4), "e1, e2, e4, e8 and e10 wait for a re-match; u9, u8, u7 and u6");
 }
 
 async fn two_connections_create_each_person_once(f: Fixture) {

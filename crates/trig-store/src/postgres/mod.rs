@@ -30,6 +30,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("v2.sql"),
     // 3: the pages' sign-ins (sessions and one-time login links, by hash).
     include_str!("v3.sql"),
+    // 4: a counter of people created or given an external id (the cache of identifiers with no person).
+    include_str!("v4.sql"),
 ];
 /// The schema version this build reads and writes.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;

@@ -8,7 +8,7 @@ use postgres::error::SqlState;
 
 use super::copy::{BinaryCopy, CopyFailed};
 
-use crate::rules::{LeaseRow, Lock, NewPerson, ParkedRow, PersonRow, RecordWrite, Tx, first_of_each_id, json_list};
+use crate::rules::{LeaseRow, Lock, NewPerson, ParkedRow, PeopleEpochs, PersonRow, RecordWrite, Tx, first_of_each_id, json_list};
 use crate::{
     Error, EventRow, Holder, IdentityRule, Micros, PipelineId, PipelineKey, Quarantined, RunCounts, RunKey, Slot, SyncRun, TenantId,
 };
@@ -190,13 +190,21 @@ impl Tx for Transaction<'_> {
         Ok(())
     }
 
-    fn people_epoch(&mut self, t: TenantId) -> Result<i64, Error> {
-        Ok(self.query_opt("SELECT people_epoch FROM tenants WHERE id = $1", &[&t.0])?.map(|r| r.get(0)).unwrap_or(0))
+    fn people_epochs(&mut self, t: TenantId) -> Result<PeopleEpochs, Error> {
+        Ok(self
+            .query_opt("SELECT people_epoch, people_added FROM tenants WHERE id = $1", &[&t.0])?
+            .map(|r| PeopleEpochs { emails: r.get(0), added: r.get(1) })
+            .unwrap_or_default())
     }
 
     fn bump_people_epoch(&mut self, t: TenantId) -> Result<(), Error> {
         self.execute("UPDATE tenants SET people_epoch = people_epoch + 1 WHERE id = $1", &[&t.0])?;
         Ok(())
+    }
+
+    fn bump_people_added(&mut self, t: TenantId) -> Result<i64, Error> {
+        let r = self.query_opt("UPDATE tenants SET people_added = people_added + 1 WHERE id = $1 RETURNING people_added", &[&t.0])?;
+        Ok(r.map(|r| r.get(0)).unwrap_or(0))
     }
 
     fn people_by_external_id(&mut self, t: TenantId, keys: &[&str]) -> Result<Vec<PersonRow>, Error> {

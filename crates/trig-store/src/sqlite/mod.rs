@@ -41,6 +41,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("v4.sql"),
     // 5: the pages' sign-ins (sessions and one-time login links, by hash).
     include_str!("v5.sql"),
+    // 6: a counter of people created or given an external id (the cache of identifiers with no person).
+    include_str!("v6.sql"),
 ];
 /// The schema version this build reads and writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
-use crate::rules::{LeaseRow, Lock, NewPerson, ParkedRow, PersonRow, RecordWrite, Tx, first_of_each_id, json_list, now_micros};
+use crate::rules::{LeaseRow, Lock, NewPerson, ParkedRow, PeopleEpochs, PersonRow, RecordWrite, Tx, first_of_each_id, json_list, now_micros};
 use crate::{
     Error, EventRow, Holder, IdentityRule, Micros, PipelineId, PipelineKey, Quarantined, RunCounts, RunKey, Slot, SyncRun, TenantId,
 };
@@ -199,13 +199,25 @@ impl Tx for Transaction<'_> {
         Ok(())
     }
 
-    fn people_epoch(&mut self, t: TenantId) -> Result<i64, Error> {
-        Ok(self.prepare_cached("SELECT people_epoch FROM tenants WHERE id = ?1")?.query_row([t.0], |r| r.get(0)).optional()?.unwrap_or(0))
+    fn people_epochs(&mut self, t: TenantId) -> Result<PeopleEpochs, Error> {
+        Ok(self
+            .prepare_cached("SELECT people_epoch, people_added FROM tenants WHERE id = ?1")?
+            .query_row([t.0], |r| Ok(PeopleEpochs { emails: r.get(0)?, added: r.get(1)? }))
+            .optional()?
+            .unwrap_or_default())
     }
 
     fn bump_people_epoch(&mut self, t: TenantId) -> Result<(), Error> {
         self.prepare_cached("UPDATE tenants SET people_epoch = people_epoch + 1 WHERE id = ?1")?.execute([t.0])?;
         Ok(())
+    }
+
+    fn bump_people_added(&mut self, t: TenantId) -> Result<i64, Error> {
+        Ok(self
+            .prepare_cached("UPDATE tenants SET people_added = people_added + 1 WHERE id = ?1 RETURNING people_added")?
+            .query_row([t.0], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0))
     }
 
     fn people_by_external_id(&mut self, t: TenantId, keys: &[&str]) -> Result<Vec<PersonRow>, Error> {
