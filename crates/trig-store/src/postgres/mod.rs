@@ -396,18 +396,23 @@ impl Store for PostgresStore {
     }
 
     async fn write_events(&self, batch: EventBatch) -> Result<EventOutcome, Error> {
-        self.with(move |c, inner| {
-            // The cache is held for the transaction: this process's event writes take turns.
-            let mut people = inner.people.lock().unwrap_or_else(|p| p.into_inner());
-            let mut tx = c.transaction()?;
-            let (out, found) = rules::write_events(&mut tx, &mut people, &batch)?;
-            #[cfg(feature = "failpoints")]
-            crate::failpoint::Failpoint::act(inner.failpoint.fire())?;
-            tx.commit()?;
-            people.remember(batch.fence.pipeline.tenant, batch.rule, found);
-            Ok(out)
-        })
-        .await
+        let (out, batch) = self
+            .with(move |c, inner| {
+                // The cache is held for the transaction: this process's event writes take turns.
+                let mut people = inner.people.lock().unwrap_or_else(|p| p.into_inner());
+                let mut tx = c.transaction()?;
+                let (out, found) = rules::write_events(&mut tx, &mut people, &batch)?;
+                #[cfg(feature = "failpoints")]
+                crate::failpoint::Failpoint::act(inner.failpoint.fire())?;
+                tx.commit()?;
+                people.remember(batch.fence.pipeline.tenant, batch.rule, found);
+                Ok((out, batch))
+            })
+            .await?;
+        // Off the writer's path to its next batch (freeing 20k rows on the
+        // connection's thread held the next transaction back ~1.7 ms).
+        rules::free_later(batch);
+        Ok(out)
     }
 
     async fn write_records(&self, batch: RecordBatch) -> Result<RecordOutcome, Error> {

@@ -519,7 +519,9 @@ impl Store for SqliteStore {
         // The rows are freed here, usually on the thread that made them,
         // not on the store's: the allocator frees a thread's own memory
         // faster, and the store's thread is a backfill's bottleneck (freeing
-        // them there was 12% of its time in a 1M-row backfill).
+        // them there was 12% of its time in a 1M-row backfill). (Freed on
+        // another task instead, as PostgreSQL's are, the 1M sync was no
+        // faster and its peak RSS rose 115–119 → 125–133 MiB.)
         drop(batch);
         Ok(out)
     }

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
-use crate::rules::{LeaseRow, Lock, NewPerson, ParkedRow, PeopleEpochs, PersonRow, RecordWrite, Tx, first_of_each_id, json_list, now_micros};
+use crate::rules::{
+    LeaseRow, Lock, NewPerson, ParkedRow, PeopleEpochs, PersonRow, RecordWrite, Tx, first_of_each_id, json_list, now_micros,
+};
 use crate::{
     Error, EventRow, Holder, IdentityRule, Micros, PipelineId, PipelineKey, Quarantined, RunCounts, RunKey, Slot, SyncRun, TenantId,
 };
