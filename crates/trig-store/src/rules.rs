@@ -561,17 +561,14 @@ fn write_checkpoints<T: Tx>(tx: &mut T, p: PipelineKey, checkpoints: &[Checkpoin
 /// Who each identifier of a batch's rows the cache does not know belongs
 /// to: people found, claimed by email or created. Identifiers with no person
 /// (an external id without an email) are not in the map (their events are
-/// parked) but in `absent`. `changed` says whether a person was created or
-/// given an external id.
+/// parked) but in `did.absent`.
 fn resolve_people<'r, T: Tx>(
     tx: &mut T,
     t: TenantId,
     rule: IdentityRule,
     unknown: impl Iterator<Item = &'r EventRow>,
     now: Micros,
-    created: &mut u64,
-    absent: &mut Vec<String>,
-    changed: &mut bool,
+    did: &mut Resolved,
 ) -> Result<FastMap<String, i64>, Error> {
     let mut resolved: FastMap<String, i64> = FastMap::default();
     let mut seen: FastSet<&str> = FastSet::default();
@@ -613,7 +610,7 @@ fn resolve_people<'r, T: Tx>(
             let mut creating: HashSet<&str> = HashSet::new();
             for k in &unresolved {
                 let Some(e) = email_of.get(k).copied() else {
-                    absent.push(k.to_string());
+                    did.absent.push(k.to_string());
                     continue;
                 };
                 match by_email.get(e) {
@@ -633,7 +630,7 @@ fn resolve_people<'r, T: Tx>(
             }
             if !claims.is_empty() {
                 tx.set_external_ids(t, &claims, now)?;
-                *changed = true;
+                did.changed = true;
             }
         }
     }
@@ -641,7 +638,7 @@ fn resolve_people<'r, T: Tx>(
         return Ok(resolved);
     }
     let ids = tx.insert_people(t, &creates, now)?;
-    *changed = true;
+    did.changed = true;
     let mut again: Vec<&NewPerson> = Vec::new();
     for (np, id) in creates.iter().zip(&ids) {
         let key = match rule {
@@ -650,7 +647,7 @@ fn resolve_people<'r, T: Tx>(
         };
         match (id, key) {
             (Some(id), Some(key)) => {
-                *created += 1;
+                did.created += 1;
                 resolved.insert(key, *id);
             }
             _ => again.push(np),
@@ -677,6 +674,17 @@ fn resolve_people<'r, T: Tx>(
         }
     }
     Ok(resolved)
+}
+
+/// What resolving a batch's people did besides finding them.
+#[derive(Debug, Default)]
+struct Resolved {
+    /// People created.
+    created: u64,
+    /// External ids found with no person (and given no email).
+    absent: Vec<String>,
+    /// Whether a person was created or given an external id.
+    changed: bool,
 }
 
 /// Frees what a write no longer needs (a batch's rows) on another task of
@@ -709,9 +717,10 @@ pub(crate) fn write_events<T: Tx>(tx: &mut T, cache: &mut PeopleCache, b: &Event
         .iter()
         .zip(&known)
         .filter(|(r, id)| id.is_none() && !(r.email.is_none() && absent.is_some_and(|a| a.contains(r.user_key.as_str()))));
-    let mut found = Found { added_before: epochs.added, ..Found::default() };
-    let mut changed = false;
-    let resolved = resolve_people(tx, t, b.rule, unknown.map(|(r, _)| r), now, &mut out.people_created, &mut found.absent, &mut changed)?;
+    let mut did = Resolved::default();
+    let resolved = resolve_people(tx, t, b.rule, unknown.map(|(r, _)| r), now, &mut did)?;
+    out.people_created = did.created;
+    let mut found = Found { absent: did.absent, added_before: epochs.added, ..Found::default() };
     cache.parked.load(tx, b.fence)?;
 
     let mut matched: Vec<(&EventRow, i64)> = Vec::with_capacity(b.rows.len());
@@ -786,7 +795,7 @@ pub(crate) fn write_events<T: Tx>(tx: &mut T, cache: &mut PeopleCache, b: &Event
     write_checkpoints(tx, p, &b.checkpoints, now)?;
     tx.add_to_run(b.run, &with_progress(out.into(), &b.progress), &b.progress.statement_ids, now)?;
     // Last, so that other writers' moves wait on this row for the shortest time.
-    if changed {
+    if did.changed {
         found.added_after = Some(tx.bump_people_added(t)?);
     }
     found.people = resolved.into_iter().collect();
