@@ -295,7 +295,8 @@ pub(crate) fn finish_run<T: Tx>(tx: &mut T, fence: Fence, run: RunKey, record: &
 pub(crate) struct PeopleEpochs {
     /// Moved whenever a person's email changes.
     pub emails: i64,
-    /// Moved whenever a person is created or gains an external id.
+    /// Moved whenever a person with an external id is created or a person
+    /// gains one (never by a person made from an email alone).
     pub added: i64,
 }
 
@@ -638,7 +639,8 @@ fn resolve_people<'r, T: Tx>(
         return Ok(resolved);
     }
     let ids = tx.insert_people(t, &creates, now)?;
-    did.changed = true;
+    // A person made from an email has no external id: no absent id can be theirs.
+    did.changed |= rule == IdentityRule::ExternalId;
     let mut again: Vec<&NewPerson> = Vec::new();
     for (np, id) in creates.iter().zip(&ids) {
         let key = match rule {
@@ -683,17 +685,8 @@ struct Resolved {
     created: u64,
     /// External ids found with no person (and given no email).
     absent: Vec<String>,
-    /// Whether a person was created or given an external id.
+    /// Whether a person with an external id was created, or one was given an external id.
     changed: bool,
-}
-
-/// Frees what a write no longer needs (a batch's rows) on another task of
-/// the runtime, so that the writer goes on to its next batch at once.
-pub(crate) fn free_later<T: Send + 'static>(v: T) {
-    match tokio::runtime::Handle::try_current() {
-        Ok(rt) => drop(rt.spawn(async move { drop(v) })),
-        Err(_) => drop(v),
-    }
 }
 
 /// Stores a batch of events (see [`crate::Store::write_events`]).

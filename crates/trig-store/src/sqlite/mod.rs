@@ -41,7 +41,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("v4.sql"),
     // 5: the pages' sign-ins (sessions and one-time login links, by hash).
     include_str!("v5.sql"),
-    // 6: a counter of people created or given an external id (the cache of identifiers with no person).
+    // 6: a counter of people given an external id (created with one, or claimed) (the cache of identifiers with no person).
     include_str!("v6.sql"),
 ];
 /// The schema version this build reads and writes.
