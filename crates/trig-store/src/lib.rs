@@ -372,7 +372,21 @@ pub trait Store: Catalog + Send + Sync + 'static {
     /// matching, parking), quarantined rows and the checkpoints, and adds what
     /// it did (and the batch's progress) to the run's record, in one
     /// transaction that checks the fence.
+    ///
+    /// A run may have up to [`Store::event_writes_in_flight`] of these
+    /// pending at once. They commit in the order they were **called** (not
+    /// the order their futures are first polled: the call takes its place),
+    /// each as if the ones before it had committed first; when one fails,
+    /// the ones called after it while it was pending fail too and write
+    /// nothing, so a cursor never moves past rows that were not stored.
     async fn write_events(&self, batch: EventBatch) -> Result<EventOutcome, Error>;
+
+    /// How many [`Store::write_events`] of one run may be pending at once:
+    /// more than one where the next batch's work can overlap this one's
+    /// commit (PostgreSQL, on a second connection).
+    fn event_writes_in_flight(&self) -> usize {
+        1
+    }
 
     /// Upserts people or organisations whose hash changed, quarantined rows
     /// and the checkpoints, and adds what it did to the run's record, in one

@@ -9,6 +9,7 @@
 //! returns `Ok`.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 
 /// The maps and sets built per row of a batch (identifiers, event ids): a
 /// fast hasher, seeded per process.
@@ -509,6 +510,11 @@ impl PeopleCache {
                 self.forget_absent(t);
             }
             self.epochs.entry(t).or_default().added = after;
+        } else if self.epochs.get(&t).is_some_and(|e| e.added != found.added_before) {
+            // A transaction that overlapped this one (an earlier batch still
+            // committing when this one looked) moved it: this one's lookups
+            // may predate that move.
+            absent_hold = false;
         }
         if let Some(a) = self.absent.get_mut(&t) {
             for (k, _) in &found.people {
@@ -689,32 +695,72 @@ struct Resolved {
     changed: bool,
 }
 
-/// Stores a batch of events (see [`crate::Store::write_events`]).
-pub(crate) fn write_events<T: Tx>(tx: &mut T, cache: &mut PeopleCache, b: &EventBatch) -> Result<(EventOutcome, Found), Error> {
-    let (now, _) = check_fence(tx, b.fence)?;
+/// The people cache, held only around steps in memory, never across a
+/// statement that may wait for another transaction's locks: a transaction
+/// that creates a person another (uncommitted) one created waits for it to
+/// commit, and that one may need the cache to get there.
+fn cached<R>(cache: &Mutex<PeopleCache>, f: impl FnOnce(&mut PeopleCache) -> R) -> R {
+    f(&mut cache.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// What the first half of an event batch's transaction did, for the second.
+pub(crate) struct EventsFirst<'b> {
+    out: EventOutcome,
+    found: Found,
+    resolved: FastMap<String, i64>,
+    changed: bool,
+    /// Rows with a person, inserted in the first half, and whether each was new.
+    inserted: Vec<(&'b EventRow, bool)>,
+    /// Rows with a person whose id the stored-ids filter may hold: confirmed
+    /// against the table and inserted in the second half.
+    maybe: Vec<(&'b EventRow, i64)>,
+    /// Rows with no person (parked in the second half).
+    unmatched: Vec<&'b EventRow>,
+}
+
+/// Stores a batch of events (see [`crate::Store::write_events`]): the two
+/// halves of its transaction, one after the other.
+pub(crate) fn write_events<T: Tx>(tx: &mut T, cache: &Mutex<PeopleCache>, b: &EventBatch) -> Result<(EventOutcome, Found), Error> {
+    let first = events_first(tx, cache, b)?;
+    events_second(tx, cache, b, first)
+}
+
+/// The first half of an event batch's transaction: people found (or made)
+/// for its rows, and the rows with a person that are certainly new to this
+/// lease inserted. It takes no lock the second half of an earlier batch of
+/// the same pipeline may need, so it may run while that one finishes (see
+/// [`crate::Store::event_writes_in_flight`]): it reads nothing that batch
+/// writes in its second half, and the rows it inserts are none of that
+/// batch's (every id a first half saw goes into the stored-ids filter
+/// before the next first half splits its rows by it).
+pub(crate) fn events_first<'b, T: Tx>(tx: &mut T, cache: &Mutex<PeopleCache>, b: &'b EventBatch) -> Result<EventsFirst<'b>, Error> {
+    let now = tx.now()?;
     let p = b.fence.pipeline;
     let t = p.tenant;
     let mut out = EventOutcome::default();
     let epochs = tx.people_epochs(t)?;
-    cache.observe(t, epochs);
-    // Each row's person as the cache knows it: one lookup per row.
-    let known: Vec<Option<i64>> = match cache.maps.get(&(t, b.rule)) {
-        Some(m) => b.rows.iter().map(|r| m.get(r.user_key.as_str()).copied()).collect(),
-        None => vec![None; b.rows.len()],
-    };
-    // Rows of an external id known to have no person need no lookup, unless
-    // they bring an email (which may create or claim one).
-    let absent = if b.rule == IdentityRule::ExternalId { cache.absent.get(&t) } else { None };
-    let unknown = b
-        .rows
-        .iter()
-        .zip(&known)
-        .filter(|(r, id)| id.is_none() && !(r.email.is_none() && absent.is_some_and(|a| a.contains(r.user_key.as_str()))));
+    // Each row's person as the cache knows it: one lookup per row. Rows of
+    // an external id known to have no person need no lookup, unless they
+    // bring an email (which may create or claim one).
+    let (known, unknown) = cached(cache, |cache| {
+        cache.observe(t, epochs);
+        let known: Vec<Option<i64>> = match cache.maps.get(&(t, b.rule)) {
+            Some(m) => b.rows.iter().map(|r| m.get(r.user_key.as_str()).copied()).collect(),
+            None => vec![None; b.rows.len()],
+        };
+        let absent = if b.rule == IdentityRule::ExternalId { cache.absent.get(&t) } else { None };
+        let unknown: Vec<usize> = (0..b.rows.len())
+            .filter(|&i| {
+                let r = &b.rows[i];
+                known[i].is_none() && !(r.email.is_none() && absent.is_some_and(|a| a.contains(r.user_key.as_str())))
+            })
+            .collect();
+        (known, unknown)
+    });
     let mut did = Resolved::default();
-    let resolved = resolve_people(tx, t, b.rule, unknown.map(|(r, _)| r), now, &mut did)?;
+    let resolved = resolve_people(tx, t, b.rule, unknown.iter().map(|&i| &b.rows[i]), now, &mut did)?;
     out.people_created = did.created;
-    let mut found = Found { absent: did.absent, added_before: epochs.added, ..Found::default() };
-    cache.parked.load(tx, b.fence)?;
+    let found = Found { absent: did.absent, added_before: epochs.added, ..Found::default() };
 
     let mut matched: Vec<(&EventRow, i64)> = Vec::with_capacity(b.rows.len());
     let mut unmatched: Vec<&EventRow> = Vec::new();
@@ -724,41 +770,91 @@ pub(crate) fn write_events<T: Tx>(tx: &mut T, cache: &mut PeopleCache, b: &Event
             None => unmatched.push(r),
         }
     }
-    // A backfill's repeats of ids this lease stored, where a repeat is costly:
-    // found by the filter, confirmed by the store, and left out of the insert.
-    // Each id hashed once, for the probe and for the add after the insert.
-    let mut filter = (b.backfill && tx.repeats_are_costly()).then(|| cache.stored.filter(b.fence));
+    // A backfill's repeats of ids this lease stored, where a repeat is
+    // costly: the rows the filter may hold wait for the second half, which
+    // confirms them against the table (holding every earlier batch's rows
+    // by then). Each id hashed once.
+    let mut maybe: Vec<(&EventRow, i64)> = Vec::new();
     let mut slots: Vec<(usize, u64)> = Vec::new();
-    if let Some(filter) = &filter {
+    if b.backfill && tx.repeats_are_costly() {
         slots = matched.iter().map(|(r, _)| StoredIds::slot(&r.event_id)).collect();
-        let maybe: Vec<&str> =
-            matched.iter().zip(&slots).filter(|(_, s)| StoredIds::may_hold(filter, **s)).map(|((r, _), _)| r.event_id.as_str()).collect();
-        if !maybe.is_empty() {
-            let stored = tx.stored_event_ids(p, &maybe)?;
-            if !stored.is_empty() {
-                let before = matched.len();
-                (matched, slots) = matched.into_iter().zip(slots).filter(|((r, _), _)| !stored.contains(&r.event_id)).unzip();
-                out.deduplicated += (before - matched.len()) as u64;
+        let hits: Vec<bool> = cached(cache, |cache| {
+            let filter = cache.stored.filter(b.fence);
+            slots.iter().map(|s| StoredIds::may_hold(filter, *s)).collect()
+        });
+        if hits.iter().any(|h| *h) {
+            let mut sure = Vec::with_capacity(matched.len());
+            for (row, hit) in matched.into_iter().zip(&hits) {
+                if *hit { maybe.push(row) } else { sure.push(row) }
             }
+            matched = sure;
         }
     }
     let new = tx.insert_events(p, b.run, b.backfill, now, &matched)?;
-    let mut inserted: Vec<&str> = Vec::new();
-    let parked = cache.parked.of(p);
-    for (i, ((r, _), new)) in matched.iter().zip(&new).enumerate() {
-        if *new {
-            if let Some(filter) = &mut filter {
-                StoredIds::add(filter, slots[i]);
-            }
-            if parked.is_none_or(|ids| ids.contains(&r.event_id)) {
-                inserted.push(&r.event_id);
-            }
+    if !slots.is_empty() {
+        // Every id this half saw, stored now or about to be confirmed: the
+        // next batch's first half sends its repeats to its second half.
+        cached(cache, |cache| {
+            let filter = cache.stored.filter(b.fence);
+            slots.iter().for_each(|s| StoredIds::add(filter, *s));
+        });
+    }
+    let mut inserted = Vec::with_capacity(matched.len());
+    count_inserted(&mut out, &matched, new, &mut inserted);
+    Ok(EventsFirst { out, found, resolved, changed: did.changed, inserted, maybe, unmatched })
+}
+
+/// Counts an insert's rows (new, or a duplicate) and keeps each with whether it was new.
+fn count_inserted<'b>(out: &mut EventOutcome, rows: &[(&'b EventRow, i64)], new: Vec<bool>, into: &mut Vec<(&'b EventRow, bool)>) {
+    for ((r, _), new) in rows.iter().zip(new) {
+        if new {
             out.inserted += 1;
             out.late += r.late as u64;
         } else {
             out.deduplicated += 1;
         }
+        into.push((*r, new));
     }
+}
+
+/// The second half of an event batch's transaction, once every earlier
+/// batch of the pipeline has committed: the fence check (the lease row is
+/// held from here to the commit), the filter's maybes confirmed and the
+/// new ones inserted, parking, unparking, quarantine, checkpoints, the run
+/// record, the people counter.
+pub(crate) fn events_second<T: Tx>(
+    tx: &mut T,
+    cache: &Mutex<PeopleCache>,
+    b: &EventBatch,
+    first: EventsFirst<'_>,
+) -> Result<(EventOutcome, Found), Error> {
+    let (now, _) = check_fence(tx, b.fence)?;
+    let p = b.fence.pipeline;
+    let t = p.tenant;
+    let EventsFirst { mut out, mut found, resolved, changed, mut inserted, mut maybe, unmatched } = first;
+    if !maybe.is_empty() {
+        let ids: Vec<&str> = maybe.iter().map(|(r, _)| r.event_id.as_str()).collect();
+        let stored = tx.stored_event_ids(p, &ids)?;
+        if !stored.is_empty() {
+            let before = maybe.len();
+            maybe.retain(|(r, _)| !stored.contains(&r.event_id));
+            out.deduplicated += (before - maybe.len()) as u64;
+        }
+        let new = tx.insert_events(p, b.run, b.backfill, now, &maybe)?;
+        count_inserted(&mut out, &maybe, new, &mut inserted);
+    }
+    // Parked ids, read here (not in the first half) so that a read sees every earlier batch's parking.
+    let mut load = Ok(());
+    let unpark: Vec<&str> = cached(cache, |cache| {
+        load = cache.parked.load(tx, b.fence);
+        let parked = cache.parked.of(p);
+        inserted
+            .iter()
+            .filter(|(r, new)| *new && parked.is_none_or(|ids| ids.contains(&r.event_id)))
+            .map(|(r, _)| r.event_id.as_str())
+            .collect()
+    });
+    load?;
     if !unmatched.is_empty() {
         // Stored already (this batch or before): a duplicate, not a parked event.
         let ids: Vec<&str> = unmatched.iter().map(|r| r.event_id.as_str()).collect();
@@ -766,7 +862,7 @@ pub(crate) fn write_events<T: Tx>(tx: &mut T, cache: &mut PeopleCache, b: &Event
         let to_park: Vec<&EventRow> = unmatched.iter().copied().filter(|r| !stored.contains(&r.event_id)).collect();
         out.deduplicated += (unmatched.len() - to_park.len()) as u64;
         let new = tx.park(p, b.run, b.backfill, b.rule, now, &to_park)?;
-        cache.parked.add(p, to_park.iter().zip(&new).filter(|(_, new)| **new).map(|(r, _)| r.event_id.as_str()));
+        cached(cache, |cache| cache.parked.add(p, to_park.iter().zip(&new).filter(|(_, new)| **new).map(|(r, _)| r.event_id.as_str())));
         for (r, new) in to_park.iter().zip(&new) {
             if *new {
                 out.parked += 1;
@@ -780,15 +876,15 @@ pub(crate) fn write_events<T: Tx>(tx: &mut T, cache: &mut PeopleCache, b: &Event
     // id matched) leaves the parked set. (This batch parks no id it stored:
     // those were deduplicated above.) By the ids just stored, not by a scan
     // of everything parked: the cost follows the batch.
-    if !inserted.is_empty() {
-        tx.unpark(p, &inserted)?;
-        cache.parked.remove(p, &inserted);
+    if !unpark.is_empty() {
+        tx.unpark(p, &unpark)?;
+        cached(cache, |cache| cache.parked.remove(p, &unpark));
     }
     out.quarantined = tx.insert_quarantine(p, b.run, now, &quarantine_rows(&b.quarantine))?;
     write_checkpoints(tx, p, &b.checkpoints, now)?;
     tx.add_to_run(b.run, &with_progress(out.into(), &b.progress), &b.progress.statement_ids, now)?;
     // Last, so that other writers' moves wait on this row for the shortest time.
-    if did.changed {
+    if changed {
         found.added_after = Some(tx.bump_people_added(t)?);
     }
     found.people = resolved.into_iter().collect();

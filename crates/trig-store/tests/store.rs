@@ -117,6 +117,7 @@ conformance!(
     a_parked_event_whose_id_later_matches_is_stored_once,
     a_large_backfill_batch_stores_each_new_row_once_with_its_values,
     an_event_parked_by_another_lease_leaves_the_parked_set_when_stored,
+    event_writes_in_flight_commit_in_order_as_if_one_after_another,
     records_skip_unchanged_hashes_and_claim_email_people,
     attributes_merge_by_pipeline_and_nulls_clear,
     quarantine_keeps_a_row_and_reason_once,
@@ -429,6 +430,67 @@ async fn an_event_parked_by_another_lease_leaves_the_parked_set_when_stored(f: F
     let totals = a.totals(t).await.unwrap();
     assert_eq!((totals.events, totals.parked), (5, 0), "each stored once, none left parked");
     finish(a, &r).await;
+}
+
+/// A run's event writes, as many pending at once as the store allows
+/// (PostgreSQL: two, the second's first half running while the first
+/// commits): each behaves as if the ones before it had committed first (a
+/// repeat of the earlier batch's id is a duplicate, an id the earlier batch
+/// parked leaves the parked set when stored, the run's statement ids keep
+/// both batches', in order), and when one fails the one behind it writes
+/// nothing.
+async fn event_writes_in_flight_commit_in_order_as_if_one_after_another(f: Fixture) {
+    let s = f.a.as_ref();
+    let people = start(s, "default", "people").await;
+    s.write_records(people.records(Entity::People, vec![person("u1", None, "h1"), person("u2", None, "h2")])).await.unwrap();
+    finish(s, &people).await;
+    let r = start(s, "default", "p").await;
+    let batch = |rows: Vec<EventRow>, statement: &str, cursor: i64| EventBatch {
+        backfill: true,
+        checkpoints: vec![Checkpoint { slot: Slot::Backfill, value: Some(cursor) }],
+        progress: Progress { rows_read: rows.len() as u64, bytes: 0, statement_ids: vec![statement.into()] },
+        ..r.events(rows, IdentityRule::ExternalId)
+    };
+    let mut first: Vec<EventRow> = (0..200).map(|i| ev(&format!("a{i:03}"), "u1", None)).collect();
+    first.push(ev("x1", "nobody", None));
+    let mut second: Vec<EventRow> = (0..200).map(|i| ev(&format!("b{i:03}"), "u2", None)).collect();
+    second.extend([ev("a007", "u2", None), ev("a199", "u1", None), ev("x1", "u2", None)]);
+    let both = s.event_writes_in_flight() >= 2;
+    let (one, two) = if both {
+        // Both called before either is awaited: the second's place is taken now.
+        let (one, two) = (s.write_events(batch(first, "s1", 10)), s.write_events(batch(second, "s2", 20)));
+        tokio::join!(one, two)
+    } else {
+        let one = s.write_events(batch(first, "s1", 10)).await;
+        (one, s.write_events(batch(second, "s2", 20)).await)
+    };
+    let (one, two) = (one.unwrap(), two.unwrap());
+    assert_eq!((one.inserted, one.parked, one.deduplicated), (200, 1, 0));
+    assert_eq!((two.inserted, two.parked, two.deduplicated), (201, 0, 2), "the first batch's ids are duplicates; x1 is stored");
+    let t = s.totals(r.key.tenant).await.unwrap();
+    assert_eq!((t.events, t.parked), (401, 0), "x1, parked by the first, left the parked set when the second stored it");
+    assert_eq!(s.cursor(r.key, Slot::Backfill).await.unwrap(), Some(20), "the second batch's checkpoint is the last");
+    let run = s.runs(r.key.tenant, Some("p"), 1).await.unwrap().remove(0);
+    assert_eq!(run.statement_ids, ["s1", "s2"]);
+    assert_eq!((run.counts.inserted, run.counts.parked, run.counts.deduplicated, run.counts.rows_read), (401, 1, 2, 404));
+    if !both {
+        return;
+    }
+    // The first of two fails (its lease was taken over): the second, though
+    // its own rows and fence are fine, writes nothing.
+    let stale = Fence { value: r.fence().value - 1, ..r.fence() };
+    let (one, two) = (
+        s.write_events(EventBatch { fence: stale, ..batch(vec![ev("c1", "u1", None)], "s3", 30) }),
+        s.write_events(batch(vec![ev("c2", "u1", None), ev("b000", "u1", None)], "s4", 40)),
+    );
+    let (one, two) = tokio::join!(one, two);
+    assert!(matches!(one, Err(Error::LeaseLost { .. })), "{one:?}");
+    assert!(two.is_err(), "the batch behind a failed one is not written: {two:?}");
+    let t = s.totals(r.key.tenant).await.unwrap();
+    assert_eq!(t.events, 401, "nothing of either batch");
+    assert_eq!(s.cursor(r.key, Slot::Backfill).await.unwrap(), Some(20), "the cursor did not move");
+    let run = s.runs(r.key.tenant, Some("p"), 1).await.unwrap().remove(0);
+    assert_eq!(run.statement_ids, ["s1", "s2"]);
 }
 
 async fn records_skip_unchanged_hashes_and_claim_email_people(f: Fixture) {

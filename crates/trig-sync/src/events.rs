@@ -311,7 +311,7 @@ impl Sink for EventsSink<'_> {
     fn map(&self, batch: &RecordBatch) -> (Vec<EventRow>, Vec<Quarantined>) {
         self.mapper.map(batch)
     }
-    async fn write(&self, txn: Txn<EventRow>) -> Result<RunCounts, Error> {
+    fn write(&self, txn: Txn<EventRow>) -> impl Future<Output = Result<RunCounts, Error>> + Send {
         let batch = EventBatch {
             fence: self.ctx.fence,
             run: self.ctx.run,
@@ -322,7 +322,13 @@ impl Sink for EventsSink<'_> {
             checkpoints: txn.checkpoints,
             progress: txn.progress,
         };
-        Ok(self.ctx.store.write_events(batch).await?.into())
+        // Called here, not inside the future: with several in flight, the
+        // call's order is the order they commit in (`Store::write_events`).
+        let written = self.ctx.store.write_events(batch);
+        async move { Ok(written.await?.into()) }
+    }
+    fn in_flight(&self) -> usize {
+        self.ctx.store.event_writes_in_flight()
     }
 }
 

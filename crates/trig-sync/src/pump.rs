@@ -2,7 +2,8 @@
 //! while earlier transactions are being written, rows are gathered into
 //! transactions of about `write_batch_rows`, and the last transaction of
 //! each statement carries its checkpoints (the cursor moves with the rows it
-//! covers). Memory holds at most two transactions of mapped rows plus the
+//! covers). Memory holds at most two transactions of mapped rows beside
+//! the store's writes in flight (one, or two on PostgreSQL), plus the
 //! client's chunks in flight and the next two statements' first chunks,
 //! whatever the size of the source.
 
@@ -29,6 +30,11 @@ pub(crate) trait Sink {
     /// to the run's record in the same commit); returns what it did, as run
     /// figures.
     fn write(&self, txn: Txn<Self::Row>) -> impl Future<Output = Result<RunCounts, Error>> + Send;
+    /// How many writes may be pending at once: they commit in the order of
+    /// the calls to `write`, and one failing fails the ones after it.
+    fn in_flight(&self) -> usize {
+        1
+    }
 }
 
 /// One store transaction's worth.
@@ -79,11 +85,13 @@ impl Plan for Once {
 ///
 /// Two futures run side by side: the reader runs the statements one after
 /// another, maps their batches and hands full transactions to the writer,
-/// which commits them in order (on the store's thread). The reader builds
-/// the next transaction while the writer commits the last, and waits only
-/// when it has a whole one ready before the writer is free: at most two
-/// transactions of rows exist at once. Each statement ends with a
-/// transaction that carries its checkpoints.
+/// which commits them in order (on the store's thread, or its
+/// connections). The reader builds the next transaction while the writer
+/// commits the last, and waits only when it has a whole one ready before
+/// the writer has room: at most two transactions of rows exist beside the
+/// writes in flight (one on SQLite; two on PostgreSQL, where the next
+/// transaction's first half runs while the last one commits). Each
+/// statement ends with a transaction that carries its checkpoints.
 pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut impl Plan, run: &mut SyncRun) -> Result<(), Error> {
     let target = ctx.options.write_batch_rows.max(1);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Txn<S::Row>>(1);
@@ -229,18 +237,44 @@ pub(crate) async fn pump<S: Sink + Sync>(ctx: &Ctx<'_>, sink: &S, plan: &mut imp
         Ok(())
     };
     // The writer owns the receiver: when it fails, the reader's sends fail.
+    // It keeps up to `sink.in_flight()` writes pending (a store that can
+    // start the next transaction while the last one commits), taking the next
+    // transaction only when there is room; they finish in the order sent.
+    let depth = sink.in_flight().max(1);
     let writer = async move {
         let mut counts = RunCounts::default();
         let mut busy = std::time::Duration::ZERO;
-        while let Some(txn) = rx.recv().await {
-            let writing = std::time::Instant::now();
-            let wrote = sink.write(txn).await;
-            busy += writing.elapsed();
+        let mut pending = futures::stream::FuturesOrdered::new();
+        let mut since: Option<std::time::Instant> = None;
+        loop {
+            tokio::select! {
+                // The oldest write first: its result (and its failure) comes before any later one's.
+                biased;
+                Some(wrote) = pending.next(), if !pending.is_empty() => {
+                    if pending.is_empty() {
+                        busy += since.take().map_or(std::time::Duration::ZERO, |s| s.elapsed());
+                    }
+                    match wrote {
+                        Ok(c) => counts += c,
+                        Err(e) => return (counts, busy, Err(e)),
+                    }
+                }
+                txn = rx.recv(), if pending.len() < depth => match txn {
+                    Some(txn) => {
+                        since.get_or_insert_with(std::time::Instant::now);
+                        pending.push_back(sink.write(txn));
+                    }
+                    None => break,
+                },
+            }
+        }
+        while let Some(wrote) = pending.next().await {
             match wrote {
                 Ok(c) => counts += c,
                 Err(e) => return (counts, busy, Err(e)),
             }
         }
+        busy += since.take().map_or(std::time::Duration::ZERO, |s| s.elapsed());
         (counts, busy, Ok(()))
     };
     let started = std::time::Instant::now();

@@ -66,7 +66,7 @@ type Job = Box<dyn FnOnce(&mut Worker) + Send>;
 /// What the store's thread owns: the connection, and the people already resolved.
 struct Worker {
     conn: Connection,
-    people: PeopleCache,
+    people: std::sync::Mutex<PeopleCache>,
 }
 
 /// The SQLite store.
@@ -139,7 +139,7 @@ impl SqliteStore {
             .name("trig-store".into())
             .spawn(move || {
                 let mut checkpointed_at = conn.total_changes();
-                let mut worker = Worker { conn, people: PeopleCache::default() };
+                let mut worker = Worker { conn, people: std::sync::Mutex::default() };
                 while let Ok(job) = queue.recv() {
                     // A panic is a bug; it fails that call (its answer is dropped), not the store.
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut worker)));
@@ -507,12 +507,12 @@ impl Store for SqliteStore {
         let (out, batch) = self
             .with_worker(move |w| {
                 let mut tx = write_tx(&mut w.conn)?;
-                let (out, found) = rules::write_events(&mut tx, &mut w.people, &batch)?;
+                let (out, found) = rules::write_events(&mut tx, &w.people, &batch)?;
                 #[cfg(feature = "failpoints")]
                 crate::failpoint::Failpoint::act(fire)?;
                 tx.commit()?;
                 // Only what committed is remembered.
-                w.people.remember(batch.fence.pipeline.tenant, batch.rule, found);
+                w.people.lock().unwrap_or_else(|p| p.into_inner()).remember(batch.fence.pipeline.tenant, batch.rule, found);
                 Ok((out, batch))
             })
             .await?;
