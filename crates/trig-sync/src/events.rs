@@ -106,7 +106,10 @@ impl Plan for Windows<'_> {
                         self.len = self.dense_len.min(FIRST_WINDOW);
                     }
                     Some(_) => self.len = window::next_len(self.len, 0, self.target, MIN_WINDOW, self.max),
-                    None => self.len = self.range.end - self.from,
+                    // Nothing up to the end: the rest in as few windows as
+                    // the longest allowed takes (found by the property test
+                    // below: a tail longer than `max` was read in one window).
+                    None => self.len = (self.range.end - self.from).min(self.max),
                 }
             }
         }
