@@ -31,7 +31,8 @@ pub(crate) trait Sink {
     /// figures.
     fn write(&self, txn: Txn<Self::Row>) -> impl Future<Output = Result<RunCounts, Error>> + Send;
     /// How many writes may be pending at once: they commit in the order of
-    /// the calls to `write`, and one failing fails the ones after it.
+    /// the calls to `write`, and one failing fails those called while it was
+    /// pending (`Store::write_events`).
     fn in_flight(&self) -> usize {
         1
     }
