@@ -699,7 +699,7 @@ struct Resolved {
 /// statement that may wait for another transaction's locks: a transaction
 /// that creates a person another (uncommitted) one created waits for it to
 /// commit, and that one may need the cache to get there.
-fn cached<R>(cache: &Mutex<PeopleCache>, f: impl FnOnce(&mut PeopleCache) -> R) -> R {
+pub(crate) fn cached<R>(cache: &Mutex<PeopleCache>, f: impl FnOnce(&mut PeopleCache) -> R) -> R {
     f(&mut cache.lock().unwrap_or_else(|p| p.into_inner()))
 }
 

@@ -442,7 +442,7 @@ impl Store for PostgresStore {
                     match done {
                         Ok((out, found)) => {
                             // Only what committed is remembered.
-                            inner.people.lock().unwrap_or_else(|p| p.into_inner()).remember(batch.fence.pipeline.tenant, batch.rule, found);
+                            rules::cached(&inner.people, |c| c.remember(batch.fence.pipeline.tenant, batch.rule, found));
                             ticket.finish(true);
                             Ok((out, batch))
                         }

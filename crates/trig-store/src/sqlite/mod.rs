@@ -512,7 +512,7 @@ impl Store for SqliteStore {
                 crate::failpoint::Failpoint::act(fire)?;
                 tx.commit()?;
                 // Only what committed is remembered.
-                w.people.lock().unwrap_or_else(|p| p.into_inner()).remember(batch.fence.pipeline.tenant, batch.rule, found);
+                rules::cached(&w.people, |c| c.remember(batch.fence.pipeline.tenant, batch.rule, found));
                 Ok((out, batch))
             })
             .await?;
