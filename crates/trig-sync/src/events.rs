@@ -63,6 +63,9 @@ struct Range {
     checkpoints: CheckpointsFn,
     /// When there is nothing to read, the checkpoints to commit anyway.
     empty: Vec<Checkpoint>,
+    /// How many rows `(start, end]` holds, when the statement that found
+    /// `start` also counted them: the first window is sized from it.
+    rows: Option<u64>,
 }
 
 /// Where the data resumes within a window: the first cursor value in it.
@@ -133,16 +136,22 @@ impl Plan for Windows<'_> {
     }
 }
 
-async fn source_start(ctx: &Ctx<'_>, spec: &EventsSpec) -> Result<Option<Micros>, Error> {
+/// Where a backfill starts (just before the source's first cursor value, or
+/// at `backfill_from`) and, when a statement was run to find it, how many
+/// rows lie between there and `upto`.
+async fn source_start(ctx: &Ctx<'_>, spec: &EventsSpec, upto: Micros) -> Result<(Option<Micros>, Option<u64>), Error> {
     if let Some(t) = spec.backfill_from {
-        return Ok(Some(t.timestamp_micros()));
+        return Ok((Some(t.timestamp_micros()), None));
     }
-    let q = query::min_cursor(&ctx.table, spec.cursor_column(), spec.filter.as_deref());
-    Ok(first_value(ctx, spec, &q).await?.map(|t| t - 1))
+    let q = query::source_extent(&ctx.table, spec.cursor_column(), spec.filter.as_deref(), upto);
+    let mut row = first_row(ctx, &q).await?.into_iter();
+    let first = instant(spec, row.next().flatten())?;
+    let rows = row.next().flatten().and_then(|n| n.trim().parse::<u64>().ok());
+    Ok((first.map(|t| t - 1), rows))
 }
 
-/// Runs a one-value statement (`min(cursor)`) and reads its instant.
-async fn first_value(ctx: &Ctx<'_>, spec: &EventsSpec, q: &Query) -> Result<Option<Micros>, Error> {
+/// Runs a one-row statement and returns its values (none when it returned no row).
+async fn first_row(ctx: &Ctx<'_>, q: &Query) -> Result<Vec<Option<String>>, Error> {
     if let Some(f) = &ctx.options.on_statement {
         f(q);
     }
@@ -151,8 +160,12 @@ async fn first_value(ctx: &Ctx<'_>, spec: &EventsSpec, q: &Query) -> Result<Opti
         r = ctx.client.query_text(&stmt, 1) => r?,
         _ = ctx.cancel.cancelled() => return Err(Error::Cancelled),
     };
-    let first = r.rows.first().and_then(|row| row.first().cloned().flatten());
-    match first {
+    Ok(r.rows.into_iter().next().unwrap_or_default())
+}
+
+/// A cursor value as an instant.
+fn instant(spec: &EventsSpec, value: Option<String>) -> Result<Option<Micros>, Error> {
+    match value {
         None => Ok(None),
         Some(s) => crate::values::parse_instant(&s, &spec.timezone)
             .map(Some)
@@ -171,15 +184,16 @@ async fn range(ctx: &Ctx<'_>, spec: &EventsSpec, trigger: Trigger, prev: Option<
             include_null_first: false,
             checkpoints: Box::new(move |_, w: &Window| vec![Checkpoint { slot: Slot::Live, value: Some(w.to.max(cursor)) }]),
             empty: vec![Checkpoint { slot: Slot::Live, value: Some(upper.max(cursor)) }],
+            rows: None,
         },
         // The first sync and a full refresh are backfills. Their progress has
         // a slot of its own, so an interrupted one resumes where it stopped and
         // stays a backfill; the live cursor is set when the last window commits.
         (Trigger::Schedule | Trigger::Manual, None) | (Trigger::FullRefresh, _) => {
             let resume = ctx.store.cursor(ctx.key, Slot::Backfill).await?;
-            let start = match resume {
-                Some(r) => Some(r),
-                None => source_start(ctx, spec).await?,
+            let (start, rows) = match resume {
+                Some(r) => (Some(r), None),
+                None => source_start(ctx, spec, upper).await?,
             };
             let live = prev.map_or(upper, |p| p.max(upper));
             let done = vec![Checkpoint { slot: Slot::Backfill, value: None }, Checkpoint { slot: Slot::Live, value: Some(live) }];
@@ -195,6 +209,7 @@ async fn range(ctx: &Ctx<'_>, spec: &EventsSpec, trigger: Trigger, prev: Option<
                     },
                 ),
                 empty: done,
+                rows,
             }
         }
         (Trigger::Replay { from, to }, _) => Range {
@@ -204,6 +219,7 @@ async fn range(ctx: &Ctx<'_>, spec: &EventsSpec, trigger: Trigger, prev: Option<
             include_null_first: false,
             checkpoints: Box::new(|_, _| Vec::new()),
             empty: Vec::new(),
+            rows: None,
         },
     })
 }
@@ -370,13 +386,12 @@ pub(crate) async fn run(ctx: &Ctx<'_>, spec: &EventsSpec, trigger: Trigger, run:
 
 fn windows<'a>(ctx: &'a Ctx<'a>, spec: &'a EventsSpec, layout: &'a Layout, range: Range, start: Micros) -> Windows<'a> {
     let max = micros(ctx.options.max_window).max(MIN_WINDOW);
-    // A day to begin with; later windows follow the data's density.
-    let day = FIRST_WINDOW.min(max);
+    let first = first_len(&range, start, (ctx.options.window_rows / 4).max(1), max);
     Windows {
         range,
         from: start,
-        len: day,
-        dense_len: day,
+        len: first,
+        dense_len: first,
         target: ctx.options.window_rows,
         max,
         first: true,
@@ -384,9 +399,25 @@ fn windows<'a>(ctx: &'a Ctx<'a>, spec: &'a EventsSpec, layout: &'a Layout, range
         probe: Box::new(move |within| {
             Box::pin(async move {
                 let q = query::next_cursor(&ctx.table, spec.cursor_column(), spec.filter.as_deref(), within);
-                first_value(ctx, spec, &q).await
+                instant(spec, first_row(ctx, &q).await?.into_iter().next().flatten())
             })
         }),
+    }
+}
+
+/// The first window's length: sized to hold `target` rows at the range's
+/// average density when its rows were counted (so a backfill's first
+/// statement is as full as the rest, and a source that holds millions of
+/// rows a day does not read a day at once), else a day; later windows follow
+/// the density of the one before.
+fn first_len(range: &Range, start: Micros, target: u64, max: Micros) -> Micros {
+    match range.rows {
+        Some(rows) if rows > 0 && range.end > start => {
+            let span = range.end - start;
+            let wanted = (i128::from(span) * i128::from(target.max(1)) / i128::from(rows)).min(i128::from(span));
+            i64::try_from(wanted).unwrap_or(span).clamp(MIN_WINDOW, max.max(MIN_WINDOW))
+        }
+        _ => FIRST_WINDOW.min(max),
     }
 }
 
@@ -464,6 +495,7 @@ mod tests {
                     vec![Checkpoint { slot: Slot::Live, value: Some(if last { -w.to } else { w.to }) }]
                 }),
                 empty: Vec::new(),
+                rows: None,
             },
             from: start,
             len: 86_400_000_000i64.min(max),
@@ -532,6 +564,29 @@ mod tests {
                 point += resume_every;
             }
         }
+    }
+
+    /// A counted range's first window holds about `target` rows at the
+    /// range's average density (within the shortest and longest windows);
+    /// an uncounted one starts with a day.
+    #[test]
+    fn a_counted_range_sizes_its_first_window_from_its_density() {
+        let day = 86_400_000_000i64;
+        let mut p = plan(0, 30 * day, 20_000, 366 * day, 1);
+        let first = |p: &Windows<'_>| first_len(&p.range, 0, 20_000, p.max);
+        assert_eq!(first(&p), day, "no count: a day");
+        p.range.rows = Some(100_000);
+        assert_eq!(first(&p), 6 * day, "100k rows in 30 days: 20k in 6 days");
+        p.range.rows = Some(1_000_000);
+        assert_eq!(first(&p), 30 * day / 50);
+        p.range.rows = Some(10);
+        assert_eq!(first(&p), 30 * day, "a sparse range: all of it, as one window");
+        p.max = 7 * day;
+        assert_eq!(first(&p), 7 * day, "never past the longest window");
+        p.range.rows = Some(u64::MAX);
+        assert_eq!(first(&p), MIN_WINDOW, "never below the shortest");
+        p.range.rows = Some(0);
+        assert_eq!(first(&p), day);
     }
 
     /// One row in 1970 and a month of recent data: the backfill's statements

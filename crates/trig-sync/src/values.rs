@@ -227,15 +227,17 @@ impl Properties {
     /// cell; anything else takes [`Properties::value`].
     pub(crate) fn json(&self, cols: &[Col<'_>], i: usize, zone: &Zone) -> Result<String, String> {
         match self.direct(cols, i, zone) {
-            Some(out) => Ok(String::from_utf8(out).expect("serde_json writes UTF-8 and Arrow strings are UTF-8")),
+            Some(out) => Ok(out),
             None => self.value(cols, i, zone).map(|v| v.to_string()),
         }
     }
 
     /// The direct path of [`Properties::json`]; `None` when the row needs the general one.
-    fn direct(&self, cols: &[Col<'_>], i: usize, zone: &Zone) -> Option<Vec<u8>> {
-        let mut out = Vec::with_capacity(96);
-        out.push(b'{');
+    fn direct(&self, cols: &[Col<'_>], i: usize, zone: &Zone) -> Option<String> {
+        // Built as text from text (no UTF-8 check of the result, which cost
+        // a fifth of this function).
+        let mut out = String::with_capacity(96);
+        out.push('{');
         // The keys written so far, to keep each once (on the stack: no allocation per row).
         let mut keys: [&str; DIRECT_KEYS_MAX] = [""; DIRECT_KEYS_MAX];
         let mut n = 0;
@@ -244,16 +246,16 @@ impl Properties {
                 return None;
             }
             if n > 0 {
-                out.push(b',');
+                out.push(',');
             }
             keys[n] = name.as_str();
             n += 1;
             put_str(&mut out, name.as_str());
-            out.push(b':');
+            out.push(':');
             cols[*idx].write_json(&mut out, i, Some(zone));
         }
         let Some(idx) = self.column else {
-            out.push(b'}');
+            out.push('}');
             return Some(out);
         };
         let c = &cols[idx];
@@ -275,16 +277,16 @@ impl Properties {
                     return None;
                 }
                 if n > 0 {
-                    out.push(b',');
+                    out.push(',');
                 }
                 keys[n] = key;
                 n += 1;
                 put_str(&mut out, key);
-                out.push(b':');
+                out.push(':');
                 if *nested { put(&mut out, &nested_json(v.array, j, Some(zone))) } else { v.write_json(&mut out, j, Some(zone)) }
             }
         }
-        out.push(b'}');
+        out.push('}');
         Some(out)
     }
 
@@ -309,26 +311,52 @@ impl Properties {
 /// against each other one by one); a row with more takes [`Properties::value`].
 const DIRECT_KEYS_MAX: usize = 32;
 
-/// Appends `v` as compact JSON. (Serialising into memory cannot fail for
-/// these types: strings, numbers, booleans and `Value`s have no fallible parts.)
-fn put<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
-    let _ = serde_json::to_writer(&mut *out, v);
+/// Appends `v` as compact JSON, as serde_json prints it (the rare cells:
+/// nested values, text that needs escapes).
+fn put<T: serde::Serialize + ?Sized>(out: &mut String, v: &T) {
+    // Serialising into memory cannot fail for these types: strings and
+    // `Value`s have no fallible parts.
+    out.push_str(&serde_json::to_string(v).unwrap_or_default());
+}
+
+/// Appends a whole number as serde_json prints it.
+fn put_int(out: &mut String, n: i64) {
+    use std::fmt::Write;
+    let _ = write!(out, "{n}");
 }
 
 /// Appends `s` as a JSON string. Most text needs no escape (JSON escapes only
 /// control characters, `"` and `\\`): then it is copied between quotes as
 /// it is, which is what serde_json would write, without its per-byte work.
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    // 16 bytes at a time, each chunk without an early exit, so the check compiles to vector instructions.
-    let plain = s.as_bytes().chunks(16).all(|c| c.iter().fold(true, |ok, &b| ok & (b >= 0x20) & (b != b'"') & (b != b'\\')));
-    if plain {
-        out.reserve(s.len() + 2);
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-    } else {
+fn put_str(out: &mut String, s: &str) {
+    if needs_escape(s.as_bytes()) {
         put(out, s);
+    } else {
+        out.reserve(s.len() + 2);
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
     }
+}
+
+/// Whether JSON must escape a byte of `s`: a control character, `"` or
+/// `\\`. Eight bytes at a time as one word, a few instructions a word
+/// instead of a few a byte (the word tests are the exact "has a byte below
+/// n" and "has a zero byte" of bit-twiddling lore: non-zero exactly when
+/// some byte qualifies).
+fn needs_escape(s: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Any byte of `x` below `n` (n at most 0x80).
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH;
+    let mut words = s.chunks_exact(8);
+    for w in &mut words {
+        let x = u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        if below(x, 0x20) | below(x ^ (ONES * u64::from(b'"')), 1) | below(x ^ (ONES * u64::from(b'\\')), 1) != 0 {
+            return true;
+        }
+    }
+    words.remainder().iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 /// A source row as a JSON object of its projected columns (what a quarantined row keeps).
@@ -429,18 +457,18 @@ impl<'a> Col<'a> {
 
     /// Appends what `serde_json` prints for [`json_at`] of a cell: strings,
     /// whole numbers and booleans directly, the rest through [`json_at`].
-    fn write_json(&self, out: &mut Vec<u8>, i: usize, zone: Option<&Zone>) {
+    fn write_json(&self, out: &mut String, i: usize, zone: Option<&Zone>) {
         if self.is_null(i) {
-            out.extend_from_slice(b"null");
+            out.push_str("null");
             return;
         }
         match &self.kind {
             Kind::Utf8(a) => put_str(out, a.value(i)),
             Kind::LargeUtf8(a) => put_str(out, a.value(i)),
             Kind::View(a) => put_str(out, a.value(i)),
-            Kind::Boolean(a) => put(out, &a.value(i)),
-            Kind::Int32(a) => put(out, &a.value(i)),
-            Kind::Int64(a) => put(out, &a.value(i)),
+            Kind::Boolean(a) => out.push_str(if a.value(i) { "true" } else { "false" }),
+            Kind::Int32(a) => put_int(out, i64::from(a.value(i))),
+            Kind::Int64(a) => put_int(out, a.value(i)),
             _ => put(out, &json_at(self.array, i, zone)),
         }
     }
@@ -586,6 +614,29 @@ mod tests {
             r#"{"plan":"pro","count":1,"flag":true,"ratio":0.1,"a":"1","q\"uote\n":"é \u0001"}"#
         );
         assert_eq!(Properties { listed: vec![], column: Some(4) }.json(&cols, 1, &zone).unwrap(), r#"{"k":"last"}"#);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn needs_escape_is_the_byte_by_byte_test(s in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)) {
+            let slow = s.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+            proptest::prop_assert_eq!(needs_escape(&s), slow);
+        }
+    }
+
+    #[test]
+    fn needs_escape_at_every_position() {
+        for len in 0..24 {
+            let plain = vec![b'a'; len];
+            assert!(!needs_escape(&plain));
+            for at in 0..len {
+                for b in [0x00, 0x1f, b'"', b'\\', 0x7f, 0x80, 0xff, 0x21, 0x5b, 0x5d] {
+                    let mut s = plain.clone();
+                    s[at] = b;
+                    assert_eq!(needs_escape(&s), b < 0x20 || b == b'"' || b == b'\\', "{s:?}");
+                }
+            }
+        }
     }
 
     #[test]
