@@ -63,8 +63,8 @@ struct Range {
     checkpoints: CheckpointsFn,
     /// When there is nothing to read, the checkpoints to commit anyway.
     empty: Vec<Checkpoint>,
-    /// How many rows `(start, end]` holds, when the statement that found
-    /// `start` also counted them: the first window is sized from it.
+    /// About how many rows `(start, end]` holds, when the statement that
+    /// found `start` also counted them: the first window is sized from it.
     rows: Option<u64>,
 }
 
@@ -138,12 +138,13 @@ impl Plan for Windows<'_> {
 
 /// Where a backfill starts (just before the source's first cursor value, or
 /// at `backfill_from`) and, when a statement was run to find it, how many
-/// rows lie between there and `upto`.
-async fn source_start(ctx: &Ctx<'_>, spec: &EventsSpec, upto: Micros) -> Result<(Option<Micros>, Option<u64>), Error> {
+/// rows the source holds from there (a few may lie past the range's end:
+/// the estimate is of a density, not a promise).
+async fn source_start(ctx: &Ctx<'_>, spec: &EventsSpec) -> Result<(Option<Micros>, Option<u64>), Error> {
     if let Some(t) = spec.backfill_from {
         return Ok((Some(t.timestamp_micros()), None));
     }
-    let q = query::source_extent(&ctx.table, spec.cursor_column(), spec.filter.as_deref(), upto);
+    let q = query::source_extent(&ctx.table, spec.cursor_column(), spec.filter.as_deref());
     let mut row = first_row(ctx, &q).await?.into_iter();
     let first = instant(spec, row.next().flatten())?;
     let rows = row.next().flatten().and_then(|n| n.trim().parse::<u64>().ok());
@@ -193,7 +194,7 @@ async fn range(ctx: &Ctx<'_>, spec: &EventsSpec, trigger: Trigger, prev: Option<
             let resume = ctx.store.cursor(ctx.key, Slot::Backfill).await?;
             let (start, rows) = match resume {
                 Some(r) => (Some(r), None),
-                None => source_start(ctx, spec, upper).await?,
+                None => source_start(ctx, spec).await?,
             };
             let live = prev.map_or(upper, |p| p.max(upper));
             let done = vec![Checkpoint { slot: Slot::Backfill, value: None }, Checkpoint { slot: Slot::Live, value: Some(live) }];

@@ -85,20 +85,18 @@ pub fn build(s: &Select) -> Query {
     Query { sql, parameters }
 }
 
-/// `SELECT min(cursor), count(cursor)` over the filtered source up to
-/// `upto`: where a backfill without `backfill_from` starts, and how many rows
-/// it will read (so its first window is sized from the data's density, not
-/// guessed). One statement, as `min` alone was: the count costs the
-/// warehouse the same scan, or none where a table's statistics answer it.
-pub fn source_extent(table: &TableName, cursor: &str, filter: Option<&str>, upto: Micros) -> Query {
+/// `SELECT min(cursor), count(cursor)` over the filtered source: where a
+/// backfill without `backfill_from` starts, and about how many rows it will
+/// read (so its first window is sized from the data's density, not
+/// guessed). One statement, as `min` alone was, and as cheap: without a
+/// `where`, a Delta table's file statistics can answer both without a scan.
+pub fn source_extent(table: &TableName, cursor: &str, filter: Option<&str>) -> Query {
     let c = quote_ident(cursor);
-    let mut sql = format!("SELECT min({c}) AS first, count({c}) AS rows\nFROM {}\nWHERE ", table.quoted());
+    let mut sql = format!("SELECT min({c}) AS first, count({c}) AS rows\nFROM {}", table.quoted());
     if let Some(f) = filter {
-        sql.push_str(&format!("({f})\n  AND "));
+        sql.push_str(&format!("\nWHERE ({f})"));
     }
-    sql.push_str(&format!("{c} <= :window_to"));
-    let parameters = vec![QueryParameter { name: "window_to".into(), value: Some(timestamp_value(upto)), type_name: "TIMESTAMP".into() }];
-    Query { sql, parameters }
+    Query { sql, parameters: Vec::new() }
 }
 
 /// `SELECT min(cursor)` over the filtered source within `(from, to]`: where

@@ -810,11 +810,27 @@ async fn backfill_windows_follow_the_data_density(backend: Backend) {
     let env = Env::start(backend.clone(), 4000, &format!("{PEOPLE}{EVENTS}")).await;
     env.ok("people", Trigger::Schedule).await;
     // About 130 rows a day: windows of ~400 rows are about three days long.
-    let options = EngineOptions { window_rows: 400, write_batch_rows: 100, ..Default::default() };
+    let windows: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let seen = windows.clone();
+    let on_statement = move |q: &Query| {
+        let param = |name: &str| q.parameters.iter().find(|p| p.name == name).and_then(|p| p.value.clone()).unwrap();
+        if q.sql.starts_with("SELECT `event_id`") {
+            seen.lock().unwrap().push((param("window_from"), param("window_to")));
+        }
+    };
+    let options =
+        EngineOptions { window_rows: 400, write_batch_rows: 100, on_statement: Some(Arc::new(on_statement)), ..Default::default() };
     let f = env.run_with(options, "events", Trigger::Schedule).await;
     assert!(f.error.is_none(), "{:?}", f.error);
     let statements = f.run.statement_ids.len();
     assert!((7..=20).contains(&statements), "{statements} statements for ~4000 rows in windows of ~400");
+    // The first window is sized from the rows the start's statement counted
+    // (a quarter of 400 at ~130 a day: about 18 hours), not a fixed day.
+    let (from, to) = windows.lock().unwrap()[0].clone();
+    let hours = (chrono::DateTime::parse_from_rfc3339(&to).unwrap() - chrono::DateTime::parse_from_rfc3339(&from).unwrap()).num_minutes()
+        as f64
+        / 60.0;
+    assert!((12.0..22.0).contains(&hours), "a first window of {hours} hours ({from} → {to})");
     env.assert_exactly_once("events").await;
 }
 
