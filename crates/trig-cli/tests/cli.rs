@@ -277,6 +277,16 @@ fn sync_config(dir: &std::path::Path, info: &Value, token: &str, extra: &str) ->
     file
 }
 
+/// A backfill start a month before the demo's first event (a `backfill_from`
+/// line): the backfill then reads windows of a day and more, so a run has
+/// several transactions to be killed between. (Without it the start's
+/// statement counts the demo's ~2,000 events, and one statement and one
+/// transaction read them all.)
+fn several_windows() -> String {
+    let from = chrono::Utc::now() - chrono::Duration::days(31);
+    format!("backfill_from = \"{}\"\n", from.format("%Y-%m-%dT%H:%M:%SZ"))
+}
+
 fn cli(args: &[&str]) -> std::process::Output {
     Command::new(BIN).args(args).env_remove("TRIG_FAILPOINT").output().unwrap()
 }
@@ -311,7 +321,7 @@ async fn source_ids(info: &Value, cursor: &str) -> std::collections::BTreeSet<St
 async fn a_killed_sync_resumes_and_stores_every_event_once() {
     let (_emu, info) = demo_emulator().await;
     let dir = temp_dir("crash");
-    let config = sync_config(&dir, &info, "service_principal", "");
+    let config = sync_config(&dir, &info, "service_principal", &several_windows());
     let c = config.to_str().unwrap();
     assert_eq!(cli(&["sync", "people", "--config", c]).status.code(), Some(0));
     // The third batch's rows are written, then the process dies before the commit.
@@ -1007,7 +1017,7 @@ async fn three_serve_processes_on_one_postgres_run_every_pipeline_once_at_a_time
             "token",
         );
     for i in 0..N {
-        text += &trig_config::demo::events(&format!("e{i:02}"), "demo");
+        text += &(trig_config::demo::events(&format!("e{i:02}"), "demo") + &several_windows());
     }
     let config = dir.join("scale.toml");
     std::fs::write(&config, text).unwrap();
