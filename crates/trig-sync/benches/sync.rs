@@ -25,6 +25,9 @@
 //!
 //! Each result also says where the CPU went during the timed part: this
 //! process, the emulator beside it and the PostgreSQL server (`cpu_s`).
+//! Beside the best-of-3 tables, each round's own ratio (ours against the
+//! baseline measured in that round) and their median: the comparison
+//! without choosing a round.
 //!
 //! `cargo bench -p trig-sync --bench sync` (BENCH_SIZES=100000,1000000 changes the sizes).
 
@@ -76,6 +79,7 @@ fn main() {
     let postgres = postgres_server();
     println!("sync of the events pipeline's first run (a backfill) into SQLite; {cores} cores; write batches of {} rows", write_batch());
     let mut results = Vec::new();
+    let mut rounds = Vec::new();
     for n in sizes {
         let mut emu = Reaped(child("serve", n, None, &[]));
         let mut line = String::new();
@@ -84,6 +88,8 @@ fn main() {
         let mut best: Option<Value> = None;
         let mut best_script: f64 = 0.0;
         let mut best_pg: Option<Value> = None;
+        // Each round's own ratio (ours against the baseline measured beside it).
+        let (mut paired, mut paired_pg) = (Vec::new(), Vec::new());
         for _ in 0..3 {
             let r = ours(n, line.trim(), None);
             println!("  {n} events, ours: {r}");
@@ -91,12 +97,14 @@ fn main() {
             println!("  {n} events, the user's script: {script}");
             let script_rate = script["rows"].as_f64().unwrap() / script["seconds"].as_f64().unwrap();
             best_script = best_script.max(script_rate);
+            paired.push(r["sync_rows_per_s"].as_f64().unwrap() / script_rate);
             if best.as_ref().is_none_or(|b| r["sync_rows_per_s"].as_f64() > b["sync_rows_per_s"].as_f64()) {
                 best = Some(r);
             }
             if let Some(url) = &postgres {
                 let r = ours(n, line.trim(), Some(url));
                 println!("  {n} events, ours on PostgreSQL: {r}");
+                paired_pg.push(r["sync_stored_per_s"].as_f64().unwrap() / r["bare_rows_per_s"].as_f64().unwrap());
                 if best_pg.as_ref().is_none_or(|b| r["sync_stored_per_s"].as_f64() > b["sync_stored_per_s"].as_f64()) {
                     best_pg = Some(r);
                 }
@@ -104,6 +112,7 @@ fn main() {
         }
         drop(emu);
         results.push((n, best.unwrap(), best_script, best_pg));
+        rounds.push((n, paired, paired_pg));
     }
     println!("\nbest of 3 per size:");
     println!(
@@ -146,9 +155,31 @@ fn main() {
                 r["peak_rss_mib"].as_f64().unwrap()
             );
         }
-    } else {
+    }
+    // The same comparison without choosing a round: each round's ratio, and their median.
+    println!("\neach round's own ratio (ours / the baseline measured beside it), and the median:");
+    for (n, sqlite, pg) in &rounds {
+        println!("  {n} events, SQLite / the user's script: {}", median_of(sqlite));
+        if !pg.is_empty() {
+            println!("  {n} events, PostgreSQL / bare binary COPY: {}", median_of(pg));
+        }
+    }
+    if postgres.is_none() {
         println!("\n(PostgreSQL skipped: set TRIG_BENCH_POSTGRES_URL=postgres://root@127.0.0.1:5432/test to measure it)");
     }
+}
+
+/// "a / b / c, median m" of some ratios.
+fn median_of(ratios: &[f64]) -> String {
+    let mut sorted = ratios.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let median = match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    };
+    let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+    format!("{}, median **{median:.2}**", each.join(" / "))
 }
 
 /// The PostgreSQL server to measure on, if one is named.
