@@ -387,6 +387,9 @@ pub(crate) async fn run(ctx: &Ctx<'_>, spec: &EventsSpec, trigger: Trigger, run:
 
 fn windows<'a>(ctx: &'a Ctx<'a>, spec: &'a EventsSpec, layout: &'a Layout, range: Range, start: Micros) -> Windows<'a> {
     let max = micros(ctx.options.max_window).max(MIN_WINDOW);
+    // A quarter of a window's rows to begin with, a ramp: the first rows
+    // reach the store while the next statement runs (a whole window made
+    // the store wait for it; see the README's bench notes).
     let first = first_len(&range, start, (ctx.options.window_rows / 4).max(1), max);
     Windows {
         range,
@@ -407,10 +410,10 @@ fn windows<'a>(ctx: &'a Ctx<'a>, spec: &'a EventsSpec, layout: &'a Layout, range
 }
 
 /// The first window's length: sized to hold `target` rows at the range's
-/// average density when its rows were counted (so a backfill's first
-/// statement is as full as the rest, and a source that holds millions of
-/// rows a day does not read a day at once), else a day; later windows follow
-/// the density of the one before.
+/// average density when its rows were counted (so a source that holds
+/// millions of rows a day does not read a day at once, and a small one is
+/// read in one statement), else a day; later windows follow the density of
+/// the one before.
 fn first_len(range: &Range, start: Micros, target: u64, max: Micros) -> Micros {
     match range.rows {
         Some(rows) if rows > 0 && range.end > start => {
