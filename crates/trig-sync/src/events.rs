@@ -416,11 +416,7 @@ fn windows<'a>(ctx: &'a Ctx<'a>, spec: &'a EventsSpec, layout: &'a Layout, range
 /// the one before.
 fn first_len(range: &Range, start: Micros, target: u64, max: Micros) -> Micros {
     match range.rows {
-        Some(rows) if rows > 0 && range.end > start => {
-            let span = range.end - start;
-            let wanted = (i128::from(span) * i128::from(target.max(1)) / i128::from(rows)).min(i128::from(span));
-            i64::try_from(wanted).unwrap_or(span).clamp(MIN_WINDOW, max.max(MIN_WINDOW))
-        }
+        Some(rows) if rows > 0 && range.end > start => window::first_len(range.end - start, rows, target, MIN_WINDOW, max),
         _ => FIRST_WINDOW.min(max),
     }
 }

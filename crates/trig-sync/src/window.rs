@@ -31,6 +31,16 @@ pub fn next_len(len: Micros, rows: u64, target: u64, min: Micros, max: Micros) -
     wanted.min(len.saturating_mul(8)).clamp(min, max)
 }
 
+/// A first window's length, from a count: sized to hold about `target` of
+/// the `rows` counted in `span` (at their average density), never longer
+/// than the span itself, within `[min, max]`.
+pub fn first_len(span: Micros, rows: u64, target: u64, min: Micros, max: Micros) -> Micros {
+    let (min, max) = (min.max(1), max.max(min.max(1)));
+    let span = span.max(0);
+    let wanted = (i128::from(span) * i128::from(target.max(1)) / i128::from(rows.max(1))).min(i128::from(span));
+    i64::try_from(wanted).unwrap_or(span).clamp(min, max)
+}
+
 /// Where an incremental read starts: `cursor − lookback`, never before the epoch floor.
 pub fn incremental_start(cursor: Micros, lookback: Micros) -> Micros {
     cursor.saturating_sub(lookback.max(0))
@@ -67,6 +77,20 @@ mod tests {
             if rows > target { prop_assert!(next <= len, "too many rows: never longer"); }
             if rows < target { prop_assert!(next >= len, "too few rows: never shorter"); }
             prop_assert!(next <= len.saturating_mul(8).max(min));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn a_first_window_holds_about_its_target_within_bounds(span in 0i64..1_000_000_000_000_000, rows in 1u64..100_000_000, target in 1u64..1_000_000, min in 1i64..1_000_000, wide in 0i64..1_000_000_000_000) {
+            let max = min + wide;
+            let len = first_len(span, rows, target, min, max);
+            prop_assert!(len >= min && len <= max);
+            prop_assert!(len <= span.max(min), "never longer than the span");
+            // At the average density, the window holds at most the target (unless held up by the minimum).
+            if len > min {
+                prop_assert!(i128::from(len) * i128::from(rows) <= i128::from(span) * i128::from(target));
+            }
         }
     }
 

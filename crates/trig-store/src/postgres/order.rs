@@ -84,7 +84,7 @@ impl Ticket {
         self.n as i32
     }
 
-    /// Whether this call's turn has come (`Some`), or an earlier call failed (`Err`).
+    /// Whether this call's turn has come (`Ok(true)`), not yet (`Ok(false)`), or an earlier call failed (`Err`).
     fn ready(&self, turns: Option<&Turns>, of: fn(&Turns) -> u64) -> Result<bool, Error> {
         match turns {
             Some(t) if t.failed => Err(earlier_failed()),
