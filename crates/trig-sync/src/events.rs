@@ -35,14 +35,14 @@ impl Layout {
             ts: at(&spec.timestamp),
             user: at(&spec.user_id),
             email: spec.email.as_deref().map(at),
-            properties: Properties {
+            properties: Properties::new(
                 // A property listed twice is one key (its column is the same).
-                listed: {
+                {
                     let mut seen = std::collections::HashSet::new();
                     spec.properties.iter().filter(|p| seen.insert(p.as_str())).map(|p| (p.clone(), at(p))).collect()
                 },
-                column: spec.properties_column.as_deref().map(at),
-            },
+                spec.properties_column.as_deref().map(at),
+            ),
             columns,
         }
     }
