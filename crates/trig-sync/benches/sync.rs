@@ -26,8 +26,9 @@
 //! Each result also says where the CPU went during the timed part: this
 //! process, the emulator beside it and the PostgreSQL server (`cpu_s`).
 //! Beside the best-of-3 tables, each round's own ratio (ours against the
-//! baseline measured in that round) and their median: the comparison
-//! without choosing a round.
+//! baseline measured in that round) and their median, and each round's
+//! peak RSS with the ratio of the medians: the comparisons without choosing
+//! a round.
 //!
 //! `cargo bench -p trig-sync --bench sync` (BENCH_SIZES=100000,1000000 changes the sizes).
 
@@ -90,6 +91,8 @@ fn main() {
         let mut best_pg: Option<Value> = None;
         // Each round's own ratio (ours against the baseline measured beside it).
         let (mut paired, mut paired_pg) = (Vec::new(), Vec::new());
+        // Each round's peak RSS (SQLite), for the median beside the fastest round's.
+        let mut peaks = Vec::new();
         for _ in 0..3 {
             let r = ours(n, line.trim(), None);
             println!("  {n} events, ours: {r}");
@@ -98,6 +101,7 @@ fn main() {
             let script_rate = script["rows"].as_f64().unwrap() / script["seconds"].as_f64().unwrap();
             best_script = best_script.max(script_rate);
             paired.push(r["sync_rows_per_s"].as_f64().unwrap() / script_rate);
+            peaks.push(r["peak_rss_mib"].as_f64().unwrap());
             if best.as_ref().is_none_or(|b| r["sync_rows_per_s"].as_f64() > b["sync_rows_per_s"].as_f64()) {
                 best = Some(r);
             }
@@ -112,7 +116,7 @@ fn main() {
         }
         drop(emu);
         results.push((n, best.unwrap(), best_script, best_pg));
-        rounds.push((n, paired, paired_pg));
+        rounds.push((n, paired, paired_pg, peaks));
     }
     println!("\nbest of 3 per size:");
     println!(
@@ -158,11 +162,26 @@ fn main() {
     }
     // The same comparison without choosing a round: each round's ratio, and their median.
     println!("\neach round's own ratio (ours / the baseline measured beside it), and the median:");
-    for (n, sqlite, pg) in &rounds {
+    for (n, sqlite, pg, _) in &rounds {
         println!("  {n} events, SQLite / the user's script: {}", median_of(sqlite));
         if !pg.is_empty() {
             println!("  {n} events, PostgreSQL / bare binary COPY: {}", median_of(pg));
         }
+    }
+    // Peak RSS likewise: each round's, and the ratio of the largest size's median to the smallest's.
+    if let [(small, .., first), .., (large, .., last)] = rounds.as_slice() {
+        let median = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let each = |v: &[f64]| v.iter().map(|m| format!("{m:.0}")).collect::<Vec<_>>().join(" / ");
+        println!(
+            "  peak RSS (SQLite), MiB: {small} events {}, {large} events {}; ratio of the medians **{:.2}**",
+            each(first),
+            each(last),
+            median(last) / median(first)
+        );
     }
     if postgres.is_none() {
         println!("\n(PostgreSQL skipped: set TRIG_BENCH_POSTGRES_URL=postgres://root@127.0.0.1:5432/test to measure it)");
