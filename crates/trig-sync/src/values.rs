@@ -372,7 +372,7 @@ fn needs_escape(s: &[u8]) -> bool {
     }
     let word = |b: &[u8]| u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
     let mut words = s.chunks_exact(8);
-    if (&mut words).any(|w| word_needs_escape(word(w))) {
+    if words.any(|w| word_needs_escape(word(w))) {
         return true;
     }
     !words.remainder().is_empty() && word_needs_escape(word(&s[n - 8..]))
