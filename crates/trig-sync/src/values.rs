@@ -214,8 +214,8 @@ pub fn object_at(a: &ArrayRef, i: usize, zone: Option<&Zone>) -> Result<Option<M
 /// (by name, each name once) and the properties column.
 #[derive(Debug, Clone)]
 pub(crate) struct Properties {
-    pub listed: Vec<(String, usize)>,
-    pub column: Option<usize>,
+    listed: Vec<(String, usize)>,
+    column: Option<usize>,
     /// Each listed name as a JSON key and its colon (`"plan":`), written once
     /// here rather than escaped again for every row.
     keys: Vec<String>,
@@ -674,7 +674,7 @@ mod tests {
         }
     }
 
-    /// `normalise_email` as it reads without its one-pass shortcut for plain emails.
+    /// `normalise_email` as it reads without its shortcut for plain emails.
     fn normalise_email_slowly(s: &str) -> Option<String> {
         let e = s.trim().to_lowercase();
         let (local, domain) = e.split_once('@')?;
