@@ -1022,3 +1022,81 @@ async fn warehouse_slots_bound_the_runs_on_a_warehouse_across_connections(f: Fix
     got.sort();
     assert_eq!(got, vec![0, 1, 2]);
 }
+
+/// A version 4 PostgreSQL store's events, as a version 4 binary wrote them:
+/// the run, the backfill flag and the time stored in every row.
+const PG_V4_ROWS: &str = "
+    INSERT INTO tenants (name, created_at) VALUES ('default', 1);
+    INSERT INTO pipelines (tenant_id, name, created_at) VALUES (1, 'events', 1);
+    INSERT INTO people (tenant_id, external_id, email, created_at, updated_at) VALUES (1, 'u1', 'pat@acme.com', 1, 1);
+    INSERT INTO events VALUES (1, 1, 'e1', 'signed_in', 100, 1, '{\"plan\":\"pro\"}', false, 11, 1),
+                              (1, 1, 'e2', 'signed_in', 200, 1, '{}', true, 12, 1),
+                              (1, 1, 'e3', 'clicked', 300, 1, '{}', true, 12, 1);
+    INSERT INTO trig_schema (version) VALUES (4);
+";
+
+/// Version 5 keeps what a write's events share in a batch row: a version 4
+/// database's events keep their backfill flag and time stored, and the store
+/// writes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_4_postgres_store_migrates_its_events_into_batches() {
+    let Ok(admin) = std::env::var("TRIG_TEST_POSTGRES_URL") else {
+        assert!(std::env::var_os("CI").is_none(), "CI is set but TRIG_TEST_POSTGRES_URL is not: the PostgreSQL tests must run in CI");
+        eprintln!("skipped: set TRIG_TEST_POSTGRES_URL=postgres://root@127.0.0.1:5432/test to run the PostgreSQL migration test");
+        return;
+    };
+    let db = format!("trig_test_v4_{}", std::process::id());
+    let url = with_database(&admin, &db);
+    let (admin2, db2, url2) = (admin.clone(), db.clone(), url.clone());
+    std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&admin2, postgres::NoTls).unwrap();
+        c.batch_execute(&format!("DROP DATABASE IF EXISTS {db2} WITH (FORCE)")).unwrap();
+        c.batch_execute(&format!("CREATE DATABASE {db2}")).unwrap();
+        let mut c = postgres::Client::connect(&url2, postgres::NoTls).unwrap();
+        for step in [
+            include_str!("../src/postgres/v1.sql"),
+            include_str!("../src/postgres/v2.sql"),
+            include_str!("../src/postgres/v3.sql"),
+            include_str!("../src/postgres/v4.sql"),
+            PG_V4_ROWS,
+        ] {
+            c.batch_execute(step).unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+    let _drop = DropDb { admin, db };
+    let s = trig_store::PostgresStore::open(&url).unwrap();
+    let t = s.tenant("default").await.unwrap();
+    let totals = s.totals(t).await.unwrap();
+    assert_eq!((totals.events, totals.backfilled_events), (3, 2));
+    let (rows, _) = s.export_page(t, Export::Events, None, 10).await.unwrap();
+    let kept: Vec<(&str, bool, &str)> = rows
+        .iter()
+        .map(|r| (r["event_id"].as_str().unwrap(), r["backfill"].as_bool().unwrap(), r["ingested_at"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            ("e1", false, "1970-01-01T00:00:00.000011Z"),
+            ("e2", true, "1970-01-01T00:00:00.000012Z"),
+            ("e3", true, "1970-01-01T00:00:00.000012Z")
+        ]
+    );
+    let url3 = url.clone();
+    let (batches, left): (i64, i64) = std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&url3, postgres::NoTls).unwrap();
+        let b = c.query_one("SELECT count(*) FROM event_batches", &[]).unwrap().get(0);
+        let l = c.query_one("SELECT count(*) FROM pg_class WHERE relname LIKE 'v4_%'", &[]).unwrap().get(0);
+        (b, l)
+    })
+    .join()
+    .unwrap();
+    assert_eq!((batches, left), (2, 0), "one batch for each run, flag and time; no table of the old layout left");
+    // The migrated store writes on: a re-read is deduplicated, a new id stored.
+    let r = start(&s, "default", "events").await;
+    let o =
+        s.write_events(r.events(vec![ev("e1", "pat@acme.com", None), ev("e9", "pat@acme.com", None)], IdentityRule::Email)).await.unwrap();
+    assert_eq!((o.inserted, o.deduplicated), (1, 1));
+    assert_eq!(s.totals(t).await.unwrap().events, 4);
+}

@@ -58,12 +58,6 @@ impl<'a> BinaryCopy<'a> {
         self
     }
 
-    pub(crate) fn boolean(&mut self, v: bool) -> &mut Self {
-        self.buf.extend_from_slice(&1i32.to_be_bytes());
-        self.buf.push(v as u8);
-        self
-    }
-
     fn send(&mut self) -> Result<(), CopyFailed> {
         // One write of more than 4 KiB goes to the server as one message.
         self.sink.write_all(&self.buf).map_err(io_error)?;

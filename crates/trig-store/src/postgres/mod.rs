@@ -33,6 +33,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("v3.sql"),
     // 4: a counter of people given an external id (created with one, or claimed) (the cache of identifiers with no person).
     include_str!("v4.sql"),
+    // 5: what a write's events share (run, backfill, time stored) in a batch row, not in every event.
+    include_str!("v5.sql"),
 ];
 /// The schema version this build reads and writes.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -240,8 +242,9 @@ fn export(c: &mut Client, t: TenantId, what: Export, after: Option<&str>, limit:
             };
             // Ordered by the key as bytes (COLLATE "C"), as SQLite orders text.
             for r in c.query(
-                "SELECT e.pipeline_id, e.event_id, e.name, e.ts, p.external_id, p.email, e.properties, e.backfill, l.name, e.ingested_at
+                "SELECT e.pipeline_id, e.event_id, e.name, e.ts, p.external_id, p.email, e.properties, b.backfill, l.name, b.ingested_at
                  FROM events e JOIN people p ON p.id = e.person_id JOIN pipelines l ON l.id = e.pipeline_id
+                 JOIN event_batches b ON b.tenant_id = e.tenant_id AND b.id = e.batch
                  WHERE e.tenant_id = $1 AND (e.pipeline_id, e.event_id COLLATE \"C\") > ($2, $3 COLLATE \"C\")
                  ORDER BY e.pipeline_id, e.event_id COLLATE \"C\" LIMIT $4",
                 &[&t.0, &from_pipeline, &from_event, &n],
@@ -565,7 +568,7 @@ impl Store for PostgresStore {
                 organisations: n("organisations", "")?,
                 people: n("people", "")?,
                 events: n("events", "")?,
-                backfilled_events: n("events", "AND backfill")?,
+                backfilled_events: n("events", "AND batch IN (SELECT id FROM event_batches WHERE tenant_id = $1 AND backfill)")?,
                 parked: n("parked_events", "")?,
                 quarantined: n("quarantine", "")?,
                 runs: n("sync_runs", "")?,

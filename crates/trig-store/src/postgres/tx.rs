@@ -351,6 +351,13 @@ impl Tx for Transaction<'_> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
+        // What the rows share is stored once: the batch (see v5.sql).
+        let batch: i64 = self
+            .query_one(
+                "INSERT INTO event_batches (tenant_id, pipeline_id, run, backfill, ingested_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                &[&p.tenant.0, &p.pipeline.0, &run.0, &backfill, &now],
+            )?
+            .get(0);
         // The batch's own repeats first: only the first of an id may be new.
         let firsts = first_of_each_id(rows);
         // A backfill's fast path: one binary COPY straight into events, under
@@ -365,13 +372,13 @@ impl Tx for Transaction<'_> {
         if backfill {
             let mut sp = self.savepoint("events_copy")?;
             let copied = (|| -> Result<u64, CopyFailed> {
-                let mut w = BinaryCopy::new(sp.copy_in(
-                    "COPY events (tenant_id, pipeline_id, event_id, name, ts, person_id, properties, backfill, ingested_at, run) FROM STDIN BINARY",
-                )?);
+                let mut w = BinaryCopy::new(
+                    sp.copy_in("COPY events (tenant_id, pipeline_id, event_id, name, ts, person_id, properties, batch) FROM STDIN BINARY")?,
+                );
                 for ((r, person), first) in rows.iter().zip(&firsts) {
                     if *first {
-                        w.row(10)?.int8(p.tenant.0).int8(p.pipeline.0).text(&r.event_id).text(&r.name).int8(r.ts).int8(*person);
-                        w.text(&r.properties).boolean(backfill).int8(now).int8(run.0);
+                        w.row(8)?.int8(p.tenant.0).int8(p.pipeline.0).text(&r.event_id).text(&r.name).int8(r.ts).int8(*person);
+                        w.text(&r.properties).int8(batch);
                     }
                 }
                 w.finish()
@@ -402,14 +409,18 @@ impl Tx for Transaction<'_> {
         }
         let returned: HashSet<String> = self
             .query(
-                "INSERT INTO events (tenant_id, pipeline_id, event_id, name, ts, person_id, properties, backfill, ingested_at, run)
-                 SELECT $1, $2, event_id, name, ts, person_id, properties, $3, $4, $5 FROM staging_events ORDER BY ord
+                "INSERT INTO events (tenant_id, pipeline_id, event_id, name, ts, person_id, properties, batch)
+                 SELECT $1, $2, event_id, name, ts, person_id, properties, $3 FROM staging_events ORDER BY ord
                  ON CONFLICT DO NOTHING RETURNING event_id",
-                &[&p.tenant.0, &p.pipeline.0, &backfill, &now, &run.0],
+                &[&p.tenant.0, &p.pipeline.0, &batch],
             )?
             .iter()
             .map(|r| r.get(0))
             .collect();
+        if returned.is_empty() {
+            // Every row was stored before: no batch to remember.
+            self.execute("DELETE FROM event_batches WHERE tenant_id = $1 AND id = $2", &[&p.tenant.0, &batch])?;
+        }
         Ok(firsts_returned(rows.iter().map(|(r, _)| r.event_id.clone()), returned))
     }
 
@@ -509,11 +520,21 @@ impl Tx for Transaction<'_> {
     fn move_parked(&mut self, t: TenantId, moves: &[(i64, i64)], now: Micros) -> Result<u64, Error> {
         let parked: Vec<i64> = moves.iter().map(|m| m.0).collect();
         let people: Vec<i64> = moves.iter().map(|m| m.1).collect();
+        // One batch for each pipeline, run and backfill the moved events came from.
         self.execute(
-            "INSERT INTO events (tenant_id, pipeline_id, event_id, name, ts, person_id, properties, backfill, ingested_at, run)
-             SELECT p.tenant_id, p.pipeline_id, p.event_id, p.name, p.ts, x.person, p.properties, p.backfill, $4, p.run
-             FROM parked_events p JOIN UNNEST($2::bigint[], $3::bigint[]) AS x(parked, person) ON p.id = x.parked
-             WHERE p.tenant_id = $1 ON CONFLICT DO NOTHING",
+            "WITH moved AS (
+                 SELECT p.tenant_id, p.pipeline_id, p.event_id, p.name, p.ts, x.person, p.properties, p.backfill, p.run
+                 FROM parked_events p JOIN UNNEST($2::bigint[], $3::bigint[]) AS x(parked, person) ON p.id = x.parked
+                 WHERE p.tenant_id = $1
+             ), batches AS (
+                 INSERT INTO event_batches (tenant_id, pipeline_id, run, backfill, ingested_at)
+                 SELECT DISTINCT $1::bigint, pipeline_id, run, backfill, $4::bigint FROM moved
+                 RETURNING id, pipeline_id, run, backfill
+             )
+             INSERT INTO events (tenant_id, pipeline_id, event_id, name, ts, person_id, properties, batch)
+             SELECT m.tenant_id, m.pipeline_id, m.event_id, m.name, m.ts, m.person, m.properties, b.id
+             FROM moved m JOIN batches b ON b.pipeline_id = m.pipeline_id AND b.run = m.run AND b.backfill = m.backfill
+             ON CONFLICT DO NOTHING",
             &[&t.0, &parked, &people, &now],
         )?;
         Ok(self.execute("DELETE FROM parked_events WHERE tenant_id = $1 AND id = ANY($2)", &[&t.0, &parked])?)

@@ -43,6 +43,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("v5.sql"),
     // 6: a counter of people given an external id (created with one, or claimed) (the cache of identifiers with no person).
     include_str!("v6.sql"),
+    // 7: what a write's events share (run, backfill, time stored) in a batch row, not in every event.
+    include_str!("v7.sql"),
 ];
 /// The schema version this build reads and writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -326,8 +328,9 @@ fn export_tx(
                 None => (0, String::new()),
             };
             let mut s = conn.prepare_cached(
-                "SELECT e.pipeline_id, e.event_id, e.name, e.ts, p.external_id, p.email, e.properties, e.backfill, l.name, e.ingested_at
+                "SELECT e.pipeline_id, e.event_id, e.name, e.ts, p.external_id, p.email, e.properties, b.backfill, l.name, b.ingested_at
                  FROM events e JOIN people p ON p.id = e.person_id JOIN pipelines l ON l.id = e.pipeline_id
+                 JOIN event_batches b ON b.tenant_id = e.tenant_id AND b.id = e.batch
                  WHERE e.tenant_id = ?1 AND (e.pipeline_id, e.event_id) > (?2, ?3) ORDER BY e.pipeline_id, e.event_id LIMIT ?4",
             )?;
             let mut rows = s.query(params![t.0, from_pipeline, from_event, n])?;
@@ -626,7 +629,7 @@ impl Store for SqliteStore {
                 organisations: n("organisations", "")?,
                 people: n("people", "")?,
                 events: n("events", "")?,
-                backfilled_events: n("events", "AND backfill")?,
+                backfilled_events: n("events", "AND batch IN (SELECT id FROM event_batches WHERE tenant_id = ?1 AND backfill)")?,
                 parked: n("parked_events", "")?,
                 quarantined: n("quarantine", "")?,
                 runs: n("sync_runs", "")?,

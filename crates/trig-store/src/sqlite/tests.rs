@@ -191,6 +191,9 @@ async fn a_version_1_store_migrates_in_place_into_the_default_tenant() {
         let (rows, _) = s.export_page(t, Export::Events, None, 10).await.unwrap();
         assert_eq!(rows[0]["person_id"], "u1");
         assert_eq!(rows[0]["properties"]["plan"], "pro");
+        // Each event keeps its run's backfill flag and time of storing (v7 keeps them in a batch row).
+        let kept: Vec<(bool, &str)> = rows.iter().map(|r| (r["backfill"].as_bool().unwrap(), r["ingested_at"].as_str().unwrap())).collect();
+        assert_eq!(kept, [(false, "1970-01-01T00:00:00.000011Z"), (true, "1970-01-01T00:00:00.000012Z")], "from v{from}");
         let (q, _) = s.export_page(t, Export::Quarantine, None, 10).await.unwrap();
         assert_eq!(q[0]["run_id"], "run-1");
         // The migrated store works on: a re-read is deduplicated, the hash still skips.
@@ -200,7 +203,8 @@ async fn a_version_1_store_migrates_in_place_into_the_default_tenant() {
         let c = Connection::open(&file).unwrap();
         let v: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
         assert_eq!(v, SCHEMA_VERSION);
-        let left: i64 = c.query_row("SELECT count(*) FROM sqlite_master WHERE name LIKE 'v2_%'", [], |r| r.get(0)).unwrap();
+        let left: i64 =
+            c.query_row("SELECT count(*) FROM sqlite_master WHERE name LIKE 'v2_%' OR name LIKE 'v6_%'", [], |r| r.get(0)).unwrap();
         assert_eq!(left, 0, "no table of the old layout is left");
         std::fs::remove_dir_all(dir).ok();
     }

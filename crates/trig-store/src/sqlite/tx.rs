@@ -3,7 +3,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
-use std::sync::atomic::{AtomicI64, Ordering};
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
@@ -27,8 +26,8 @@ fn person_row(r: &rusqlite::Row) -> rusqlite::Result<PersonRow> {
 
 /// Events per multi-row INSERT of a backfill (see `insert_events`).
 const ROWS_PER_INSERT: usize = 64;
-/// The batch's values every row shares: tenant, pipeline, backfill, ingested at, run (`?1`–`?5`).
-const SHARED_PARAMETERS: usize = 5;
+/// The values every row of the statement shares: tenant, pipeline, batch (`?1`–`?3`).
+const SHARED_PARAMETERS: usize = 3;
 /// Each row's own: event id, name, timestamp, person, properties.
 const ROW_PARAMETERS: usize = 5;
 
@@ -37,30 +36,14 @@ static MULTI_ROW_INSERT: LazyLock<String> = LazyLock::new(|| {
     let rows: Vec<String> = (0..ROWS_PER_INSERT)
         .map(|k| {
             let a = SHARED_PARAMETERS + 1 + k * ROW_PARAMETERS;
-            format!("(?1, ?2, ?{a}, ?{}, ?{}, ?{}, ?{}, ?3, ?4, ?5)", a + 1, a + 2, a + 3, a + 4)
+            format!("(?1, ?2, ?{a}, ?{}, ?{}, ?{}, ?{}, ?3)", a + 1, a + 2, a + 3, a + 4)
         })
         .collect();
     format!(
-        "INSERT OR IGNORE INTO events (tenant_id, pipeline_id, event_id, name, ts, person_id, properties, backfill, ingested_at, run) VALUES {}",
+        "INSERT OR IGNORE INTO events (tenant_id, pipeline_id, event_id, name, ts, person_id, properties, batch) VALUES {}",
         rows.join(", ")
     )
 });
-
-/// The last stamp [`stamp`] gave, in this process.
-static LAST_STAMP: AtomicI64 = AtomicI64::new(0);
-
-/// `now`, or the microsecond after the last stamp this process gave if that
-/// is later: each call of `insert_events` stamps its rows' `ingested_at`
-/// with a value no other call used. With the run (one process writes a run's
-/// rows, under its lease) it tells the rows this call stored from rows stored
-/// before, even when the wall clock steps back.
-fn stamp(now: Micros) -> Micros {
-    let last = LAST_STAMP.fetch_max(now, Ordering::Relaxed);
-    if last < now {
-        return now;
-    }
-    LAST_STAMP.fetch_add(1, Ordering::Relaxed) + 1
-}
 
 const PERSON: &str = "SELECT id, external_id, email, name, organisation_external_id, attributes FROM people";
 
@@ -342,7 +325,13 @@ impl Tx for Transaction<'_> {
         rows: &[(&EventRow, i64)],
     ) -> Result<Vec<bool>, Error> {
         let mut new = vec![false; rows.len()];
-        let now = stamp(now);
+        if rows.is_empty() {
+            return Ok(new);
+        }
+        // What the rows share is stored once: the batch (see v7.sql).
+        self.prepare_cached("INSERT INTO event_batches (tenant_id, pipeline_id, run, backfill, ingested_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
+            .execute(params![p.tenant.0, p.pipeline.0, run.0, backfill, now])?;
+        let batch = self.last_insert_rowid();
         // A backfill's ids are nearly all new: its rows go in ROWS_PER_INSERT
         // at a time by one multi-row `INSERT OR IGNORE`, which costs SQLite
         // about a fifth less per row than a statement per row (measured on
@@ -352,10 +341,9 @@ impl Tx for Transaction<'_> {
         // file), which cost a fifth of the store's thread in a 1M-row backfill.
         // The statement says how many rows it stored: all of them or none is
         // the usual answer; for a chunk in between, a row is new if it carries
-        // this call's stamp (its run and `ingested_at`, see [`stamp`]). The
-        // batch's own repeats are left out first: only the first of an id may
-        // be new. (An incremental window re-reads its lookback, so it goes row
-        // by row.)
+        // this call's batch. The batch's own repeats are left out first: only
+        // the first of an id may be new. (An incremental window re-reads its
+        // lookback, so it goes row by row.)
         let mut one_by_one: Vec<usize> = Vec::new();
         let mut some_new: Vec<usize> = Vec::new();
         if backfill {
@@ -365,9 +353,7 @@ impl Tx for Transaction<'_> {
             for chunk in &mut chunks {
                 s.raw_bind_parameter(1, p.tenant.0)?;
                 s.raw_bind_parameter(2, p.pipeline.0)?;
-                s.raw_bind_parameter(3, backfill)?;
-                s.raw_bind_parameter(4, now)?;
-                s.raw_bind_parameter(5, run.0)?;
+                s.raw_bind_parameter(3, batch)?;
                 for (k, &i) in chunk.iter().enumerate() {
                     let (r, person) = rows[i];
                     let at = SHARED_PARAMETERS + 1 + k * ROW_PARAMETERS;
@@ -388,24 +374,23 @@ impl Tx for Transaction<'_> {
             one_by_one.extend(0..rows.len());
         }
         if !some_new.is_empty() {
-            let mut s = self.prepare_cached(
-                "SELECT run = ?4 AND ingested_at = ?5 FROM events WHERE tenant_id = ?1 AND pipeline_id = ?2 AND event_id = ?3",
-            )?;
+            let mut s = self.prepare_cached("SELECT batch = ?4 FROM events WHERE tenant_id = ?1 AND pipeline_id = ?2 AND event_id = ?3")?;
             for i in some_new {
-                new[i] = s
-                    .query_row(params![p.tenant.0, p.pipeline.0, rows[i].0.event_id, run.0, now], |r| r.get(0))
-                    .optional()?
-                    .unwrap_or(false);
+                new[i] =
+                    s.query_row(params![p.tenant.0, p.pipeline.0, rows[i].0.event_id, batch], |r| r.get(0)).optional()?.unwrap_or(false);
             }
         }
         let mut s = self.prepare_cached(
-            "INSERT INTO events (tenant_id, pipeline_id, event_id, name, ts, person_id, properties, backfill, ingested_at, run)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING",
+            "INSERT INTO events (tenant_id, pipeline_id, event_id, name, ts, person_id, properties, batch)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
         )?;
         for i in one_by_one {
             let (r, person) = rows[i];
-            new[i] =
-                s.execute(params![p.tenant.0, p.pipeline.0, r.event_id, r.name, r.ts, person, r.properties, backfill, now, run.0])? == 1;
+            new[i] = s.execute(params![p.tenant.0, p.pipeline.0, r.event_id, r.name, r.ts, person, r.properties, batch])? == 1;
+        }
+        if !new.contains(&true) {
+            // Every row was stored before: no batch to remember.
+            self.prepare_cached("DELETE FROM event_batches WHERE id = ?1")?.execute(params![batch])?;
         }
         Ok(new)
     }
@@ -489,14 +474,33 @@ impl Tx for Transaction<'_> {
     }
 
     fn move_parked(&mut self, t: TenantId, moves: &[(i64, i64)], now: Micros) -> Result<u64, Error> {
+        // One batch for each pipeline, run and backfill the moved events came from.
+        let mut batches: HashMap<(i64, i64, bool), i64> = HashMap::new();
         let mut n = 0;
         for (parked, person) in moves {
+            let Some(from) = self
+                .prepare_cached("SELECT pipeline_id, run, backfill FROM parked_events WHERE id = ?1 AND tenant_id = ?2")?
+                .query_row(params![parked, t.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?
+            else {
+                continue;
+            };
+            let batch = match batches.get(&from) {
+                Some(batch) => *batch,
+                None => {
+                    self.prepare_cached(
+                        "INSERT INTO event_batches (tenant_id, pipeline_id, run, backfill, ingested_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )?
+                    .execute(params![t.0, from.0, from.1, from.2, now])?;
+                    *batches.entry(from).or_insert(self.last_insert_rowid())
+                }
+            };
             self.prepare_cached(
-                "INSERT INTO events (tenant_id, pipeline_id, event_id, name, ts, person_id, properties, backfill, ingested_at, run)
-                 SELECT tenant_id, pipeline_id, event_id, name, ts, ?1, properties, backfill, ?2, run FROM parked_events
+                "INSERT INTO events (tenant_id, pipeline_id, event_id, name, ts, person_id, properties, batch)
+                 SELECT tenant_id, pipeline_id, event_id, name, ts, ?1, properties, ?2 FROM parked_events
                  WHERE id = ?3 AND tenant_id = ?4 ON CONFLICT DO NOTHING",
             )?
-            .execute(params![person, now, parked, t.0])?;
+            .execute(params![person, batch, parked, t.0])?;
             n += self.prepare_cached("DELETE FROM parked_events WHERE id = ?1 AND tenant_id = ?2")?.execute(params![parked, t.0])? as u64;
         }
         Ok(n)
@@ -533,29 +537,5 @@ impl Tx for Transaction<'_> {
                 .execute(params![p.pipeline.0, slot.as_str()])?,
         };
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::stamp;
-
-    /// Rows are told apart by their call's stamp: no two calls get the same
-    /// one, from any thread, when the clock stands still or steps back.
-    #[test]
-    fn stamps_are_unique_and_never_before_now() {
-        let now = 1_700_000_000_000_000;
-        let threads: Vec<_> =
-            (0..4).map(|k| std::thread::spawn(move || (0..1000).map(|i| stamp(now - (i % 3) * k)).collect::<Vec<_>>())).collect();
-        let mut all: Vec<i64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
-        assert!(all.iter().all(|&s| s >= now - 6), "a stamp is its call's time or later");
-        let n = all.len();
-        all.sort_unstable();
-        all.dedup();
-        assert_eq!(all.len(), n, "every stamp once");
-        // (Other tests stamp with the real clock.)
-        let later = crate::rules::now_micros() + 3_600_000_000;
-        assert_eq!(stamp(later), later, "a clock ahead of every stamp given is used as it is");
-        assert!(stamp(later) > later, "the same time again is a later microsecond");
     }
 }
