@@ -38,11 +38,20 @@ async fn sqlite(name: &str) -> Fixture {
     Fixture { a: Arc::new(a), b: Arc::new(b), _dir: Some(TempDir(dir)), _db: None }
 }
 
-/// A fresh PostgreSQL database on the server `TRIG_TEST_POSTGRES_URL` names
-/// (e.g. `postgres://root@127.0.0.1:5432/test`), dropped afterwards; `None`
-/// (the test is skipped, saying how to enable it) when the variable is unset
-/// outside CI. With `CI` set, an unset variable or an unreachable server fails.
+/// Both stores on a fresh PostgreSQL database (see [`fresh_database`]).
 async fn postgres(name: &str) -> Option<Fixture> {
+    let (url, db) = fresh_database(name)?;
+    let a = trig_store::PostgresStore::open(&url).unwrap();
+    let b = trig_store::PostgresStore::open(&url).unwrap();
+    Some(Fixture { a: Arc::new(a), b: Arc::new(b), _dir: None, _db: Some(db) })
+}
+
+/// A fresh, empty PostgreSQL database on the server `TRIG_TEST_POSTGRES_URL`
+/// names (e.g. `postgres://root@127.0.0.1:5432/test`): its URL, and what
+/// drops it afterwards; `None` (the test is skipped, saying how to enable it)
+/// when the variable is unset outside CI. With `CI` set, an unset variable or
+/// an unreachable server fails.
+fn fresh_database(name: &str) -> Option<(String, DropDb)> {
     let Ok(admin) = std::env::var("TRIG_TEST_POSTGRES_URL") else {
         assert!(std::env::var_os("CI").is_none(), "CI is set but TRIG_TEST_POSTGRES_URL is not: the PostgreSQL tests must run in CI");
         eprintln!("skipped: set TRIG_TEST_POSTGRES_URL=postgres://root@127.0.0.1:5432/test to run the PostgreSQL store's tests");
@@ -58,9 +67,7 @@ async fn postgres(name: &str) -> Option<Fixture> {
     })
     .join()
     .unwrap();
-    let a = trig_store::PostgresStore::open(&url).unwrap();
-    let b = trig_store::PostgresStore::open(&url).unwrap();
-    Some(Fixture { a: Arc::new(a), b: Arc::new(b), _dir: None, _db: Some(DropDb { admin, db }) })
+    Some((url, DropDb { admin, db }))
 }
 
 /// `url` with another database.
@@ -1040,18 +1047,9 @@ const PG_V4_ROWS: &str = "
 /// writes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_4_postgres_store_migrates_its_events_into_batches() {
-    let Ok(admin) = std::env::var("TRIG_TEST_POSTGRES_URL") else {
-        assert!(std::env::var_os("CI").is_none(), "CI is set but TRIG_TEST_POSTGRES_URL is not: the PostgreSQL tests must run in CI");
-        eprintln!("skipped: set TRIG_TEST_POSTGRES_URL=postgres://root@127.0.0.1:5432/test to run the PostgreSQL migration test");
-        return;
-    };
-    let db = format!("trig_test_v4_{}", std::process::id());
-    let url = with_database(&admin, &db);
-    let (admin2, db2, url2) = (admin.clone(), db.clone(), url.clone());
+    let Some((url, _db)) = fresh_database("v4_migration") else { return };
+    let url2 = url.clone();
     std::thread::spawn(move || {
-        let mut c = postgres::Client::connect(&admin2, postgres::NoTls).unwrap();
-        c.batch_execute(&format!("DROP DATABASE IF EXISTS {db2} WITH (FORCE)")).unwrap();
-        c.batch_execute(&format!("CREATE DATABASE {db2}")).unwrap();
         let mut c = postgres::Client::connect(&url2, postgres::NoTls).unwrap();
         for step in [
             include_str!("../src/postgres/v1.sql"),
@@ -1065,7 +1063,6 @@ async fn a_version_4_postgres_store_migrates_its_events_into_batches() {
     })
     .join()
     .unwrap();
-    let _drop = DropDb { admin, db };
     let s = trig_store::PostgresStore::open(&url).unwrap();
     let t = s.tenant("default").await.unwrap();
     let totals = s.totals(t).await.unwrap();

@@ -492,7 +492,9 @@ impl Tx for Transaction<'_> {
                         "INSERT INTO event_batches (tenant_id, pipeline_id, run, backfill, ingested_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                     )?
                     .execute(params![t.0, from.0, from.1, from.2, now])?;
-                    *batches.entry(from).or_insert(self.last_insert_rowid())
+                    let batch = self.last_insert_rowid();
+                    batches.insert(from, batch);
+                    batch
                 }
             };
             self.prepare_cached(
